@@ -1,0 +1,7 @@
+"""pact-harness: the method-agnostic core (contract, registry, configs, data, training, costs, grid).
+
+Imports run one way: ``methods -> baselines -> harness``. Nothing in this package imports a
+specific method or backbone; methods are found through the ``pact_harness.methods`` entry points.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,21 @@
+"""Errors the harness raises for bad input.
+
+Every error here is meant to reach the user as one line: the CLI prints ``str(err)`` and exits
+non-zero, before any run directory is written. Name the offending field and the allowed values.
+"""
+
+
+class HarnessError(Exception):
+    """Base class for errors caused by the user's input rather than by a bug."""
+
+
+class ConfigError(HarnessError, ValueError):
+    """A configuration field holds a value that is not allowed."""
+
+
+class DataError(HarnessError):
+    """A dataset cannot be found, read or understood."""
+
+
+class CheckpointError(HarnessError):
+    """A checkpoint is missing, unreadable or belongs to another configuration."""
