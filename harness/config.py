@@ -1,0 +1,294 @@
+"""Run configuration: frozen dataclasses, built from nested dicts; unknown keys are an error.
+
+A run is described by one :class:`RunConfig`. It is assembled from, in increasing priority:
+the dataclass defaults, a YAML file (``--config``), dedicated CLI flags, and ``--set key=value``
+overrides with dotted keys (``optim.lr=0.05``, ``method.tau=0.02``). The method section is
+validated against the method's own ``config_cls``. Field names that would clash with Python
+keywords carry a trailing underscore in code and are written without it in files and flags
+(``lambda_`` is ``method.lambda``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.contract import ModelSpec
+from harness.errors import ConfigError
+
+DATASETS = ("cifar10", "imagenet")
+DATA_FORMATS = ("auto", "torchvision", "npz", "imagefolder")
+NORMALIZATIONS = ("per_channel", "per_image")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are fed."""
+
+    root: str | None = None
+    format: str = "auto"
+    train_subset: int | None = None
+    test_subset: int | None = None
+    subset_seed: int = 0
+    augment: bool = True
+    normalization: str = "per_channel"
+    download: bool = False
+    verify_checksums: bool = True
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with momentum and the SACT-code piecewise schedule, scaled to the run length.
+
+    The SACT CIFAR recipe drops the learning rate x0.1 at 60k/75k/90k of 100k steps; here the
+    drops happen at the same fractions (``lr_drops``) of the total number of steps.
+    """
+
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    lr_drops: tuple[float, ...] = (0.6, 0.75, 0.9)
+    lr_decay: float = 0.1
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation after training: which modes, how often random modes repeat, thresholds."""
+
+    modes: tuple[str, ...] = ()  # empty: every mode the method offers
+    repeats: int = 3
+    seed: int = 1234
+    thresholds: tuple[float, ...] = (0.5,)
+    batch_size: int = 256
+    execution: str = "auto"  # auto: the cheapest exact execution the model offers
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: method, backbone, data, optimisation, evaluation."""
+
+    method: str = "resnet"
+    method_config: Mapping[str, Any] = field(default_factory=dict)
+    model: ModelSpec = ModelSpec()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = False
+    progress: str = "auto"  # auto: bars only on a terminal; "on"/"off"
+    test_crash_at_epoch: int | None = None  # test-only: raise once after this epoch (fault tests)
+
+
+def _key(f: dataclasses.Field) -> str:
+    return f.name.rstrip("_")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, where) for v in value)
+    if origin in (Mapping, dict) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if not number.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(number)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: Mapping[str, Any] | Any, where: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from a (nested) mapping; unknown keys are an error."""
+    if dataclasses.is_dataclass(data) and isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {_key(f): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {'.'.join(filter(None, [where, unknown[0]]))!r}; "
+            f"allowed keys{' in ' + where if where else ''}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        f = fields[key]
+        kwargs[f.name] = _coerce(value, hints[f.name], ".".join(filter(None, [where, key])))
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain, YAML/JSON-ready nested dict of a config dataclass (keys without trailing ``_``)."""
+    if dataclasses.is_dataclass(obj):
+        return {_key(f): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set key=value`` as YAML (numbers, lists, booleans)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``dotted = "a.b.c"``, creating sub-dicts."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set: malformed key {dotted!r}; use dotted names like optim.lr")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set: {dotted!r} descends into the non-mapping key {part!r}")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["optim.lr=0.05", "method.tau=0.01"]`` -> nested dict."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, text = pair.split("=", 1)
+        set_dotted(tree, key.strip(), parse_value(text))
+    return tree
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge; values in ``update`` win."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file; a clear error if it is missing or not a mapping."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"--config: cannot read {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config: {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"--config: {path} must hold a mapping of config keys")
+    return dict(data)
+
+
+def _check_choice(value: Any, allowed: tuple, name: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed values: {', '.join(allowed)}")
+
+
+def validate_run_config(cfg: RunConfig) -> None:
+    """Method-independent range checks; raise ``ConfigError`` naming the field."""
+    _check_choice(cfg.model.dataset, DATASETS, "model.dataset")
+    _check_choice(cfg.data.format, DATA_FORMATS, "data.format")
+    _check_choice(cfg.data.normalization, NORMALIZATIONS, "data.normalization")
+    _check_choice(cfg.device, DEVICES, "device")
+    _check_choice(cfg.progress, ("auto", "on", "off"), "progress")
+    positive = {
+        "optim.epochs": cfg.optim.epochs,
+        "optim.batch_size": cfg.optim.batch_size,
+        "eval.batch_size": cfg.eval.batch_size,
+        "eval.repeats": cfg.eval.repeats,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be a positive integer (>= 1)")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
+    if not 0 <= cfg.optim.momentum < 1:
+        raise ConfigError(f"optim.momentum={cfg.optim.momentum} must be in [0, 1)")
+    if cfg.optim.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay} must be >= 0")
+    if any(not 0 < d < 1 for d in cfg.optim.lr_drops) or list(cfg.optim.lr_drops) != sorted(
+        cfg.optim.lr_drops
+    ):
+        raise ConfigError(
+            f"optim.lr_drops={list(cfg.optim.lr_drops)} must be increasing fractions in (0, 1)"
+        )
+    for name in ("train_subset", "test_subset"):
+        value = getattr(cfg.data, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"data.{name}={value} must be a positive integer (or unset)")
+    if any(not 0 < t < 1 for t in cfg.eval.thresholds) or not cfg.eval.thresholds:
+        raise ConfigError(f"eval.thresholds={list(cfg.eval.thresholds)} must be values in (0, 1)")
+    _check_choice(cfg.eval.execution, ("auto", "masked", "early_exit", "gathered"), "eval.execution")

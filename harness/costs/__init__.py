@@ -1,0 +1,1 @@
+"""Cost accounting: FLOPs (fvcore + executed counts), peak memory and timing."""

@@ -1,0 +1,181 @@
+"""Evaluation modes as first-class citizens: one pass per (mode, threshold, repeat).
+
+:func:`evaluate` runs one :class:`~harness.contract.EvalSpec` over a loader and returns the
+accuracy, loss and the per-image compute statistics (units executed, ponder cost, FLOPs when a
+FLOP accountant is given). :func:`evaluate_modes` expands an :class:`~harness.config.EvalConfig`
+into every requested mode, threshold and seeded repeat and returns result rows (schema in
+:mod:`harness.store`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from harness.config import EvalConfig
+from harness.contract import AdaptiveModel, EvalSpec, ModelOutput
+from harness.errors import ConfigError
+from harness.progress import progress_bar
+
+
+class FlopCounter(Protocol):
+    """What :func:`evaluate` needs from the cost accounting (``harness.costs.flops``)."""
+
+    def per_image(self, output: ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image FLOPs ``[B]`` and per-block FLOPs ``[B, num_blocks]`` of one forward."""
+
+    @property
+    def full_flops(self) -> float:
+        """FLOPs per image of the fully executed network."""
+
+
+@dataclass
+class PassStats:
+    """Per-image statistics of one evaluation pass (concatenated over batches)."""
+
+    correct: torch.Tensor  # [N] bool
+    loss: torch.Tensor  # [N] cross-entropy
+    units: torch.Tensor  # [N, blocks] units executed (spatial: mean over positions)
+    ponder: torch.Tensor  # [N, blocks]
+    flops: torch.Tensor | None  # [N]
+    flops_per_block: torch.Tensor | None  # [N, blocks]
+
+
+def per_image_mean(value: torch.Tensor) -> torch.Tensor:
+    """Reduce a per-sample ``[B]`` or per-position ``[B, H, W]`` tensor to ``[B]`` (float64)."""
+    value = value.detach().to(torch.float64)
+    return value.flatten(1).mean(1) if value.dim() > 1 else value
+
+
+def _stack_blocks(values: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
+    if not values:
+        return torch.zeros(batch, 0, dtype=torch.float64)
+    return torch.stack([per_image_mean(v).cpu() for v in values], dim=1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: AdaptiveModel,
+    loader: Iterable,
+    spec: EvalSpec,
+    device: torch.device,
+    flop_counter: FlopCounter | None = None,
+    progress: bool = False,
+    desc: str = "eval",
+) -> PassStats:
+    """Run ``model`` over ``loader`` once with ``spec``; per-image statistics, in loader order."""
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in PassStats.__dataclass_fields__}
+    for images, labels in progress_bar(loader, progress, desc):
+        images, labels = images.to(device), labels.to(device)
+        out = model(images, spec)
+        batch = labels.shape[0]
+        parts["correct"].append((out.logits.argmax(1) == labels).cpu())
+        parts["loss"].append(
+            nn.functional.cross_entropy(out.logits.float(), labels, reduction="none").cpu()
+        )
+        parts["units"].append(_stack_blocks(out.units_executed, batch))
+        parts["ponder"].append(_stack_blocks(out.ponder_cost, batch))
+        if flop_counter is not None:
+            total, per_block = flop_counter.per_image(out)
+            parts["flops"].append(total.cpu())
+            parts["flops_per_block"].append(per_block.cpu())
+    return PassStats(**{k: torch.cat(v) if v else None for k, v in parts.items()})
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarize(passes: list[PassStats], full_flops: float | None) -> dict[str, Any]:
+    """Result-row fields from one or more repeats of the same evaluation."""
+    accuracies = [p.correct.double().mean().item() for p in passes]
+    units = torch.cat([p.units for p in passes])
+    ponder = torch.cat([p.ponder for p in passes])
+    row: dict[str, Any] = {
+        "num_images": int(passes[0].correct.numel()),
+        "repeats": len(passes),
+        "accuracy": sum(accuracies) / len(accuracies),
+        "accuracy_std": _std(accuracies),
+        "loss": sum(p.loss.double().mean().item() for p in passes) / len(passes),
+        "units_executed_mean": units.sum(1).mean().item() if units.numel() else math.nan,
+        "units_executed_std": units.sum(1).std().item() if units.shape[0] > 1 else 0.0,
+        "units_per_block": json.dumps([round(v, 6) for v in units.mean(0).tolist()]),
+        "ponder_cost_mean": ponder.sum(1).mean().item() if ponder.numel() else math.nan,
+    }
+    if passes[0].flops is not None:
+        flops = torch.cat([p.flops for p in passes]).double()
+        per_block = torch.cat([p.flops_per_block for p in passes]).double()
+        row["flops_per_image_mean"] = flops.mean().item()
+        row["flops_per_image_std"] = flops.std().item() if flops.numel() > 1 else 0.0
+        row["flops_per_block"] = json.dumps([round(v, 1) for v in per_block.mean(0).tolist()])
+        if full_flops:
+            row["flops_fraction_of_vanilla"] = row["flops_per_image_mean"] / full_flops
+    return row
+
+
+def plan_evaluations(model: AdaptiveModel, cfg: EvalConfig) -> list[EvalSpec]:
+    """Expand the eval config into specs (one per mode x threshold), checking names up front."""
+    modes = cfg.modes or model.eval_modes
+    unknown = [m for m in modes if m not in model.eval_modes]
+    if unknown:
+        raise ConfigError(
+            f"eval.modes: unknown mode {unknown[0]!r} for {type(model).__name__}; "
+            f"allowed values: {', '.join(model.eval_modes)}"
+        )
+    specs = []
+    for mode in modes:
+        offered = model.executions_for(mode)
+        if cfg.execution == "auto":
+            execution = offered[0]
+        elif cfg.execution in offered:
+            execution = cfg.execution
+        else:
+            raise ConfigError(
+                f"eval.execution={cfg.execution!r} is not offered for mode {mode!r}; "
+                f"allowed values: auto, {', '.join(offered)}"
+            )
+        thresholds = cfg.thresholds if mode in model.threshold_modes else (0.5,)
+        specs.extend(EvalSpec(mode, execution, threshold=t) for t in thresholds)
+    return specs
+
+
+def evaluate_modes(
+    model: AdaptiveModel,
+    loader: Iterable,
+    cfg: EvalConfig,
+    device: torch.device,
+    flop_counter: FlopCounter | None = None,
+    progress: bool = False,
+    split: str = "test",
+) -> list[dict[str, Any]]:
+    """Every requested mode, threshold and seeded repeat; one summary row per (mode, threshold)."""
+    rows = []
+    for spec in plan_evaluations(model, cfg):
+        random = spec.mode in model.random_modes
+        passes = []
+        for repeat in range(cfg.repeats if random else 1):
+            generator = None
+            if random:
+                generator = torch.Generator(device=device).manual_seed(cfg.seed + repeat)
+            run_spec = EvalSpec(spec.mode, spec.execution, spec.threshold, generator)
+            desc = f"eval {spec.mode}" + (f" #{repeat}" if random else "")
+            passes.append(evaluate(model, loader, run_spec, device, flop_counter, progress, desc))
+        row = {
+            "eval_mode": spec.mode,
+            "execution": spec.execution,
+            "threshold": spec.threshold if spec.mode in model.threshold_modes else None,
+            "split": split,
+        }
+        row.update(summarize(passes, flop_counter.full_flops if flop_counter else None))
+        rows.append(row)
+    return rows
