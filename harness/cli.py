@@ -131,8 +131,12 @@ def add_train_parser(sub) -> None:
     p.add_argument("--variant", help="backbone variant: cifar10 sact|he; imagenet sact|torchvision")
     p.add_argument("--data-root", help="dataset folder (else $PACT_DATA_ROOT)")
     p.add_argument("--data-format", choices=["auto", "torchvision", "npz", "imagefolder"])
-    p.add_argument("--download", action="store_true", default=None,
-                   help="download CIFAR-10 through torchvision (needs network)")
+    p.add_argument(
+        "--download",
+        action="store_true",
+        default=None,
+        help="download CIFAR-10 through torchvision (needs network)",
+    )
     p.add_argument("--train-subset", type=int, help="class-balanced subset of N training images")
     p.add_argument("--test-subset", type=int, help="class-balanced subset of M test images")
     p.add_argument("--epochs", type=int)
@@ -148,8 +152,12 @@ def add_train_parser(sub) -> None:
     p.add_argument("--progress", choices=["auto", "on", "off"])
     p.add_argument("--init-from", help="run directory whose backbone weights initialise this run")
     p.add_argument("--config", help="YAML file with config keys")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any config key, e.g. optim.lr=0.05 or method.eps=0.01")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. optim.lr=0.05 or method.eps=0.01",
+    )
     p.add_argument("--out", help="run directory (default: runs/<method>_<dataset>_d<depth>_...)")
     p.set_defaults(func=cmd_train)
 

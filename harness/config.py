@@ -291,4 +291,6 @@ def validate_run_config(cfg: RunConfig) -> None:
             raise ConfigError(f"data.{name}={value} must be a positive integer (or unset)")
     if any(not 0 < t < 1 for t in cfg.eval.thresholds) or not cfg.eval.thresholds:
         raise ConfigError(f"eval.thresholds={list(cfg.eval.thresholds)} must be values in (0, 1)")
-    _check_choice(cfg.eval.execution, ("auto", "masked", "early_exit", "gathered"), "eval.execution")
+    _check_choice(
+        cfg.eval.execution, ("auto", "masked", "early_exit", "gathered"), "eval.execution"
+    )

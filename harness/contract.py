@@ -92,7 +92,7 @@ class AdaptiveModel(nn.Module, ABC):
         return terms
 
     def executions_for(self, mode: str) -> tuple[str, ...]:
-        """Executions (of :data:`EXECUTIONS`) that give this mode's exact outputs; first = fastest."""
+        """Executions (of :data:`EXECUTIONS`) giving this mode's exact outputs; first = fastest."""
         return ("masked",)
 
     def halting_branches(self) -> list[list[nn.Module]]:

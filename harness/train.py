@@ -200,8 +200,12 @@ def train_one_epoch(
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value.item() * batch
         if output.units_executed:
-            units = sum(u.double().flatten(1).mean(1).sum().item() if u.dim() > 1
-                        else u.double().sum().item() for u in output.units_executed)
+            units = sum(
+                u.double().flatten(1).mean(1).sum().item()
+                if u.dim() > 1
+                else u.double().sum().item()
+                for u in output.units_executed
+            )
             sums["units_executed"] = sums.get("units_executed", 0.0) + units
     metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
     metrics["train_accuracy"] = correct / max(count, 1)
@@ -227,7 +231,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {err}"
+        ) from None
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
@@ -247,12 +253,12 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
         return None
     ckpt_path = run_dir / store.CHECKPOINT_FILE
     saved = yaml.safe_load(config_file.read_text())
-    stored_identity = (
-        load_checkpoint(ckpt_path)["config_identity"] if ckpt_path.exists() else None
-    )
+    stored_identity = load_checkpoint(ckpt_path)["config_identity"] if ckpt_path.exists() else None
     identity = config_identity(cfg)
-    reference = stored_identity if stored_identity is not None else config_identity(
-        from_dict(RunConfig, saved)
+    reference = (
+        stored_identity
+        if stored_identity is not None
+        else config_identity(from_dict(RunConfig, saved))
     )
     differences = _diff(reference, identity)
     if differences:
@@ -283,7 +289,9 @@ def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[st
             )
     state = load_checkpoint(ckpt_path)["model"]
     skip = model.finetune_skip_prefixes()
-    wanted = {k: v for k, v in state.items() if not k.startswith(skip) and k.startswith("backbone.")}
+    wanted = {
+        k: v for k, v in state.items() if not k.startswith(skip) and k.startswith("backbone.")
+    }
     missing, _ = model.load_state_dict(wanted, strict=False)
     unexpected_fresh = [k for k in missing if not k.startswith(skip)]
     if unexpected_fresh:
@@ -359,7 +367,12 @@ def run_trial(
         prepared.data.train_loader.set_epoch(epoch)
         tic = time.perf_counter()
         metrics = train_one_epoch(
-            model, prepared.data.train_loader, optimizer, scheduler, device, progress,
+            model,
+            prepared.data.train_loader,
+            optimizer,
+            scheduler,
+            device,
+            progress,
             desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
         )
         train_seconds += time.perf_counter() - tic
@@ -399,7 +412,11 @@ def finish_run(
     cfg, model = prepared.cfg, prepared.model
     flop_counter = FlopAccountant(model, image_size=prepared.data.image_size)
     rows = evaluate_modes(
-        model, prepared.data.test_loader, cfg.eval, prepared.device, flop_counter,
+        model,
+        prepared.data.test_loader,
+        cfg.eval,
+        prepared.device,
+        flop_counter,
         want_progress(cfg.progress),
     )
     columns = trial_columns(cfg, prepared.spec, run_dir.name)

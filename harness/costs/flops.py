@@ -155,9 +155,7 @@ def _architecture_costs(model: AdaptiveModel, image_size: tuple[int, int]):
             positions = out_shape[2] * out_shape[3]
             total, by_module = count_macs(unit, torch.zeros(1, *x.shape[1:], device=device))
             dilated = sum(by_module.get(name, 0) for name in getattr(unit, "DILATED_CONVS", ()))
-            units[-1].append(
-                UnitCost(total, dilated / positions, (total - dilated) / positions)
-            )
+            units[-1].append(UnitCost(total, dilated / positions, (total - dilated) / positions))
             x = torch.zeros(1, *out_shape[1:], device=device)
             if b < len(branches) and u < len(branches[b]):
                 branch = branches[b][u]
@@ -219,7 +217,9 @@ class FlopAccountant:
         else:
             blocks = []
             for b, counts in enumerate(output.units_executed):
-                evaluated = None if output.halting_evaluated is None else output.halting_evaluated[b]
+                evaluated = (
+                    None if output.halting_evaluated is None else output.halting_evaluated[b]
+                )
                 if counts.dim() == 1:
                     blocks.append(self._block_per_sample(b, counts, evaluated))
                 else:

@@ -1,0 +1,63 @@
+"""Load torchvision ResNet weights into the ``"torchvision"`` ImageNet backbone.
+
+Key names map one to one::
+
+    conv1, bn1                      -> stem.conv, stem.bn
+    layer{k}.{j}.conv1 ... bn3      -> blocks.{k-1}.{j}.conv1 ... bn3
+    layer{k}.{j}.downsample.0 / .1  -> blocks.{k-1}.{j}.shortcut_conv / shortcut_bn
+    fc                              -> head.fc
+"""
+
+import re
+from collections.abc import Mapping
+
+from torch import Tensor
+
+from baselines.backbone import ResNetBackbone
+from harness.errors import ConfigError
+
+_LAYER = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
+_DOWNSAMPLE = {"downsample.0.": "shortcut_conv.", "downsample.1.": "shortcut_bn."}
+_TOP = {"conv1.": "stem.conv.", "bn1.": "stem.bn.", "fc.": "head.fc."}
+
+
+def torchvision_key(key: str) -> str:
+    """Map a torchvision ResNet state-dict key onto this package's name for it."""
+    match = _LAYER.match(key)
+    if match:
+        layer, unit, rest = match.groups()
+        for old, new in _DOWNSAMPLE.items():
+            if rest.startswith(old):
+                rest = new + rest[len(old) :]
+        return f"blocks.{int(layer) - 1}.{unit}.{rest}"
+    for old, new in _TOP.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    raise KeyError(f"not a torchvision ResNet state-dict key: {key!r}")
+
+
+def load_torchvision_state_dict(
+    backbone: ResNetBackbone, state_dict: Mapping[str, Tensor], strict: bool = True
+) -> tuple[list[str], list[str]]:
+    """Copy a torchvision ``resnet50/101/152`` state dict into a ``"torchvision"`` backbone.
+
+    Returns ``(missing_keys, unexpected_keys)`` as ``nn.Module.load_state_dict`` does.
+
+    Raises:
+        ConfigError: the backbone is not the ImageNet ``"torchvision"`` variant.
+        KeyError: a key is not a torchvision ResNet key (only with ``strict``).
+    """
+    if backbone.dataset != "imagenet" or backbone.variant != "torchvision":
+        raise ConfigError(
+            f"variant={backbone.variant!r} (dataset={backbone.dataset!r}) cannot load torchvision "
+            "weights; allowed: dataset 'imagenet' with variant 'torchvision'"
+        )
+    mapped: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        try:
+            mapped[torchvision_key(key)] = value
+        except KeyError:
+            if strict:
+                raise
+            mapped[key] = value
+    return backbone.load_state_dict(mapped, strict=strict)

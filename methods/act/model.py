@@ -1,0 +1,89 @@
+"""ACT on ResNet blocks (Figurnov et al. 2017, image-level; SACT code ``act.py``).
+
+Block output = sum_l p^l x^l with the halting distribution p of :func:`act_halting`; the loss adds
+tau * sum over blocks of the batch-mean ponder cost N + R. Two executions give the same logits:
+``masked`` runs every unit on the whole batch (the training forward and the reference), and
+``early_exit`` removes each sample from the batch as soon as it halts and stops the block when
+every sample has halted (the SACT code's batch-level ``act_early_stopping`` is the special case
+where all samples halt together).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from baselines import build_backbone
+from harness.contract import EvalSpec
+from methods.act.config import ACTConfig
+from methods.act.halting import act_halting, act_step
+from methods.common import BlockResult, HaltingResNet
+
+
+class ACTResNet(HaltingResNet):
+    """Image-level ACT: one halting score per image after each unit but the last."""
+
+    eval_modes = ("act",)
+    spatial = False
+
+    def __init__(self, backbone, config: ACTConfig):
+        super().__init__(backbone, config.tau, config.halting_bias_init)
+        self.eps = config.eps
+
+    def executions_for(self, mode: str) -> tuple[str, ...]:
+        """Early exit (fastest) or the masked reference."""
+        return ("early_exit", "masked")
+
+    def run_block(self, b: int, x: torch.Tensor, spec: EvalSpec | None) -> BlockResult:
+        """Training and ``masked`` run all units; ``early_exit`` drops halted samples."""
+        if spec is not None and spec.execution == "early_exit":
+            return self._early_exit(b, x)
+        return self._masked(b, x)
+
+    def _masked(self, b: int, x: torch.Tensor) -> BlockResult:
+        units, branches = self.backbone.blocks[b], self.halting[b]
+        states, logits = [], []
+        for l, unit in enumerate(units):
+            x = unit(x)
+            states.append(x)
+            if l < len(branches):
+                logits.append(branches[l](x))
+        h = torch.sigmoid(torch.stack(logits, 1)) if logits else x.new_zeros(x.shape[0], 0)
+        distribution, ponder, n = act_halting(h, self.eps)
+        out = distribution[:, 0].view(-1, 1, 1, 1) * states[0]
+        for l in range(1, len(states)):
+            out = out + distribution[:, l].view(-1, 1, 1, 1) * states[l]
+        return BlockResult(out, n, ponder, penalty=ponder)
+
+    def _early_exit(self, b: int, x: torch.Tensor) -> BlockResult:
+        units, branches = self.backbone.blocks[b], self.halting[b]
+        batch = x.shape[0]
+        device = x.device
+        index = torch.arange(batch, device=device)  # samples still running
+        cum = torch.zeros(batch, device=device, dtype=x.dtype)
+        n = torch.zeros(batch, device=device, dtype=torch.long)
+        ponder = torch.zeros(batch, device=device, dtype=x.dtype)
+        out = None
+        for l, unit in enumerate(units):
+            x = unit(x)
+            if out is None:  # the accumulator of sum_l p^l x^l (ACT must keep it)
+                out = x.new_zeros(batch, *x.shape[1:])
+            last = l == len(units) - 1
+            h = torch.ones_like(cum[index]) if last else torch.sigmoid(branches[l](x))
+            weight, halts, new_cum = act_step(cum[index], h, self.eps, last)
+            out.index_add_(0, index, weight.view(-1, 1, 1, 1) * x)
+            done = index[halts]
+            n[done] = l + 1
+            ponder[done] = (l + 1) + (1.0 - cum[done])
+            cum[index] = new_cum
+            keep = ~halts
+            index, x = index[keep], x[keep]
+            if index.numel() == 0:
+                break
+        return BlockResult(out, n, ponder, penalty=ponder)
+
+
+def build_act(model, config: ACTConfig) -> ACTResNet:
+    """ACT on the requested backbone."""
+    config.validate()
+    backbone = build_backbone(model.dataset, model.depth, model.variant, model.num_classes)
+    return ACTResNet(backbone, config)

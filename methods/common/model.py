@@ -1,0 +1,139 @@
+"""The block-by-block model that every halting method builds on.
+
+:class:`HaltingResNet` owns the backbone and one halting branch after every unit but the last of
+each block, runs ``stem -> run_block(0) -> ... -> head`` and turns the per-block results into a
+:class:`~harness.contract.ModelOutput`. A method implements :meth:`HaltingResNet.run_block` for its
+training forward and each evaluation mode and execution.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from harness.contract import AdaptiveModel, EvalSpec, ModelOutput
+from harness.errors import ConfigError
+from methods.common.branches import ImageHalting, SpatialHalting
+
+
+@dataclass
+class BlockResult:
+    """What one block returns: its output state and per-sample/position bookkeeping.
+
+    ``penalty`` is the per-sample (``[B]``) or per-position (``[B, H, W]``) quantity the method's
+    time penalty multiplies (ACT: N + R; PACT: -E_q[log p(N)]).
+    """
+
+    state: torch.Tensor
+    units: torch.Tensor
+    ponder: torch.Tensor
+    penalty: torch.Tensor
+    halting_evaluated: torch.Tensor | None = None
+
+
+def logistic_noise(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """Standard logistic noise log(u) - log(1 - u): ``logit(h) + noise > 0`` is Bernoulli(h)."""
+    u = torch.rand(shape, generator=generator, device=device)
+    tiny = torch.finfo(u.dtype).tiny
+    u = u.clamp(tiny, 1.0 - torch.finfo(u.dtype).eps)
+    return torch.log(u) - torch.log1p(-u)
+
+
+class HaltingResNet(AdaptiveModel):
+    """A backbone with a halting branch after every unit but the last of every block."""
+
+    #: Name of the auxiliary loss term, and the config field that weights it.
+    penalty_name: ClassVar[str] = "ponder_loss"
+
+    def __init__(self, backbone: nn.Module, penalty_weight: float, bias_init: float = -3.0):
+        super().__init__()
+        self.backbone = backbone
+        self.penalty_weight = float(penalty_weight)
+        branch_cls = SpatialHalting if self.spatial else ImageHalting
+        if self.spatial:
+            self._check_spatial_backbone(backbone)
+        self.halting = nn.ModuleList(
+            nn.ModuleList(branch_cls(channels, bias_init) for _ in range(len(block) - 1))
+            for channels, block in zip(backbone.block_channels, backbone.blocks, strict=True)
+        )
+
+    def _check_spatial_backbone(self, backbone: nn.Module) -> None:
+        """Spatial methods freeze halted positions through ``unit(x, residual_mask)``."""
+        name = type(self).__name__
+        for b, block in enumerate(backbone.blocks):
+            for u, unit in enumerate(block):
+                takes_mask = "residual_mask" in inspect.signature(unit.forward).parameters
+                if not takes_mask or not hasattr(unit, "DILATED_CONVS"):
+                    raise ConfigError(
+                        f"{name} is spatial and needs a backbone with spatial blocks (units "
+                        f"called as unit(x, residual_mask) with DILATED_CONVS); block {b} unit "
+                        f"{u} ({type(unit).__name__}) is not one"
+                    )
+                if u > 0 and not getattr(unit, "identity_shortcut", False):
+                    raise ConfigError(
+                        f"{name}: unit {u} of block {b} has no identity shortcut, so masked "
+                        "positions would not keep their value"
+                    )
+
+    def halting_branches(self) -> list[list[nn.Module]]:
+        """Per block, the branches after units 1..L-1."""
+        return [list(branches) for branches in self.halting]
+
+    def finetune_skip_prefixes(self) -> tuple[str, ...]:
+        """Halting branches stay fresh when starting from a vanilla network (SACT code)."""
+        return ("halting.",)
+
+    def check_spec(self, spec: EvalSpec | None) -> None:
+        """Refuse an unknown mode or an execution the mode does not offer."""
+        if spec is None:
+            return
+        if spec.mode not in self.eval_modes:
+            raise ConfigError(
+                f"unknown eval mode {spec.mode!r} for {type(self).__name__}; "
+                f"allowed values: {', '.join(self.eval_modes)}"
+            )
+        offered = self.executions_for(spec.mode)
+        if spec.execution not in offered:
+            raise ConfigError(
+                f"execution {spec.execution!r} is not offered for mode {spec.mode!r}; "
+                f"allowed values: {', '.join(offered)}"
+            )
+        if not 0.0 < spec.threshold < 1.0:
+            raise ConfigError(f"threshold={spec.threshold} must be in (0, 1)")
+
+    def run_block(self, b: int, x: torch.Tensor, spec: EvalSpec | None) -> BlockResult:
+        """Run block ``b`` on state ``x``; ``spec=None`` is the training forward."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor, spec: EvalSpec | None = None) -> ModelOutput:
+        """Stem, every block through :meth:`run_block`, head; the weighted time penalty."""
+        self.check_spec(spec)
+        x = self.backbone.stem(images)
+        results = []
+        for b in range(len(self.backbone.blocks)):
+            result = self.run_block(b, x, spec)
+            x = result.state
+            results.append(result)
+        logits = self.backbone.head(x)
+        # tau * sum over blocks of the batch (and position) mean of the penalty (SACT code,
+        # training_utils.add_all_ponder_costs).
+        penalty = sum(r.penalty.float().mean() for r in results)
+        evaluated = [r.halting_evaluated for r in results]
+        return ModelOutput(
+            logits=logits,
+            units_executed=[r.units for r in results],
+            halting_evaluated=None
+            if all(e is None for e in evaluated)
+            else [
+                e if e is not None else r.units.clamp(max=len(self.halting[b]))
+                for b, (e, r) in enumerate(zip(evaluated, results, strict=True))
+            ],
+            ponder_cost=[r.ponder.detach() for r in results],
+            aux_losses={self.penalty_name: self.penalty_weight * penalty},
+        )

@@ -1,0 +1,186 @@
+"""PACT and spatial PACT: discrete halting variables, Concrete training, three eval modes.
+
+Training (and the ``stochastic`` mode) is the relaxed forward: every unit runs, binary Concrete
+samples z~^l = sigmoid((logit h^l + logistic noise) / T) give stick-breaking weights
+w^l = z~^l prod_{j<l} (1 - z~^j) (z~^L = 1), and the block output is sum_l w^l x^l. The loss is
+cross-entropy (a one-sample estimate of -E_q log p(y|x,z)) plus the closed form -E_q[log p(N)]
+per block (:mod:`methods.pact.prior`), averaged over the batch (and positions).
+
+``deterministic`` halts at the first unit with h^l > threshold (the mode of q at 0.5) and
+``sampled`` at the first hard sample z^l = 1 (z^l = [logit h^l + noise > 0], the same noise the
+relaxed forward uses); both keep only the current state, x^N. Executions: ``early_exit`` (halted
+samples leave the batch; their final states are set aside, no accumulator) and ``masked`` (every
+unit on the whole batch, halted samples or positions frozen in place). Spatial PACT applies all of
+this per position with the SACT halting branch; its hard modes run masked.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from baselines import build_backbone
+from harness.contract import EvalSpec
+from methods.common import BlockResult, HaltingResNet, logistic_noise
+from methods.pact.config import PACTConfig
+from methods.pact.prior import expected_log_prior, expected_units, log_prior
+
+
+class PACTResNet(HaltingResNet):
+    """Probabilistic adaptive computation time, one halting variable per image and unit."""
+
+    eval_modes = ("deterministic", "stochastic", "sampled")
+    random_modes = ("stochastic", "sampled")
+    threshold_modes = ("deterministic",)
+    spatial = False
+    penalty_name = "prior_loss"
+
+    def __init__(self, backbone, config: PACTConfig):
+        # The prior term already carries lambda: the penalty weight is 1 (MAP objective).
+        super().__init__(backbone, 1.0, config.halting_bias_init)
+        self.config = config
+        self.register_buffer("temperature", torch.tensor(float(config.temperature)))
+
+    def executions_for(self, mode: str) -> tuple[str, ...]:
+        """Hard modes: early exit or masked; the relaxed forward needs every unit."""
+        if mode == "stochastic" or self.spatial:
+            return ("masked",)
+        return ("early_exit", "masked")
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> dict[str, float]:
+        """Anneal the Concrete temperature; it is a buffer, so checkpoints keep it."""
+        value = self.config.temperature_at(epoch, num_epochs)
+        self.temperature.fill_(value)
+        return {"temperature": value}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _noise(self, x: torch.Tensor, count: int, generator) -> torch.Tensor:
+        """Logistic noise for the block's halting variables, ``[B, L-1(, H, W)]``."""
+        shape = (x.shape[0], count) + (tuple(x.shape[2:]) if self.spatial else ())
+        return logistic_noise(shape, generator, x.device)
+
+    def _expand(self, value: torch.Tensor) -> torch.Tensor:
+        """Per-sample ``[B]`` or per-position ``[B, H, W]`` -> broadcastable over channels."""
+        return value.view(-1, 1, 1, 1) if not self.spatial else value.unsqueeze(1)
+
+    def _stack(self, logits: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if logits:
+            return torch.stack(logits, 1)
+        return x.new_zeros(x.shape[0], 0, *(x.shape[2:] if self.spatial else ()))
+
+    # -- forward passes --------------------------------------------------------------------
+    def run_block(self, b: int, x: torch.Tensor, spec: EvalSpec | None) -> BlockResult:
+        """Relaxed for training/``stochastic``; hard halting for the other modes."""
+        if spec is None or spec.mode == "stochastic":
+            return self._relaxed(b, x, None if spec is None else spec.generator)
+        if spec.execution == "early_exit":
+            return self._hard_early_exit(b, x, spec)
+        return self._hard_masked(b, x, spec)
+
+    def _relaxed(self, b: int, x: torch.Tensor, generator) -> BlockResult:
+        units, branches = self.backbone.blocks[b], self.halting[b]
+        temperature = self.temperature.item()
+        out = survive = noise = None
+        logits = []
+        for l, unit in enumerate(units):
+            x = unit(x)
+            if l == 0:
+                noise = self._noise(x, len(branches), generator)
+                survive = x.new_ones(x.shape[:1] + (x.shape[2:] if self.spatial else ()))
+            if l < len(branches):
+                logit = branches[l](x)
+                logits.append(logit)
+                z = torch.sigmoid((logit + noise[:, l]) / temperature)
+                if self.config.straight_through:
+                    hard = (logit + noise[:, l] > 0).to(z.dtype)
+                    z = hard + z - z.detach()
+                weight = survive * z
+                survive = survive * (1.0 - z)
+            else:
+                weight = survive
+            contribution = self._expand(weight) * x
+            out = contribution if out is None else out + contribution
+        h = torch.sigmoid(self._stack(logits, x))
+        units_run = torch.full_like(h[:, 0] if h.shape[1] else survive, len(units)).long()
+        penalty = -expected_log_prior(h, self.config.lambda_, self.config.prior)
+        return BlockResult(out, units_run, expected_units(h), penalty)
+
+    def _halts(self, logit: torch.Tensor, noise: torch.Tensor | None, spec: EvalSpec):
+        if spec.mode == "sampled":
+            return logit + noise > 0
+        return torch.sigmoid(logit) > spec.threshold
+
+    def _hard_result(self, out: torch.Tensor, n: torch.Tensor, num_units: int) -> BlockResult:
+        penalty = -log_prior(n, num_units, self.config.lambda_, self.config.prior).to(out.dtype)
+        return BlockResult(out, n, n.to(out.dtype), penalty)
+
+    def _hard_masked(self, b: int, x: torch.Tensor, spec: EvalSpec) -> BlockResult:
+        """Every unit on the whole batch; halted samples/positions keep their state x^N."""
+        units, branches = self.backbone.blocks[b], self.halting[b]
+        n = active = noise = None
+        for l, unit in enumerate(units):
+            if l == 0:
+                x = unit(x)
+                noise = self._noise(x, len(branches), spec.generator)
+                shape = x.shape[:1] + (x.shape[2:] if self.spatial else ())
+                n = torch.full(shape, len(units), dtype=torch.long, device=x.device)
+                active = torch.ones(shape, dtype=torch.bool, device=x.device)
+            elif self.spatial:
+                x = unit(x, active.unsqueeze(1).to(x.dtype))
+            else:
+                new = unit(x)
+                frozen = ~active
+                new[frozen] = x[frozen]  # in place: no second state-sized tensor survives
+                x = new
+            if l < len(branches):
+                halts = self._halts(branches[l](x), noise[:, l], spec) & active
+                n = torch.where(halts, l + 1, n)
+                active = active & ~halts
+        return self._hard_result(x, n, len(units))
+
+    def _hard_early_exit(self, b: int, x: torch.Tensor, spec: EvalSpec) -> BlockResult:
+        """Halted samples leave the batch; only the running samples' state is computed."""
+        units, branches = self.backbone.blocks[b], self.halting[b]
+        batch = x.shape[0]
+        index = torch.arange(batch, device=x.device)
+        n = torch.full((batch,), len(units), dtype=torch.long, device=x.device)
+        finished: list[tuple[torch.Tensor, torch.Tensor]] = []
+        noise = None
+        for l, unit in enumerate(units):
+            x = unit(x)
+            if l == 0:
+                noise = self._noise(x, len(branches), spec.generator)
+            if l == len(units) - 1:
+                finished.append((index, x))
+                break
+            halts = self._halts(branches[l](x), noise[index, l], spec)
+            if bool(halts.any()):
+                finished.append((index[halts], x[halts]))
+                n[index[halts]] = l + 1
+                index, x = index[~halts], x[~halts]
+            if index.numel() == 0:
+                break
+        out = finished[0][1].new_empty((batch,) + tuple(finished[0][1].shape[1:]))
+        while finished:
+            rows, states = finished.pop()
+            out[rows] = states
+        return self._hard_result(out, n, len(units))
+
+
+class SpatialPACTResNet(PACTResNet):
+    """PACT per position: SACT halting branch, first unit dense, later units masked."""
+
+    spatial = True
+
+
+def build_pact(model, config: PACTConfig) -> PACTResNet:
+    """Image-level PACT on the requested backbone."""
+    config.validate()
+    backbone = build_backbone(model.dataset, model.depth, model.variant, model.num_classes)
+    return PACTResNet(backbone, config)
+
+
+def build_spatial_pact(model, config: PACTConfig) -> SpatialPACTResNet:
+    """Spatial PACT on the requested backbone."""
+    config.validate()
+    backbone = build_backbone(model.dataset, model.depth, model.variant, model.num_classes)
+    return SpatialPACTResNet(backbone, config)

@@ -1,0 +1,72 @@
+"""SACT: ACT at every spatial position of each block (Figurnov et al. 2017; SACT code).
+
+The first unit of a block holds the stride and runs at every position. Each later unit updates
+only positions that have not halted: ``unit(x, residual_mask)`` adds the residual where the mask
+is 1, so halted positions keep their value. Halting scores come from
+:class:`~methods.common.SpatialHalting`; the ACT rule (N, R, p, N + R) is applied per position and
+the ponder cost is averaged over positions and the batch.
+
+Execution: ``masked`` (the SACT code's behaviour). It evaluates every conv densely and masks; the
+FLOP accounting charges only active (and, for convs feeding a 3x3 conv, 3x3-dilated active)
+positions, which is what a gathered execution would pay.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from baselines import build_backbone
+from harness.contract import EvalSpec
+from methods.act.halting import act_step
+from methods.common import BlockResult, HaltingResNet
+from methods.sact.config import SACTConfig
+
+
+class SACTResNet(HaltingResNet):
+    """Spatially adaptive computation time."""
+
+    eval_modes = ("act",)
+    spatial = True
+
+    def __init__(self, backbone, config: SACTConfig):
+        super().__init__(backbone, config.tau, config.halting_bias_init)
+        self.eps = config.eps
+
+    def executions_for(self, mode: str) -> tuple[str, ...]:
+        """Masked execution (exact; FLOPs charged on active positions)."""
+        return ("masked",)
+
+    def run_block(self, b: int, x: torch.Tensor, spec: EvalSpec | None) -> BlockResult:
+        """Per-position ACT; output = sum_l p^l x^l accumulated unit by unit."""
+        units, branches = self.backbone.blocks[b], self.halting[b]
+        out = cum = n = ponder = active = None
+        for l, unit in enumerate(units):
+            mask = None if l == 0 else active.unsqueeze(1).to(x.dtype)
+            x = unit(x, mask)
+            if out is None:
+                batch, _, height, width = x.shape
+                cum = x.new_zeros(batch, height, width)
+                n = torch.zeros(batch, height, width, dtype=torch.long, device=x.device)
+                ponder = x.new_zeros(batch, height, width)
+                active = torch.ones(batch, height, width, dtype=torch.bool, device=x.device)
+                out = x.new_zeros(x.shape)
+            last = l == len(units) - 1
+            h = torch.ones_like(cum) if last else torch.sigmoid(branches[l](x))
+            weight, halts, new_cum = act_step(cum, h, self.eps, last)
+            halts = halts & active
+            weight = torch.where(active, weight, torch.zeros_like(weight))
+            out = out + weight.unsqueeze(1) * x
+            n = torch.where(halts, l + 1, n)
+            ponder = torch.where(halts, (l + 1) + (1.0 - cum), ponder)
+            cum = torch.where(active, new_cum, cum)
+            active = active & ~halts
+            if not bool(active.any()) and spec is not None:
+                break  # batch-level early stop (SACT code's act_early_stopping)
+        return BlockResult(out, n, ponder, penalty=ponder)
+
+
+def build_sact(model, config: SACTConfig) -> SACTResNet:
+    """SACT on the requested backbone (its units must accept a residual mask)."""
+    config.validate()
+    backbone = build_backbone(model.dataset, model.depth, model.variant, model.num_classes)
+    return SACTResNet(backbone, config)

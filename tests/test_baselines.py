@@ -1,0 +1,400 @@
+"""Tests for the ResNet backbones in ``baselines``.
+
+Kept fast: CIFAR models run at 32x32 with small depths, ImageNet ResNet-50 at 64x64, and the
+large ImageNet models (and all FLOP counts) are built on the meta device, where
+``FlopCounterMode`` counts shapes without computing anything.
+"""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from baselines import (
+    BACKBONE_VARIANTS,
+    BottleneckV1Unit,
+    BottleneckV2Unit,
+    CifarBasicUnit,
+    CifarPreActUnit,
+    OptionAShortcut,
+    ResNetBackbone,
+    build_backbone,
+    cifar_units,
+    imagenet_units,
+    load_torchvision_state_dict,
+    torchvision_key,
+)
+from harness.errors import ConfigError
+
+ALL_VARIANTS = [(d, v) for d, vs in BACKBONE_VARIANTS.items() for v in vs]
+IMAGENET_UNITS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def meta_backbone(dataset: str, depth: int, variant: str, **kw: int) -> ResNetBackbone:
+    with torch.device("meta"):
+        return build_backbone(dataset, depth, variant, **kw)
+
+
+def count_flops(model: nn.Module, size: int, batch: int = 1) -> int:
+    """FLOPs (2 per MAC of convs and matmuls) of one forward pass on the meta device."""
+    model = model.to("meta").eval()
+    images = torch.empty(batch, 3, size, size, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        model(images)
+    return counter.get_total_flops()
+
+
+# --- shapes and structure ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dataset", "depth", "variant", "size", "classes"),
+    [
+        ("cifar10", 8, "sact", 32, 10),
+        ("cifar10", 14, "sact", 32, 10),
+        ("cifar10", 8, "he", 32, 10),
+        ("cifar10", 14, "he", 32, 10),
+        ("imagenet", 50, "sact", 64, 1001),
+        ("imagenet", 50, "torchvision", 64, 1000),
+    ],
+)
+def test_forward_shapes(dataset: str, depth: int, variant: str, size: int, classes: int) -> None:
+    torch.manual_seed(0)
+    model = build_backbone(dataset, depth, variant)
+    assert model.num_classes == classes
+    images = torch.randn(2, 3, size, size)
+    logits = model(images)  # training mode: batch statistics
+    assert logits.shape == (2, classes)
+    assert torch.isfinite(logits).all()
+    model.eval()
+    # The vanilla forward is exactly stem -> every unit (dense) -> head.
+    x = model.stem(images)
+    for _, _, unit in model.units():
+        x = unit(x)
+    torch.testing.assert_close(model.head(x), model(images), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", BACKBONE_VARIANTS["imagenet"])
+@pytest.mark.parametrize("depth", [101, 152])
+def test_imagenet_meta_shapes(depth: int, variant: str) -> None:
+    model = meta_backbone("imagenet", depth, variant).eval()
+    images = torch.empty(2, 3, 224, 224, device="meta")
+    state = model.stem(images)
+    assert state.shape == (2, 64, 56, 56)  # 7x7/2 conv to 112, 3x3/2 max-pool to 56
+    sizes = []
+    for block in model.blocks:
+        for unit in block:
+            state = unit(state)
+        sizes.append(tuple(state.shape[1:]))
+    assert sizes == [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+    assert model.head(state).shape == (2, model.num_classes)
+
+
+@pytest.mark.parametrize(
+    ("depth", "units"), [(8, 1), (14, 2), (20, 3), (32, 5), (56, 9), (110, 18)]
+)
+@pytest.mark.parametrize("variant", BACKBONE_VARIANTS["cifar10"])
+def test_cifar_structure(depth: int, units: int, variant: str) -> None:
+    assert cifar_units(depth) == units
+    model = meta_backbone("cifar10", depth, variant)
+    assert model.units_per_block() == [units] * 3
+    assert model.block_channels == [16, 32, 64]
+    assert (model.dataset, model.variant, model.depth) == ("cifar10", variant, depth)
+    assert [block[0].stride for block in model.blocks] == [1, 2, 2]
+    for i, j, unit in model.units():
+        assert unit.stride == (2 if i > 0 and j == 0 else 1)
+        # Option A everywhere: no shortcut parameters; identity for every later unit.
+        assert not any(p.numel() for p in unit.shortcut.parameters())
+        assert isinstance(unit.shortcut, OptionAShortcut) == (i > 0 and j == 0)
+        first_of_net = variant == "sact" and i == 0 and j == 0  # activate_before_residual
+        assert unit.identity_shortcut == (j > 0 or (i == 0 and not first_of_net))
+
+
+@pytest.mark.parametrize("variant", BACKBONE_VARIANTS["imagenet"])
+@pytest.mark.parametrize("depth", [50, 101, 152])
+def test_imagenet_structure(depth: int, variant: str) -> None:
+    assert list(imagenet_units(depth)) == IMAGENET_UNITS[depth]
+    model = meta_backbone("imagenet", depth, variant)
+    assert model.units_per_block() == IMAGENET_UNITS[depth]
+    assert model.block_channels == [256, 512, 1024, 2048]
+    for i, j, unit in model.units():
+        assert unit.stride == (2 if i > 0 and j == 0 else 1)
+        assert unit.conv2.stride == (unit.stride, unit.stride)  # stride on the 3x3 (v1.5)
+        assert unit.conv1.stride == (1, 1)
+        # A 1x1 projection (with the stride) in the first unit of every block, identity after.
+        assert (unit.shortcut_conv is not None) == (j == 0)
+        assert unit.identity_shortcut == (j > 0)
+        if j == 0:
+            assert unit.shortcut_conv.kernel_size == (1, 1)
+            assert unit.shortcut_conv.stride == (unit.stride, unit.stride)
+
+
+def test_default_num_classes_and_override() -> None:
+    assert meta_backbone("cifar10", 8, "sact").num_classes == 10
+    assert meta_backbone("imagenet", 50, "sact").num_classes == 1001
+    assert meta_backbone("imagenet", 50, "torchvision").num_classes == 1000
+    model = meta_backbone("cifar10", 8, "he", num_classes=100)
+    assert model.head.fc.out_features == 100
+
+
+# --- parameter counts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", BACKBONE_VARIANTS["cifar10"])
+@pytest.mark.parametrize(
+    # Measured: both variants give 464,154 (ResNet-32) and 1,727,962 (ResNet-110) parameters;
+    # He et al. 2016, Table 6: 0.46M and 1.7M.
+    ("depth", "exact", "paper"),
+    [(32, 464_154, 0.46e6), (110, 1_727_962, 1.7e6)],
+)
+def test_cifar_parameter_counts(variant: str, depth: int, exact: int, paper: float) -> None:
+    count = n_params(meta_backbone("cifar10", depth, variant))
+    assert count == exact
+    assert abs(count - paper) / paper < 0.02
+
+
+@pytest.mark.parametrize("depth", [50, 101, 152])
+def test_imagenet_parameter_counts(depth: int) -> None:
+    ours = n_params(meta_backbone("imagenet", depth, "torchvision"))
+    with torch.device("meta"):
+        theirs = n_params(getattr(torchvision.models, f"resnet{depth}")(weights=None))
+    assert ours == theirs
+    if depth == 50:
+        assert ours == 25_557_032
+        # SACT (v2, 1001 classes): no BN in the stem or projections, a postnorm BN in the head.
+        assert n_params(meta_backbone("imagenet", 50, "sact")) == 25_551_401
+
+
+# --- FLOPs (2 x MACs of convs and linear layers; BN, pooling, biases not counted) --------------
+
+
+@pytest.mark.parametrize("variant", BACKBONE_VARIANTS["cifar10"])
+@pytest.mark.parametrize(
+    ("depth", "golden"),
+    [(20, 81_102_080), (32, 137_725_184), (56, 250_971_392), (110, 505_775_360)],
+)
+def test_cifar_golden_flops(variant: str, depth: int, golden: int) -> None:
+    # SACT code cifar_model_test: ResNet-110 505,775,360; the others re-derived from its rule.
+    # Option-A shortcuts cost nothing, so the He variant counts the same.
+    model = meta_backbone("cifar10", depth, variant)
+    assert count_flops(model, 32) == golden
+    assert count_flops(model, 32, batch=3) == 3 * golden
+
+
+@pytest.mark.parametrize(
+    ("depth", "golden"),
+    [(50, 8_178_372_608), (101, 15_602_814_976), (152, 23_027_257_344)],
+)
+def test_imagenet_golden_flops(depth: int, golden: int) -> None:
+    # SACT code imagenet_model_test: ResNet-101 at 224x224, 1001 classes: 15,602,814,976.
+    assert count_flops(meta_backbone("imagenet", depth, "sact"), 224) == golden
+    # Same convs in torchvision's model; its classifier has 1000 outputs instead of 1001.
+    tv = meta_backbone("imagenet", depth, "torchvision")
+    assert count_flops(tv, 224) == golden - 2 * 2048
+
+
+def test_imagenet_flops_split() -> None:
+    # code-anchors 5.2: ResNet-101 stem 236,027,904; blocks 1,335,885,824 / 2,055,208,960 /
+    # 10,353,115,136 / 1,618,477,056; logits 4,100,096.
+    model = meta_backbone("imagenet", 101, "sact").eval()
+    state = torch.empty(1, 3, 224, 224, device="meta")
+    parts = []
+    with FlopCounterMode(display=False) as counter:
+        for stage in [model.stem, *model.blocks, model.head]:
+            before = counter.get_total_flops()
+            if isinstance(stage, nn.ModuleList):
+                for unit in stage:
+                    state = unit(state)
+            else:
+                state = stage(state)
+            parts.append(counter.get_total_flops() - before)
+    assert parts == [
+        236_027_904,
+        1_335_885_824,
+        2_055_208_960,
+        10_353_115_136,
+        1_618_477_056,
+        4_100_096,
+    ]
+
+
+# --- residual_mask semantics -------------------------------------------------------------------
+
+
+def _stride1_unit(kind: str) -> tuple[nn.Module, torch.Tensor]:
+    """A stride-1 identity-shortcut unit in eval mode, with a realistic input for it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 8, 8)
+    unit: nn.Module
+    if kind == "cifar-sact":
+        unit = CifarPreActUnit(64, 64)
+    elif kind == "cifar-he":
+        unit, x = CifarBasicUnit(64, 64), x.relu()  # post-activation: inputs come from a ReLU
+    elif kind == "imagenet-sact":
+        unit = BottleneckV2Unit(64, 16, 64)
+    else:
+        unit, x = BottleneckV1Unit(64, 16, 64), x.relu()
+    for m in unit.modules():  # non-trivial BN so that the residual is far from zero
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return unit.eval(), x
+
+
+UNIT_KINDS = ["cifar-sact", "cifar-he", "imagenet-sact", "imagenet-torchvision"]
+
+
+@pytest.mark.parametrize("kind", UNIT_KINDS)
+def test_zero_mask_keeps_input(kind: str) -> None:
+    unit, x = _stride1_unit(kind)
+    assert unit.identity_shortcut
+    out = unit(x, torch.zeros(2, 1, 8, 8))
+    assert torch.equal(out, x)
+    assert not torch.allclose(unit(x), x)
+
+
+@pytest.mark.parametrize("kind", UNIT_KINDS)
+def test_ones_mask_equals_dense(kind: str) -> None:
+    unit, x = _stride1_unit(kind)
+    assert torch.equal(unit(x, torch.ones(2, 1, 8, 8)), unit(x))
+
+
+@pytest.mark.parametrize("kind", UNIT_KINDS)
+def test_partial_mask_freezes_exactly_masked_positions(kind: str) -> None:
+    unit, x = _stride1_unit(kind)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, :, :, :4] = 1.0  # sample 0: left half active
+    mask[1] = (torch.arange(64).reshape(8, 8) % 3 == 0).float()  # sample 1: scattered
+    out, dense = unit(x, mask), unit(x)
+    active = mask.expand_as(x).bool()
+    assert torch.equal(out[~active], x[~active])
+    assert torch.equal(out[active], dense[active])
+
+
+def test_mask_on_downsampling_units_returns_shortcut() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8)
+    cifar = CifarPreActUnit(16, 32, stride=2).eval()
+    expected = nn.functional.pad(nn.functional.avg_pool2d(x, 2), (0, 0, 0, 0, 8, 8))
+    assert torch.equal(cifar(x, torch.zeros(2, 1, 4, 4)), expected)
+    bottleneck = BottleneckV2Unit(16, 8, 32, stride=2).eval()
+    preact = bottleneck.relu(bottleneck.preact_bn(x))
+    assert bottleneck.shortcut_conv is not None
+    torch.testing.assert_close(
+        bottleneck(x, torch.zeros(2, 1, 4, 4)), bottleneck.shortcut_conv(preact)
+    )
+
+
+@pytest.mark.parametrize(("dataset", "variant"), ALL_VARIANTS)
+def test_dilated_convs_name_conv_submodules(dataset: str, variant: str) -> None:
+    model = meta_backbone(dataset, 8 if dataset == "cifar10" else 50, variant)
+    for _, _, unit in model.units():
+        assert unit.DILATED_CONVS == ("conv1",)
+        for name in unit.DILATED_CONVS:
+            conv = unit.get_submodule(name)
+            assert isinstance(conv, nn.Conv2d)
+            assert conv.out_channels == unit.conv2.in_channels  # it feeds the 3x3 conv2
+            assert unit.conv2.kernel_size == (3, 3)
+
+
+# --- initialisation -----------------------------------------------------------------------------
+
+
+def test_initialisation() -> None:
+    torch.manual_seed(0)
+    model = build_backbone("cifar10", 20, "sact")
+    conv = model.blocks[2][1].conv2
+    expected_std = (2.0 / (conv.out_channels * 9)) ** 0.5  # He, fan_out
+    assert abs(conv.weight.std().item() / expected_std - 1) < 0.05
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight))
+            assert torch.equal(m.bias, torch.zeros_like(m.bias))
+            assert (m.eps, m.momentum) == (1e-3, 0.1)  # TF epsilon 1e-3, decay 0.9
+        if isinstance(m, nn.Conv2d):
+            assert m.bias is None
+    assert isinstance(model.head.fc, nn.Linear) and model.head.fc.bias is not None
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragments"),
+    [
+        (
+            {"dataset": "cifar10", "depth": 33},
+            ["depth=33", "6n+2", "cifar10", "8, 14, 20, 32, 56, 110"],
+        ),
+        ({"dataset": "cifar10", "depth": 2}, ["depth=2", "6n+2"]),
+        ({"dataset": "cifar10", "depth": "32"}, ["depth='32'", "6n+2"]),
+        ({"dataset": "imagenet", "depth": 34}, ["depth=34", "imagenet", "50, 101, 152"]),
+        ({"dataset": "cifar100", "depth": 32}, ["dataset='cifar100'", "'cifar10', 'imagenet'"]),
+        (
+            {"dataset": "cifar10", "depth": 32, "variant": "torchvision"},
+            ["variant='torchvision'", "cifar10", "'sact', 'he'"],
+        ),
+        (
+            {"dataset": "imagenet", "depth": 50, "variant": "he"},
+            ["variant='he'", "imagenet", "'sact', 'torchvision'"],
+        ),
+        ({"dataset": "cifar10", "depth": 32, "num_classes": 0}, ["num_classes=0"]),
+    ],
+)
+def test_bad_config_raises(kwargs: dict, fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_backbone(**kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+# --- torchvision weights ------------------------------------------------------------------------
+
+
+def test_torchvision_key_mapping() -> None:
+    assert torchvision_key("conv1.weight") == "stem.conv.weight"
+    assert torchvision_key("bn1.running_var") == "stem.bn.running_var"
+    assert torchvision_key("layer3.5.bn2.weight") == "blocks.2.5.bn2.weight"
+    assert torchvision_key("layer1.0.downsample.0.weight") == "blocks.0.0.shortcut_conv.weight"
+    assert torchvision_key("layer4.0.downsample.1.bias") == "blocks.3.0.shortcut_bn.bias"
+    assert torchvision_key("fc.bias") == "head.fc.bias"
+    with pytest.raises(KeyError):
+        torchvision_key("classifier.weight")
+
+
+def test_load_torchvision_resnet50_matches_outputs() -> None:
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(weights=None)
+    with torch.no_grad():
+        for m in reference.modules():  # random BN statistics and affine: a meaningful check
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    ours = build_backbone("imagenet", 50, "torchvision")
+    assert n_params(ours) == n_params(reference) == 25_557_032
+    missing, unexpected = load_torchvision_state_dict(ours, reference.state_dict())
+    assert missing == [] and unexpected == []
+    images = torch.randn(2, 3, 64, 64)
+    reference.eval()
+    ours.eval()
+    with torch.no_grad():
+        expected, got = reference(images), ours(images)
+    assert got.shape == (2, 1000)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_load_torchvision_rejects_other_variants() -> None:
+    model = meta_backbone("imagenet", 50, "sact")
+    with pytest.raises(ConfigError, match="variant='sact'"):
+        load_torchvision_state_dict(model, {})
