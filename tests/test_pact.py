@@ -1,0 +1,270 @@
+"""PACT: closed forms vs Monte Carlo, priors, relaxed vs hard forward, modes, reproducibility."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.config import EvalConfig, RunConfig, validate_run_config
+from harness.contract import EvalSpec, ModelSpec
+from harness.errors import ConfigError
+from harness.evaluate import evaluate_modes
+from methods.pact import (
+    PACTConfig,
+    expected_log_prior,
+    expected_units,
+    halting_distribution,
+    log_prior,
+    log_prior_table,
+)
+from methods.pact.model import build_pact, build_spatial_pact
+
+# -- closed forms ------------------------------------------------------------------------------
+
+
+def sample_num_units(h: torch.Tensor, samples: int, gen: torch.Generator) -> torch.Tensor:
+    """Hard samples z ~ Bernoulli(h), N = first l with z^l = 1 (L if none): [samples, B, ...]."""
+    z = torch.rand((samples, *h.shape), generator=gen, dtype=h.dtype) < h
+    num_units = h.shape[1] + 1
+    step = torch.arange(1, num_units, dtype=torch.long).view(1, 1, -1, *([1] * (h.dim() - 2)))
+    first = torch.where(z, step, num_units).amin(dim=2)
+    return first
+
+
+def test_expected_units_matches_monte_carlo():
+    gen = torch.Generator().manual_seed(0)
+    h = torch.rand(6, 5, generator=gen, dtype=torch.float64)
+    h[0] = 0.02  # mostly runs to the end
+    h[1, 0] = 0.97  # mostly halts at once
+    samples = 400_000
+    n = sample_num_units(h, samples, gen).double()
+    mc_mean, mc_std = n.mean(0), n.std(0)
+    closed = expected_units(h)
+    # 5 standard errors: a false alarm has probability ~ 6e-7 per entry
+    assert (closed - mc_mean).abs().max() < 5 * (mc_std / math.sqrt(samples)).max()
+    assert closed.shape == (6,)
+
+
+def test_expected_units_spatial_matches_monte_carlo():
+    gen = torch.Generator().manual_seed(1)
+    h = torch.rand(2, 3, 4, 4, generator=gen, dtype=torch.float64)
+    samples = 200_000
+    n = sample_num_units(h, samples, gen).double()
+    closed = expected_units(h)
+    assert closed.shape == (2, 4, 4)
+    assert (closed - n.mean(0)).abs().max() < 5 * (n.std(0) / math.sqrt(samples)).max()
+
+
+def test_halting_distribution_is_a_distribution_with_the_same_mean():
+    h = torch.rand(4, 6, dtype=torch.float64)
+    q = halting_distribution(h)
+    torch.testing.assert_close(q.sum(1), torch.ones(4, dtype=torch.float64))
+    steps = torch.arange(1, 8, dtype=torch.float64)
+    torch.testing.assert_close((q * steps).sum(1), expected_units(h))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.05, 0.7])
+def test_truncated_geometric_prior(lam):
+    table = log_prior_table(6, lam)
+    torch.testing.assert_close(table.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+    log_z = math.log(sum(math.exp(-lam * m) for m in range(1, 7)))
+    n = torch.arange(1, 7)
+    # -log p(N) = lambda N + log Z exactly
+    torch.testing.assert_close(-log_prior(n, 6, lam), lam * n.double() + log_z)
+    h = torch.rand(5, 5, dtype=torch.float64)
+    # E_q[log p(N)] = -lambda E_q[N] - log Z
+    torch.testing.assert_close(expected_log_prior(h, lam), -lam * expected_units(h) - log_z)
+
+
+def test_bernoulli_prior():
+    lam, num_units = 0.3, 5
+    a = math.exp(-lam)
+    expected = [(1 - a) * a ** (n - 1) for n in range(1, num_units)] + [a ** (num_units - 1)]
+    table = log_prior_table(num_units, lam, "bernoulli")
+    torch.testing.assert_close(table.exp(), torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(table.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_prior_and_config_errors():
+    with pytest.raises(ConfigError, match="lambda"):
+        PACTConfig(lambda_=-0.1).validate()
+    with pytest.raises(ConfigError, match="lambda"):
+        PACTConfig(lambda_=0.0, prior="bernoulli").validate()
+    with pytest.raises(ConfigError, match="temperature"):
+        PACTConfig(temperature=0.0).validate()
+    with pytest.raises(ConfigError, match="temperature_final"):
+        PACTConfig(temperature_final=-1.0).validate()
+    with pytest.raises(ConfigError, match="allowed values"):
+        PACTConfig(prior="poisson").validate()
+    with pytest.raises(ConfigError, match="allowed values"):
+        PACTConfig(anneal="cosine").validate()
+
+
+def test_temperature_schedules():
+    cfg = PACTConfig(temperature=1.0, temperature_final=0.01, anneal="exponential")
+    assert [round(cfg.temperature_at(e, 3), 6) for e in range(3)] == [1.0, 0.1, 0.01]
+    lin = PACTConfig(temperature=1.0, temperature_final=0.5, anneal="linear")
+    assert [lin.temperature_at(e, 3) for e in range(3)] == [1.0, 0.75, 0.5]
+    assert PACTConfig(anneal="none").temperature_at(5, 10) == 1.0
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def spread(model, seed=0, scale=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for branches in model.halting:
+            for branch in branches:
+                conv = getattr(branch, "local_conv", None)
+                if conv is not None:
+                    conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.5)
+                    conv.bias.fill_(0.0)
+                else:
+                    branch.fc.weight.copy_(
+                        torch.randn(branch.fc.weight.shape, generator=gen) * scale
+                    )
+                    branch.fc.bias.fill_(0.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def pact_model():
+    torch.manual_seed(0)
+    return spread(build_pact(ModelSpec("cifar10", 20, "sact"), PACTConfig()))
+
+
+@pytest.fixture(scope="module")
+def spatial_model():
+    torch.manual_seed(0)
+    return spread(build_spatial_pact(ModelSpec("cifar10", 14, "sact"), PACTConfig()))
+
+
+def images(seed=1, batch=16):
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("mode", ["deterministic", "sampled"])
+def test_early_exit_equals_masked(pact_model, mode):
+    x = images()
+    with torch.no_grad():
+        masked = pact_model(x, EvalSpec(mode, "masked", generator=gen(3)))
+        early = pact_model(x, EvalSpec(mode, "early_exit", generator=gen(3)))
+    torch.testing.assert_close(early.logits, masked.logits, rtol=1e-4, atol=1e-5)
+    for a, b in zip(masked.units_executed, early.units_executed, strict=True):
+        assert torch.equal(a, b)
+    counts = torch.cat(masked.units_executed)
+    assert counts.min() < counts.max()
+
+
+def test_deterministic_is_first_unit_above_threshold(pact_model):
+    x = pact_model.backbone.stem(images(batch=8))
+    with torch.no_grad():
+        result = pact_model.run_block(0, x, EvalSpec("deterministic", "early_exit", 0.5))
+        states, h = [], []
+        for u, unit in enumerate(pact_model.backbone.blocks[0]):
+            x = unit(x)
+            states.append(x)
+            if u < len(pact_model.halting[0]):
+                h.append(torch.sigmoid(pact_model.halting[0][u](x)))
+    h = torch.stack(h, 1)
+    above = torch.cat([h > 0.5, torch.ones(8, 1, dtype=torch.bool)], 1)
+    n = above.float().argmax(1) + 1
+    assert torch.equal(result.units, n)
+    expected = torch.stack([states[k - 1][i] for i, k in enumerate(n.tolist())])
+    torch.testing.assert_close(result.state, expected)
+
+
+@pytest.mark.parametrize("fixture", ["pact_model", "spatial_model"])
+def test_low_temperature_relaxed_matches_hard_on_same_noise(fixture, request):
+    model = request.getfixturevalue(fixture)
+    x = images(seed=4, batch=8)
+    old = model.temperature.item()
+    model.temperature.fill_(1e-6)
+    try:
+        with torch.no_grad():
+            relaxed = model(x, EvalSpec("stochastic", "masked", generator=gen(7)))
+            hard = model(x, EvalSpec("sampled", "masked", generator=gen(7)))
+    finally:
+        model.temperature.fill_(old)
+    torch.testing.assert_close(relaxed.logits, hard.logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["stochastic", "sampled"])
+def test_random_modes_are_reproducible(pact_model, mode):
+    x = images(seed=5)
+    with torch.no_grad():
+        a = pact_model(x, EvalSpec(mode, "masked", generator=gen(11))).logits
+        b = pact_model(x, EvalSpec(mode, "masked", generator=gen(11))).logits
+        c = pact_model(x, EvalSpec(mode, "masked", generator=gen(12))).logits
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_thresholds_trace_a_monotone_compute_curve(pact_model):
+    loader = [(images(seed=s), torch.randint(0, 10, (16,), generator=gen(s))) for s in range(2)]
+    cfg = EvalConfig(modes=("deterministic",), thresholds=(0.2, 0.5, 0.8))
+    rows = evaluate_modes(pact_model, loader, cfg, torch.device("cpu"))
+    assert [r["threshold"] for r in rows] == [0.2, 0.5, 0.8]
+    units = [r["units_executed_mean"] for r in rows]
+    # h > 0.8 implies h > 0.5 implies h > 0.2: a higher threshold never halts earlier
+    assert units[0] <= units[1] <= units[2]
+    assert units[0] < units[2]
+
+
+def test_random_mode_rows_report_repeat_mean_and_std(pact_model):
+    loader = [(images(seed=9), torch.randint(0, 10, (16,), generator=gen(9)))]
+    cfg = EvalConfig(modes=("sampled",), repeats=4, seed=100)
+    row = evaluate_modes(pact_model, loader, cfg, torch.device("cpu"))[0]
+    accuracies = []
+    for r in range(4):
+        with torch.no_grad():
+            logits = pact_model(
+                loader[0][0], EvalSpec("sampled", "early_exit", generator=gen(100 + r))
+            ).logits
+        accuracies.append((logits.argmax(1) == loader[0][1]).double().mean().item())
+    mean = sum(accuracies) / 4
+    std = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / 3)
+    assert row["repeats"] == 4
+    assert row["accuracy"] == pytest.approx(mean)
+    assert row["accuracy_std"] == pytest.approx(std)
+
+
+def test_unknown_mode_and_bad_repeats(pact_model):
+    with pytest.raises(ConfigError, match="allowed values: deterministic, stochastic, sampled"):
+        evaluate_modes(pact_model, [], EvalConfig(modes=("greedy",)), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="allowed values"):
+        pact_model(images(), EvalSpec("greedy"))
+    with pytest.raises(ConfigError, match="eval.repeats"):
+        validate_run_config(RunConfig(eval=EvalConfig(repeats=0)))
+
+
+def test_training_loss_is_ce_plus_expected_negative_log_prior():
+    torch.manual_seed(3)
+    model = build_pact(ModelSpec("cifar10", 14, "sact"), PACTConfig(lambda_=0.2))
+    model.train()
+    x, y = images(batch=8), torch.randint(0, 10, (8,))
+    out = model(x)
+    terms = model.loss(out, y)
+    ce = torch.nn.functional.cross_entropy(out.logits, y)
+    prior = terms["loss"] - ce
+    # E_q[-log p(N)] = lambda E_q[N] + log Z per block; ponder_cost holds E_q[N]
+    log_z = math.log(sum(math.exp(-0.2 * m) for m in range(1, 3)))
+    expected = sum(0.2 * p.mean() + log_z for p in out.ponder_cost)
+    torch.testing.assert_close(prior, expected)
+    assert all(torch.equal(u, torch.full_like(u, 2)) for u in out.units_executed)
+
+
+def test_spatial_pact_counts_are_per_position(spatial_model):
+    with torch.no_grad():
+        out = spatial_model(images(batch=3), EvalSpec("deterministic", "masked", 0.5))
+    shapes = [tuple(u.shape) for u in out.units_executed]
+    assert shapes == [(3, 32, 32), (3, 16, 16), (3, 8, 8)]
+    counts = torch.cat([u.flatten() for u in out.units_executed])
+    assert counts.min() >= 1 and counts.max() <= 2 and counts.min() < counts.max()
