@@ -7,3 +7,12 @@ here keeps ``harness.cli`` thin and lets heavy modules (Ray, plotting) load only
 from __future__ import annotations
 
 ALL: list = []
+
+
+def _add_report(sub) -> None:
+    from harness.report import add_parser
+
+    add_parser(sub)
+
+
+ALL.append(_add_report)

@@ -1,0 +1,37 @@
+# Two commands on a fresh clone: `make run` (the cpu-mini grid on a local Ray and CIFAR-10) and
+# `make test`. Both create the virtual environment .venv on first use (pip install -e ".[dev]").
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_ROOT ?= $(or $(PACT_DATA_ROOT),data/cifar10)
+PRESET ?= cpu-mini
+DOWNLOAD ?= 0
+
+.PHONY: run test lint format install clean-venv
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+run: $(BIN)/.installed
+	$(BIN)/pact-harness grid --preset $(PRESET) --data-root $(DATA_ROOT) \
+		$(if $(filter 1,$(DOWNLOAD)),--download,) --resume
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,234 @@
+"""Paper-style tables and figures from stored results (``pact-harness report``).
+
+Input: one or more ``results.csv`` files (a study's table, a run directory's, or folders holding
+them). Seeds are aggregated explicitly per configuration (mean and std of accuracy and FLOPs)
+before anything is drawn, so error bars mean "over seeds". Output, in ``--out``:
+
+    table.md, table.tex, table.csv    one row per (method, variant, depth, time penalty, mode,
+                                      threshold, execution) with seed statistics
+    accuracy_vs_flops.png/.pdf        accuracy vs FLOPs per method and mode, seed error bars,
+                                      and the vanilla ResNet depth curve
+    memory.png/.pdf                   peak evaluation memory per method and mode (when measured)
+
+Every table carries the FLOP convention of :mod:`harness.costs.flops`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from harness.costs.flops import CONVENTION
+from harness.errors import ConfigError
+from harness.store import RESULTS_FILE, atomic_write_text
+
+GROUP_KEYS = [
+    "dataset",
+    "method",
+    "variant",
+    "depth",
+    "time_penalty_name",
+    "time_penalty",
+    "eval_mode",
+    "threshold",
+    "execution",
+    "split",
+]
+
+
+def find_results(paths: Iterable[str | Path]) -> list[Path]:
+    """``results.csv`` files named directly or found under the given folders."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            top = path / RESULTS_FILE
+            found.extend([top] if top.exists() else sorted(path.rglob(RESULTS_FILE)))
+        else:
+            raise ConfigError(f"report: {path} does not exist")
+    if not found:
+        raise ConfigError(f"report: no {RESULTS_FILE} under {', '.join(map(str, paths))}")
+    return found
+
+
+def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """All result rows, de-duplicated on (trial_id, eval_mode, threshold, execution, split)."""
+    frames = [pd.read_csv(p) for p in find_results(paths)]
+    frame = pd.concat(frames, ignore_index=True)
+    keys = [k for k in ("trial_id", "eval_mode", "threshold", "execution", "split") if k in frame]
+    return frame.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per configuration (std of a single seed is 0)."""
+    keys = [k for k in GROUP_KEYS if k in frame.columns]
+    frame = frame.copy()
+    for key in keys:  # NaN keys (no threshold) would drop the group in groupby
+        if frame[key].isna().any():
+            frame[key] = frame[key].astype(object).where(frame[key].notna(), "")
+    metrics = {
+        "accuracy": ["mean", "std"],
+        "flops_per_image_mean": ["mean", "std"],
+        "units_executed_mean": ["mean"],
+        "seed": ["count"],
+    }
+    if "peak_memory_bytes" in frame:
+        metrics["peak_memory_bytes"] = ["mean"]
+    metrics = {k: v for k, v in metrics.items() if k in frame}
+    table = frame.groupby(keys, dropna=False, sort=True).agg(metrics)
+    table.columns = [f"{col}_{stat}" for col, stat in table.columns]
+    table = table.rename(
+        columns={
+            "accuracy_mean": "accuracy_mean",
+            "accuracy_std": "accuracy_std_over_seeds",
+            "flops_per_image_mean_mean": "flops_per_image",
+            "flops_per_image_mean_std": "flops_per_image_std_over_seeds",
+            "units_executed_mean_mean": "units_executed_mean",
+            "seed_count": "seeds",
+            "peak_memory_bytes_mean": "peak_memory_bytes",
+        }
+    )
+    for col in ("accuracy_std_over_seeds", "flops_per_image_std_over_seeds"):
+        if col in table:
+            table[col] = table[col].fillna(0.0)
+    return table.reset_index()
+
+
+def write_tables(table: pd.DataFrame, out: Path) -> list[Path]:
+    """Markdown, LaTeX and CSV versions of the aggregated table, each stating the convention."""
+    shown = table.copy()
+    if "accuracy_mean" in shown:
+        shown["accuracy_%"] = (100 * shown["accuracy_mean"]).round(2)
+        shown["accuracy_std_%"] = (100 * shown["accuracy_std_over_seeds"]).round(2)
+    if "flops_per_image" in shown:
+        shown["GFLOPs_per_image"] = (shown["flops_per_image"] / 1e9).round(5)
+    note = f"FLOPs convention: {CONVENTION}. Accuracy: mean and std over seeds."
+    paths = [out / "table.md", out / "table.tex", out / "table.csv"]
+    atomic_write_text(paths[0], shown.to_markdown(index=False) + f"\n\n{note}\n")
+    latex = shown.to_latex(index=False, caption=note, label="tab:pact-harness", escape=True)
+    atomic_write_text(paths[1], latex)
+    atomic_write_text(paths[2], f"# {note}\n" + table.to_csv(index=False))
+    return paths
+
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
+    for path in paths:
+        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+        fig.savefig(tmp, bbox_inches="tight", dpi=150)
+        tmp.replace(path)
+    return paths
+
+
+def plot_accuracy_vs_flops(table: pd.DataFrame, out: Path) -> list[Path]:
+    """One line per (method, mode), points = time penalties, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    data = table[table["split"] == "test"] if "split" in table else table
+    vanilla = data[data["method"] == "resnet"].sort_values("flops_per_image")
+    if not vanilla.empty:
+        ax.errorbar(
+            vanilla["flops_per_image"] / 1e9,
+            100 * vanilla["accuracy_mean"],
+            yerr=100 * vanilla["accuracy_std_over_seeds"],
+            color="black",
+            marker="s",
+            linestyle="--",
+            label="ResNet (depth series)",
+        )
+        for _, row in vanilla.iterrows():
+            ax.annotate(
+                f"{int(row['depth'])}",
+                (row["flops_per_image"] / 1e9, 100 * row["accuracy_mean"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+            )
+    adaptive = data[data["method"] != "resnet"]
+    palette = sns.color_palette("tab10")
+    for i, ((method, mode, depth), group) in enumerate(
+        adaptive.groupby(["method", "eval_mode", "depth"], sort=True)
+    ):
+        if mode == "deterministic" and "threshold" in group:
+            # one curve per training run's thresholds would clutter; keep the 0.5 rows here
+            default = group[group["threshold"].astype(str).isin(["0.5", ""])]
+            group = default if not default.empty else group
+        group = group.sort_values("flops_per_image")
+        ax.errorbar(
+            group["flops_per_image"] / 1e9,
+            100 * group["accuracy_mean"],
+            xerr=group["flops_per_image_std_over_seeds"] / 1e9,
+            yerr=100 * group["accuracy_std_over_seeds"],
+            color=palette[i % len(palette)],
+            marker="o",
+            capsize=2,
+            label=f"{method} ({mode}), depth {depth}",
+        )
+    ax.set_xlabel("GFLOPs per image (2 x MACs, conv + linear, halting included)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    paths = _save(fig, out, "accuracy_vs_flops")
+    plt.close(fig)
+    return paths
+
+
+def plot_memory(table: pd.DataFrame, out: Path) -> list[Path]:
+    """Bars of peak evaluation memory per method and mode (only rows that measured it)."""
+    if "peak_memory_bytes" not in table or table["peak_memory_bytes"].isna().all():
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    data = table.dropna(subset=["peak_memory_bytes"]).copy()
+    data["peak_memory_MiB"] = data["peak_memory_bytes"] / 2**20
+    data["configuration"] = data["method"] + " / " + data["eval_mode"]
+    data = data.groupby("configuration", as_index=False)["peak_memory_MiB"].max()
+    fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(data) + 1.2))
+    sns.barplot(data=data, y="configuration", x="peak_memory_MiB", ax=ax, color="tab:blue")
+    ax.set_xlabel("peak evaluation memory (MiB)")
+    ax.set_ylabel("")
+    paths = _save(fig, out, "memory")
+    plt.close(fig)
+    return paths
+
+
+def make_report(inputs: list[str | Path], out: str | Path) -> list[Path]:
+    """Load, aggregate, write tables and figures; returns the written paths."""
+    frame = load_results(inputs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = aggregate(frame)
+    written = write_tables(table, out)
+    if "flops_per_image" in table and table["flops_per_image"].notna().any():
+        written += plot_accuracy_vs_flops(table, out)
+    written += plot_memory(table, out)
+    return written
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """CLI: ``pact-harness report INPUT... --out DIR``."""
+    for path in make_report(args.inputs, args.out):
+        print(path)
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Register the ``report`` subcommand."""
+    p = sub.add_parser("report", help="tables and figures from results.csv files")
+    p.add_argument("inputs", nargs="+", help="results.csv files, run or study directories")
+    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+    p.set_defaults(func=cmd_report)
