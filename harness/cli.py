@@ -24,8 +24,9 @@ from harness.config import (
 from harness.errors import HarnessError
 
 # CLI flag -> dotted config key. Flags a user did not give leave the key alone.
+# The method's name travels as ``method.name`` so that it merges with ``method.tau`` & co.
 TRAIN_FLAGS = {
-    "method": "method",
+    "method": "method.name",
     "dataset": "model.dataset",
     "depth": "model.depth",
     "variant": "model.variant",
@@ -55,16 +56,35 @@ def _csv(kind):
     return parse
 
 
+def _method_name_as_key(tree: dict[str, Any]) -> dict[str, Any]:
+    """``method: act`` -> ``method: {name: act}``: a plain name would otherwise be replaced by
+    (or refuse to merge with) a later layer's ``method.tau``."""
+    if isinstance(tree.get("method"), str):
+        tree = {**tree, "method": {"name": tree["method"]}}
+    return tree
+
+
+def _set_pairs(pairs: list[str]) -> list[str]:
+    """``--set method=act`` -> ``--set method.name=act`` (see :func:`_method_name_as_key`)."""
+    return [
+        "method.name=" + pair.split("=", 1)[1]
+        if "=" in pair and pair.split("=", 1)[0].strip() == "method"
+        else pair
+        for pair in pairs
+    ]
+
+
 def build_run_config(args: argparse.Namespace, flags: dict[str, str] = TRAIN_FLAGS) -> RunConfig:
     """Defaults < ``--config`` file < dedicated flags < ``--set`` overrides."""
     tree: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    tree = _method_name_as_key(tree)
     given: dict[str, Any] = {}
     for attr, key in flags.items():
         value = getattr(args, attr, None)
         if value is not None:
             set_dotted(given, key, value)
     tree = deep_merge(tree, given)
-    tree = deep_merge(tree, parse_overrides(getattr(args, "set", None) or []))
+    tree = deep_merge(tree, parse_overrides(_set_pairs(getattr(args, "set", None) or [])))
     return run_config_from_tree(tree)
 
 
@@ -99,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build_run_config(args)
     run_dir = Path(args.out) if args.out else default_run_dir(cfg)
-    summary = run_trial(cfg, run_dir, init_from=args.init_from, argv=sys.argv)
+    summary = run_trial(cfg, run_dir, init_from=args.init_from, argv=args.argv)
     print(f"run directory: {run_dir}")
     for key in sorted(summary):
         print(f"  {key}: {summary[key]}")
@@ -185,6 +205,8 @@ def _extra_commands():
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    # The command line recorded in provenance: the one given to main(), else the process's.
+    args.argv = list(sys.argv) if argv is None else [parser.prog, *argv]
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -16,3 +16,21 @@ def _add_report(sub) -> None:
 
 
 ALL.append(_add_report)
+
+
+def _add_profile(sub) -> None:
+    from harness.profile import add_parser
+
+    add_parser(sub)
+
+
+ALL.append(_add_profile)
+
+
+def _add_grid(sub) -> None:
+    from harness.grid import add_parser
+
+    add_parser(sub)
+
+
+ALL.append(_add_grid)

@@ -170,9 +170,10 @@ def from_dict(cls: type, data: Mapping[str, Any] | Any, where: str = "") -> Any:
     fields = {_key(f): f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        allowed = ", ".join(sorted(fields)) or "(none)"
         raise ConfigError(
             f"unknown config key {'.'.join(filter(None, [where, unknown[0]]))!r}; "
-            f"allowed keys{' in ' + where if where else ''}: {', '.join(sorted(fields))}"
+            f"allowed keys{' in ' + where if where else ''}: {allowed}"
         )
     kwargs = {}
     for key, value in data.items():

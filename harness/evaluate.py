@@ -31,8 +31,8 @@ class FlopCounter(Protocol):
         """Per-image FLOPs ``[B]`` and per-block FLOPs ``[B, num_blocks]`` of one forward."""
 
     @property
-    def full_flops(self) -> float:
-        """FLOPs per image of the fully executed network."""
+    def vanilla_flops(self) -> float:
+        """FLOPs per image of the plain backbone (every unit, no halting branches)."""
 
 
 @dataclass
@@ -96,7 +96,7 @@ def _std(values: list[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarize(passes: list[PassStats], full_flops: float | None) -> dict[str, Any]:
+def summarize(passes: list[PassStats], vanilla_flops: float | None) -> dict[str, Any]:
     """Result-row fields from one or more repeats of the same evaluation."""
     accuracies = [p.correct.double().mean().item() for p in passes]
     units = torch.cat([p.units for p in passes])
@@ -118,8 +118,8 @@ def summarize(passes: list[PassStats], full_flops: float | None) -> dict[str, An
         row["flops_per_image_mean"] = flops.mean().item()
         row["flops_per_image_std"] = flops.std().item() if flops.numel() > 1 else 0.0
         row["flops_per_block"] = json.dumps([round(v, 1) for v in per_block.mean(0).tolist()])
-        if full_flops:
-            row["flops_fraction_of_vanilla"] = row["flops_per_image_mean"] / full_flops
+        if vanilla_flops:
+            row["flops_fraction_of_vanilla"] = row["flops_per_image_mean"] / vanilla_flops
     return row
 
 
@@ -176,6 +176,6 @@ def evaluate_modes(
             "threshold": spec.threshold if spec.mode in model.threshold_modes else None,
             "split": split,
         }
-        row.update(summarize(passes, flop_counter.full_flops if flop_counter else None))
+        row.update(summarize(passes, flop_counter.vanilla_flops if flop_counter else None))
         rows.append(row)
     return rows

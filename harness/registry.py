@@ -46,15 +46,23 @@ def _load_entry_points() -> None:
     global _entry_points_loaded
     if _entry_points_loaded:
         return
-    _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        spec = ep.load()
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            spec = ep.load()
+        except Exception as err:
+            raise ConfigError(
+                f"method plug-in {ep.name!r} ({ep.value}) failed to import: "
+                f"{type(err).__name__}: {err}"
+            ) from err
         if spec.name != ep.name:
             raise ConfigError(
                 f"entry point {ep.name!r} ({ep.value}) publishes a method named {spec.name!r}; "
                 "the two names must agree"
             )
         register(spec)
+    _entry_points_loaded = True
 
 
 def list_methods(pattern: str = "*") -> list[str]:

@@ -22,7 +22,7 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
+import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
@@ -82,11 +82,21 @@ RESULT_COLUMNS: dict[str, str] = {
 }
 
 
+def _temp_file(path: Path) -> tuple[int, Path]:
+    """A new, exclusive temporary file beside ``path`` (fd, name).
+
+    Unlike ``tempfile.mkstemp`` (mode 0600), it gets the mode the umask gives any new file, so
+    results renamed into place are as readable as the user's other files.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -106,11 +116,12 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save`` through a temporary file and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    fd, tmp = _temp_file(path)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

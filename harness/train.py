@@ -29,7 +29,7 @@ from harness.config import RunConfig, from_dict, to_dict, validate_run_config
 from harness.contract import AdaptiveModel, MethodSpec
 from harness.data import DataBundle, build_data, resolve_data_root
 from harness.errors import CheckpointError, ConfigError
-from harness.evaluate import evaluate_modes
+from harness.evaluate import evaluate_modes, plan_evaluations
 from harness.progress import progress_bar, want_progress
 from harness.registry import get_method
 
@@ -121,6 +121,7 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     )
     torch.manual_seed(cfg.seed)
     _, _, model = build_model(cfg, num_classes=data.num_classes)
+    plan_evaluations(model, cfg.eval)  # unknown eval modes fail now, not after training
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -185,6 +186,7 @@ def train_one_epoch(
     model.train()
     sums: dict[str, float] = {}
     count = correct = 0
+    lr = optimizer.param_groups[0]["lr"]
     bar = progress_bar(loader, progress, desc)
     for images, labels in bar:
         images, labels = images.to(device), labels.to(device)
@@ -193,6 +195,7 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used, before the schedule moves
         scheduler.step()
         batch = labels.shape[0]
         count += batch
@@ -209,7 +212,7 @@ def train_one_epoch(
             sums["units_executed"] = sums.get("units_executed", 0.0) + units
     metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
     metrics["train_accuracy"] = correct / max(count, 1)
-    metrics["lr"] = optimizer.param_groups[0]["lr"]
+    metrics["lr"] = lr  # of the epoch's last step
     return metrics
 
 
@@ -252,22 +255,28 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
             )
         return None
     ckpt_path = run_dir / store.CHECKPOINT_FILE
-    saved = yaml.safe_load(config_file.read_text())
-    stored_identity = load_checkpoint(ckpt_path)["config_identity"] if ckpt_path.exists() else None
-    identity = config_identity(cfg)
-    reference = (
-        stored_identity
-        if stored_identity is not None
-        else config_identity(from_dict(RunConfig, saved))
-    )
-    differences = _diff(reference, identity)
+    checkpoint = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if checkpoint is not None:
+        reference = checkpoint["config_identity"]
+    else:
+        reference = config_identity(read_run_config(run_dir))
+    differences = _diff(reference, config_identity(cfg))
     if differences:
         raise CheckpointError(
             f"run directory {run_dir} holds a run of another configuration ("
             + "; ".join(differences[:3])
             + "); use a different --out or the same settings"
         )
-    return load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    return checkpoint
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved configuration stored in a run directory (CheckpointError if unreadable)."""
+    path = run_dir / store.CONFIG_FILE
+    try:
+        return from_dict(RunConfig, yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError, ConfigError) as err:
+        raise CheckpointError(f"cannot read the run configuration {path}: {err}") from None
 
 
 def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[str]:
@@ -279,7 +288,7 @@ def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[st
     ckpt_path = source / store.CHECKPOINT_FILE
     if not config_file.exists() or not ckpt_path.exists():
         raise CheckpointError(f"--init-from {source}: no run with a checkpoint there")
-    other = from_dict(RunConfig, yaml.safe_load(config_file.read_text()))
+    other = read_run_config(source)
     for name in ("dataset", "depth", "variant"):
         mine, theirs = getattr(cfg.model, name), getattr(other.model, name)
         if mine != theirs:
@@ -293,7 +302,9 @@ def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[st
         k: v for k, v in state.items() if not k.startswith(skip) and k.startswith("backbone.")
     }
     missing, _ = model.load_state_dict(wanted, strict=False)
-    unexpected_fresh = [k for k in missing if not k.startswith(skip)]
+    # Only backbone keys must come from the source; the method's own parameters and buffers
+    # (halting branches, PACT's temperature) are fresh by design.
+    unexpected_fresh = [k for k in missing if k.startswith("backbone.") and not k.startswith(skip)]
     if unexpected_fresh:
         raise CheckpointError(
             f"--init-from {source}: backbone weights missing from its checkpoint: "
@@ -336,9 +347,14 @@ def run_trial(
     cfg, model, device = prepared.cfg, prepared.model, prepared.device
     resume = check_run_dir(run_dir, cfg)
     summary_path = run_dir / store.SUMMARY_FILE
-    if summary_path.exists() and resume is not None and resume["epoch"] >= cfg.optim.epochs:
-        log.info("run %s is already finished", run_dir)
-        return json.loads(summary_path.read_text())
+    if resume is not None and resume["epoch"] >= cfg.optim.epochs:
+        if summary_path.exists() and read_run_config(run_dir).eval == cfg.eval:
+            log.info("run %s is already finished", run_dir)
+            return json.loads(summary_path.read_text())
+        # Trained, but not evaluated (or evaluated with other eval settings): evaluate only.
+        model.load_state_dict(resume["model"])
+        store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(cfg)))
+        return finish_run(prepared, run_dir, resume["train_seconds"], evaluation_hook)
     fresh_keys: list[str] = []
     if init_from is not None and resume is None:
         fresh_keys = init_from_run(model, Path(init_from).resolve(), cfg)
@@ -408,6 +424,7 @@ def finish_run(
 ) -> dict[str, Any]:
     """Evaluate every mode, write ``results.csv`` and ``summary.json``."""
     from harness.costs.flops import FlopAccountant
+    from harness.profile import add_cost_columns
 
     cfg, model = prepared.cfg, prepared.model
     flop_counter = FlopAccountant(model, image_size=prepared.data.image_size)
@@ -421,6 +438,7 @@ def finish_run(
     )
     columns = trial_columns(cfg, prepared.spec, run_dir.name)
     rows = [{**columns, **row} for row in rows]
+    add_cost_columns(prepared, rows)  # peak memory and time per row, at the eval batch size
     if evaluation_hook is not None:
         evaluation_hook(prepared, rows)
     store.write_results_csv(run_dir / store.RESULTS_FILE, rows)
@@ -442,7 +460,8 @@ def finish_run(
         "num_test": prepared.data.num_test,
         "flops_per_image_mean": main.get("flops_per_image_mean"),
     }
-    if prepared.model.halting_branches() and any(prepared.model.halting_branches()):
+    # Any model that reports executed units (ACT at depth 8 too: one unit, no branches).
+    if not math.isnan(main["units_executed_mean"]):
         summary["units_executed_mean"] = main["units_executed_mean"]
         summary["units_executed_per_block"] = json.loads(main["units_per_block"])
     store.atomic_write_json(run_dir / store.SUMMARY_FILE, summary)

@@ -7,14 +7,19 @@ methods a unit after the first of a block is charged per active position, and a 
 3x3 conv (the unit's ``DILATED_CONVS``) on the 3x3-dilated active set; the first unit of each
 block (it holds the stride) is dense.
 
-Why not trace the adaptive model? fvcore traces one forward pass with TorchScript: the trace
-freezes the control flow of the example batch (an early exit that halted at unit 3 counts three
-units for every image) and silently drops ops whose result only feeds ``.item()`` or ``bool()``
-(a halting branch used only to decide when to stop counts zero). So fvcore counts each unit, each
-halting branch, the stem and the head *once*, at batch 1, on a plain module whose output depends
-on every op; the per-sample (or per-position) executed-unit counts that the forward pass returns
-then say how often each cost was paid. ``torch.utils.flop_counter.FlopCounterMode`` on a real
-early-exit execution is the independent cross-check (see the tests).
+How fvcore meets input-dependent control flow, and why the accounting does not trace the adaptive
+model: fvcore runs one forward pass under the TorchScript tracer and counts the ops of the recorded
+graph. The trace freezes the Python control flow of the example batch: an early-exit forward
+records the units that batch ran (a batch runs until its last sample halts, so every image is
+charged the batch maximum), and a halting decision taken through ``.item()`` or ``bool()`` is a
+constant in the graph. Worse, ops whose result only feeds such a decision are dead code in the
+graph and are dropped silently: a halting branch used only to decide when to stop counts zero
+(the tracer warning that would reveal it is off by default). So fvcore counts each unit, each
+halting branch, the stem and the head *once*, at batch 1, each as a plain module whose output
+depends on every op it holds; no control flow is traced. The forward pass itself reports what
+ran, per image (``units_executed`` ``[B]``) or per position (``[B, H, W]``), and the accountant
+multiplies. ``torch.utils.flop_counter.FlopCounterMode``, which sees every op that really runs,
+cross-checks the result on real early-exit executions (``tests/test_flops.py``).
 
 fvcore is unmaintained and rests on TorchScript tracing; only :func:`count_macs` touches it, so it
 can be swapped for ``FlopCounterMode`` if tracing goes away.
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.contract import AdaptiveModel, ModelOutput
+from harness.costs import evaluating
 
 CONVENTION = (
     "FLOPs = 2 x multiply-accumulates of convolutions and linear layers (fvcore per unit, "
@@ -65,22 +71,18 @@ def count_macs(module: nn.Module, example: torch.Tensor) -> tuple[int, dict[str,
     """
     with warnings.catch_warnings():
         # fvcore.nn scripts a few losses at import; torch deprecates torch.jit.script.
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", ".*torch.jit.script.*", FutureWarning)
+        warnings.filterwarnings("ignore", ".*jit.*deprecated.*", DeprecationWarning)
         from fvcore.nn import FlopCountAnalysis
 
         logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
-        was_training = module.training
-        module.eval()
-        try:
+        with evaluating(module):
             analysis = FlopCountAnalysis(module, (example,))
             analysis.set_op_handle(**{name: _zero for name in _ZEROED_OPS})
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             analysis.tracer_warnings("none")
             total = int(analysis.total())
             by_module = {k: int(v) for k, v in analysis.by_module().items()}
-        finally:
-            module.train(was_training)
     return total, by_module
 
 
@@ -126,10 +128,8 @@ def _architecture_costs(model: AdaptiveModel, image_size: tuple[int, int]):
                 )
             )
     image = torch.zeros(1, 3, *image_size, device=device)
-    was_training = backbone.training
-    backbone.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(backbone):
             stem_out = backbone.stem(image)
             x = stem_out
             for block in backbone.blocks:
@@ -139,7 +139,6 @@ def _architecture_costs(model: AdaptiveModel, image_size: tuple[int, int]):
     finally:
         for hook in hooks:
             hook.remove()
-        backbone.train(was_training)
 
     stem, _ = count_macs(backbone.stem, image)
     head, _ = count_macs(_Head(backbone.head), torch.zeros_like(final))
@@ -180,12 +179,15 @@ class FlopAccountant:
     def __init__(self, model: AdaptiveModel, image_size: tuple[int, int]):
         backbone = model.backbone
         key = (
+            type(model).__module__,
             type(model).__qualname__,
             getattr(backbone, "dataset", None),
             getattr(backbone, "variant", None),
             getattr(backbone, "depth", None),
             getattr(backbone, "num_classes", None),
             tuple(len(block) for block in backbone.blocks),
+            tuple(type(b).__qualname__ for block in model.halting_branches() for b in block),
+            sum(p.numel() for p in model.parameters()),
             tuple(image_size),
         )
         if key not in _CACHE:
@@ -223,7 +225,7 @@ class FlopAccountant:
                 if counts.dim() == 1:
                     blocks.append(self._block_per_sample(b, counts, evaluated))
                 else:
-                    blocks.append(self._block_per_position(b, counts))
+                    blocks.append(self._block_per_position(b, counts, evaluated))
             per_block = 2.0 * torch.stack(blocks, dim=1)
         total = per_block.sum(1) + 2.0 * (self.stem_macs + self.head_macs)
         return total, per_block
@@ -240,9 +242,19 @@ class FlopAccountant:
         evaluated = evaluated.detach().long().cpu()
         return unit_cum[counts] + halt_cum[evaluated]
 
-    def _block_per_position(self, b: int, counts: torch.Tensor) -> torch.Tensor:
-        """Spatial charging from the per-position executed-unit map ``[B, H, W]``."""
+    def _block_per_position(self, b: int, counts: torch.Tensor, evaluated) -> torch.Tensor:
+        """Spatial charging from the per-position executed-unit map ``[B, H, W]``.
+
+        Unit 1 is dense. Unit ``u > 1`` is charged at positions with ``counts >= u``, its
+        ``DILATED_CONVS`` on the 3x3 dilation of that set (SACT code: ``max_pool2d(mask, 3, 1,
+        SAME)``). The halting branch after unit ``u`` is charged per position where it was
+        evaluated (``evaluated >= u``, default ``min(counts, L - 1)``) and its pooled part once
+        per image where it ran anywhere.
+        """
         counts = counts.detach().cpu()
+        if evaluated is None:
+            evaluated = counts.clamp(max=len(self.halting[b]))
+        evaluated = evaluated.detach().cpu()
         batch = counts.shape[0]
         macs = torch.full((batch,), float(self.units[b][0].total), dtype=torch.float64)
         for u, cost in enumerate(self.units[b]):
@@ -253,6 +265,7 @@ class FlopAccountant:
                 macs += active.sum((1, 2, 3)) * cost.active_per_position
             if u < len(self.halting[b]):
                 halt = self.halting[b][u]
-                macs += active.sum((1, 2, 3)) * halt.per_position
-                macs += (active.flatten(1).amax(1) > 0).to(torch.float64) * halt.per_image
+                evaluated_here = (evaluated > u).to(torch.float64).flatten(1)
+                macs += evaluated_here.sum(1) * halt.per_position
+                macs += (evaluated_here.amax(1) > 0).to(torch.float64) * halt.per_image
         return macs

@@ -49,7 +49,8 @@ def act_halting(
         raise ValueError(
             f"halting_proba must be [B, L-1] or [B, L-1, H, W], got {tuple(halting_proba.shape)}"
         )
-    ones = torch.ones_like(halting_proba[:, :1])
+    batch, _, *rest = halting_proba.shape
+    ones = halting_proba.new_ones((batch, 1, *rest))
     h_full = torch.cat([halting_proba, ones], dim=1)  # [B, L, ...], h^L = 1
     num_units = h_full.shape[1]
     cum = running_sum(h_full)

@@ -16,7 +16,7 @@ from baselines import build_backbone
 from harness.contract import EvalSpec
 from methods.act.config import ACTConfig
 from methods.act.halting import act_halting, act_step
-from methods.common import BlockResult, HaltingResNet
+from methods.common import BlockResult, HaltingResNet, take
 
 
 class ACTResNet(HaltingResNet):
@@ -33,14 +33,15 @@ class ACTResNet(HaltingResNet):
         """Early exit (fastest) or the masked reference."""
         return ("early_exit", "masked")
 
-    def run_block(self, b: int, x: torch.Tensor, spec: EvalSpec | None) -> BlockResult:
+    def run_block(self, b: int, x, spec: EvalSpec | None) -> BlockResult:
         """Training and ``masked`` run all units; ``early_exit`` drops halted samples."""
         if spec is not None and spec.execution == "early_exit":
             return self._early_exit(b, x)
         return self._masked(b, x)
 
-    def _masked(self, b: int, x: torch.Tensor) -> BlockResult:
+    def _masked(self, b: int, x) -> BlockResult:
         units, branches = self.backbone.blocks[b], self.halting[b]
+        x = take(x)
         states, logits = [], []
         for l, unit in enumerate(units):
             x = unit(x)
@@ -54,8 +55,9 @@ class ACTResNet(HaltingResNet):
             out = out + distribution[:, l].view(-1, 1, 1, 1) * states[l]
         return BlockResult(out, n, ponder, penalty=ponder)
 
-    def _early_exit(self, b: int, x: torch.Tensor) -> BlockResult:
+    def _early_exit(self, b: int, x) -> BlockResult:
         units, branches = self.backbone.blocks[b], self.halting[b]
+        x = take(x)
         batch = x.shape[0]
         device = x.device
         index = torch.arange(batch, device=device)  # samples still running

@@ -28,11 +28,21 @@ class BlockResult:
     time penalty multiplies (ACT: N + R; PACT: -E_q[log p(N)]).
     """
 
-    state: torch.Tensor
+    state: torch.Tensor | None
     units: torch.Tensor
     ponder: torch.Tensor
     penalty: torch.Tensor
     halting_evaluated: torch.Tensor | None = None
+
+
+def take(x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """The block input; when handed over in a one-element list, the list is emptied.
+
+    :meth:`HaltingResNet.forward` passes each block's input this way so that no caller keeps a
+    reference to it: the input is freed as soon as the first unit has consumed it, and the peak
+    memory of an evaluation pass is that of the method, not of the bookkeeping.
+    """
+    return x.pop() if isinstance(x, list) else x
 
 
 def logistic_noise(
@@ -107,20 +117,23 @@ class HaltingResNet(AdaptiveModel):
         if not 0.0 < spec.threshold < 1.0:
             raise ConfigError(f"threshold={spec.threshold} must be in (0, 1)")
 
-    def run_block(self, b: int, x: torch.Tensor, spec: EvalSpec | None) -> BlockResult:
-        """Run block ``b`` on state ``x``; ``spec=None`` is the training forward."""
+    def run_block(
+        self, b: int, x: torch.Tensor | list[torch.Tensor], spec: EvalSpec | None
+    ) -> BlockResult:
+        """Run block ``b`` on state ``x`` (read it with :func:`take`); ``spec=None`` trains."""
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor, spec: EvalSpec | None = None) -> ModelOutput:
         """Stem, every block through :meth:`run_block`, head; the weighted time penalty."""
         self.check_spec(spec)
-        x = self.backbone.stem(images)
+        state = [self.backbone.stem(images)]
         results = []
         for b in range(len(self.backbone.blocks)):
-            result = self.run_block(b, x, spec)
-            x = result.state
+            result = self.run_block(b, state, spec)  # empties ``state`` (see ``take``)
+            state = [result.state]
+            result.state = None  # only the current state stays alive
             results.append(result)
-        logits = self.backbone.head(x)
+        logits = self.backbone.head(state.pop())
         # tau * sum over blocks of the batch (and position) mean of the penalty (SACT code,
         # training_utils.add_all_ponder_costs).
         penalty = sum(r.penalty.float().mean() for r in results)

@@ -20,7 +20,7 @@ import torch
 
 from baselines import build_backbone
 from harness.contract import EvalSpec
-from methods.common import BlockResult, HaltingResNet, logistic_noise
+from methods.common import BlockResult, HaltingResNet, logistic_noise, take
 from methods.pact.config import PACTConfig
 from methods.pact.prior import expected_log_prior, expected_units, log_prior
 
@@ -68,7 +68,7 @@ class PACTResNet(HaltingResNet):
         return x.new_zeros(x.shape[0], 0, *(x.shape[2:] if self.spatial else ()))
 
     # -- forward passes --------------------------------------------------------------------
-    def run_block(self, b: int, x: torch.Tensor, spec: EvalSpec | None) -> BlockResult:
+    def run_block(self, b: int, x, spec: EvalSpec | None) -> BlockResult:
         """Relaxed for training/``stochastic``; hard halting for the other modes."""
         if spec is None or spec.mode == "stochastic":
             return self._relaxed(b, x, None if spec is None else spec.generator)
@@ -76,8 +76,9 @@ class PACTResNet(HaltingResNet):
             return self._hard_early_exit(b, x, spec)
         return self._hard_masked(b, x, spec)
 
-    def _relaxed(self, b: int, x: torch.Tensor, generator) -> BlockResult:
+    def _relaxed(self, b: int, x, generator) -> BlockResult:
         units, branches = self.backbone.blocks[b], self.halting[b]
+        x = take(x)
         temperature = self.temperature.item()
         out = survive = noise = None
         logits = []
@@ -113,9 +114,10 @@ class PACTResNet(HaltingResNet):
         penalty = -log_prior(n, num_units, self.config.lambda_, self.config.prior).to(out.dtype)
         return BlockResult(out, n, n.to(out.dtype), penalty)
 
-    def _hard_masked(self, b: int, x: torch.Tensor, spec: EvalSpec) -> BlockResult:
+    def _hard_masked(self, b: int, x, spec: EvalSpec) -> BlockResult:
         """Every unit on the whole batch; halted samples/positions keep their state x^N."""
         units, branches = self.backbone.blocks[b], self.halting[b]
+        x = take(x)
         n = active = noise = None
         for l, unit in enumerate(units):
             if l == 0:
@@ -137,9 +139,10 @@ class PACTResNet(HaltingResNet):
                 active = active & ~halts
         return self._hard_result(x, n, len(units))
 
-    def _hard_early_exit(self, b: int, x: torch.Tensor, spec: EvalSpec) -> BlockResult:
+    def _hard_early_exit(self, b: int, x, spec: EvalSpec) -> BlockResult:
         """Halted samples leave the batch; only the running samples' state is computed."""
         units, branches = self.backbone.blocks[b], self.halting[b]
+        x = take(x)
         batch = x.shape[0]
         index = torch.arange(batch, device=x.device)
         n = torch.full((batch,), len(units), dtype=torch.long, device=x.device)

@@ -31,7 +31,8 @@ PRIORS = ("truncated_geometric", "bernoulli")
 def _full(h: torch.Tensor) -> torch.Tensor:
     if h.dim() not in (2, 4):
         raise ValueError(f"halting_proba must be [B, L-1] or [B, L-1, H, W], got {tuple(h.shape)}")
-    return torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
+    batch, _, *rest = h.shape
+    return torch.cat([h, h.new_ones((batch, 1, *rest))], dim=1)
 
 
 def halting_distribution(halting_proba: torch.Tensor) -> torch.Tensor:

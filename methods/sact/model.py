@@ -18,7 +18,7 @@ import torch
 from baselines import build_backbone
 from harness.contract import EvalSpec
 from methods.act.halting import act_step
-from methods.common import BlockResult, HaltingResNet
+from methods.common import BlockResult, HaltingResNet, take
 from methods.sact.config import SACTConfig
 
 
@@ -36,9 +36,10 @@ class SACTResNet(HaltingResNet):
         """Masked execution (exact; FLOPs charged on active positions)."""
         return ("masked",)
 
-    def run_block(self, b: int, x: torch.Tensor, spec: EvalSpec | None) -> BlockResult:
+    def run_block(self, b: int, x, spec: EvalSpec | None) -> BlockResult:
         """Per-position ACT; output = sum_l p^l x^l accumulated unit by unit."""
         units, branches = self.backbone.blocks[b], self.halting[b]
+        x = take(x)
         out = cum = n = ponder = active = None
         for l, unit in enumerate(units):
             mask = None if l == 0 else active.unsqueeze(1).to(x.dtype)

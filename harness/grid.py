@@ -1,0 +1,907 @@
+"""The study grid on Ray Tune: ``pact-harness grid --preset NAME``.
+
+A study is the explicit list of trials a preset expands to (:mod:`harness.presets`); each trial
+is one :func:`harness.train.run_trial` (train, evaluate every mode, count FLOPs) in its own run
+directory. The study folder holds::
+
+    study.yaml          the study's identity: preset name and every resolved trial config
+    results.csv         every trial x evaluation-mode row (harness.store schema), rewritten
+                        atomically after each launch
+    trials.csv          one row per trial: status, accuracy, FLOPs, Ray node, failures
+    trials/<trial>/     the run directories (config, checkpoint, metrics, results, summary)
+    ray/launch-NNN/     the Ray Tune experiment of each launch (Tune checkpoints, error logs)
+
+Fault tolerance has two layers. Within a launch, every epoch ends with ``tune.report`` and a
+Tune checkpoint of the run directory; a failed trial is retried ``max_failures`` times
+(``FailureConfig``) and first copies its last Tune checkpoint back into the run directory if
+that one is older or missing (a trial retried on a node that lost it). Across launches,
+``--resume`` starts a new Tune experiment over the trials without a finished run directory;
+unfinished ones continue from their last epoch checkpoint. The run directory is the source of
+truth, so a study resumes even after the driver was killed before Tune saved any state, and it
+may resume with other resources or on another cluster.
+
+This is the only module that imports ray; it does so lazily, so the CLI stays fast and
+``--dry-run`` needs no Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import store
+from harness.config import parse_overrides
+from harness.errors import ConfigError, HarnessError
+from harness.presets import Preset, Trial, expand, list_presets, load_preset
+
+STUDY_FILE = "study.yaml"
+TRIALS_DIR = "trials"
+TRIALS_TABLE = "trials.csv"
+RAY_DIR = "ray"
+LOCK_FILE = ".lock"
+DEFAULT_PRESET = "cpu-mini"
+#: Config fields that do not change what a trial computes: a study may resume with other values.
+RUNTIME_FIELDS = (
+    ("data", "root"),
+    ("data", "num_workers"),
+    ("data", "download"),
+    ("device",),
+    ("progress",),
+    ("test_crash_at_epoch",),
+)
+#: Run-directory files mirrored into every Tune checkpoint (the checkpoint itself last).
+CHECKPOINTED_FILES = (
+    store.CONFIG_FILE,
+    store.PROVENANCE_FILE,
+    store.METRICS_FILE,
+    store.CHECKPOINT_FILE,
+)
+#: Environment defaults that keep Ray's output readable (a user's own values win).
+RAY_ENV_DEFAULTS = {
+    # Reporting every epoch with a checkpoint otherwise triggers "Experiment state snapshotting
+    # has been triggered multiple times..." warnings.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Trials get absolute paths; keep their working directory where the worker started.
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    # The new output engine prints an experiment banner even at verbose=0; the old one is
+    # silent there, which leaves the study's own progress lines (GridProgress) alone.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+@dataclass
+class GridOptions:
+    """What ``pact-harness grid`` was asked to do (the CLI flags, as values)."""
+
+    preset: str = DEFAULT_PRESET
+    overrides: list[str] = field(default_factory=list)
+    out: str | None = None
+    data_root: str | None = None
+    address: str | None = None
+    resume: bool = False
+    dry_run: bool = False
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    max_failures: int | None = None
+    verbose: bool = False
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    """A planned study: the preset, its trials and where they live."""
+
+    preset: Preset
+    trials: list[Trial]
+    folder: Path
+
+    def run_dir(self, trial: Trial | str) -> Path:
+        """The run directory of a trial."""
+        name = trial if isinstance(trial, str) else trial.name
+        return self.folder / TRIALS_DIR / name
+
+    def finished(self) -> list[str]:
+        """Names of trials whose run directory holds results and a summary."""
+        return [t.name for t in self.trials if is_finished(self.run_dir(t))]
+
+
+@dataclass
+class GridOutcome:
+    """What a launch did: trial names by status, Ray node of each trial run now, the tables."""
+
+    study: Study
+    finished: list[str]
+    failed: dict[str, str]
+    unfinished: list[str]
+    node_ids: dict[str, str]
+    results_path: Path | None
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        """Every trial finished."""
+        return not self.failed and not self.unfinished
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run directory of a finished trial (evaluated, summary written)."""
+    return (run_dir / store.SUMMARY_FILE).is_file() and (run_dir / store.RESULTS_FILE).is_file()
+
+
+# ------------------------------------------------------------------------------------ planning
+
+
+def plan_study(options: GridOptions) -> Study:
+    """Load the preset with ``--set`` and flag overrides, expand and validate every trial."""
+    overrides = parse_overrides(options.overrides)
+    flags = {
+        ("resources", "cpu"): options.cpus_per_trial,
+        ("resources", "gpu"): options.gpus_per_trial,
+        ("max_concurrent",): options.max_concurrent,
+        ("max_failures",): options.max_failures,
+    }
+    for path, value in flags.items():
+        if value is not None:
+            node = overrides
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+    preset = load_preset(options.preset, overrides)
+    if preset.init_from == "required":
+        raise ConfigError(
+            f"preset {preset.name} fine-tunes from a trained vanilla network: pass "
+            "--set init_from=RUN_DIR (a finished run with the same backbone)"
+        )
+    if preset.init_from:
+        preset = dataclasses.replace(preset, init_from=str(Path(preset.init_from).resolve()))
+    trials = expand(preset)
+    _check_trials(trials)
+    root = _data_root(preset.base, options.data_root)
+    trials = [
+        dataclasses.replace(t, config={**t.config, "data": {**t.config["data"], "root": root}})
+        for t in trials
+    ]
+    _check_resources_request(preset, trials)
+    folder = Path(options.out or Path("results") / "local" / preset.name).expanduser().resolve()
+    return Study(preset, trials, folder)
+
+
+def _data_root(base: Mapping[str, Any], data_root: str | None) -> str:
+    """The data root (flag, else the preset's, else $PACT_DATA_ROOT) as an absolute path, checked
+    now: trials run in Ray workers, whose working directory and environment are not the user's."""
+    from harness.data import detect_format, resolve_data_root
+
+    data = base.get("data") or {}
+    root = resolve_data_root(data_root or data.get("root"))
+    if not data.get("download"):
+        detect_format(root)  # a clear DataError now rather than in every trial
+    return str(root)
+
+
+def _check_trials(trials: list[Trial]) -> None:
+    """Build each distinct model once (bad depths, variants) and check ``init_from`` runs."""
+    from harness.train import build_model
+
+    seen: set[str] = set()
+    for trial in trials:
+        cfg = trial.run_config
+        key = json.dumps([cfg.method, trial.config["method_config"], trial.config["model"]])
+        if key not in seen:
+            seen.add(key)
+            try:
+                build_model(cfg)
+            except ConfigError as err:
+                raise ConfigError(f"trial {trial.name}: {err}") from None
+        if trial.init_from:
+            _check_init_from(trial)
+
+
+def _check_init_from(trial: Trial) -> None:
+    source = Path(trial.init_from)
+    config_file, ckpt = source / store.CONFIG_FILE, source / store.CHECKPOINT_FILE
+    if not config_file.is_file() or not ckpt.is_file():
+        raise ConfigError(f"init_from: {source} is not a run directory with a checkpoint")
+    theirs = (yaml.safe_load(config_file.read_text()) or {}).get("model", {})
+    mine = trial.config["model"]
+    for name in ("dataset", "depth", "variant"):
+        if theirs.get(name) != mine[name]:
+            raise ConfigError(
+                f"init_from: {source} has model.{name}={theirs.get(name)!r} but trial "
+                f"{trial.name} has {mine[name]!r}; initialise from a run with the same backbone"
+            )
+
+
+def _check_resources_request(preset: Preset, trials: list[Trial]) -> None:
+    if preset.resources["gpu"] > 0 and any(t.config["device"] == "cpu" for t in trials):
+        raise ConfigError(
+            f"resources.gpu={preset.resources['gpu']:g} but the trials run with device=cpu; "
+            "set device=auto (or cuda) or ask for gpu: 0"
+        )
+
+
+# ----------------------------------------------------------------------------- study identity
+
+
+def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    tree = json.loads(json.dumps(config))
+    for path in RUNTIME_FIELDS:
+        node = tree
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return tree
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def study_record(study: Study) -> dict[str, Any]:
+    """The content of ``study.yaml``."""
+    return {
+        "preset": study.preset.name,
+        "description": study.preset.description,
+        "source": study.preset.source,
+        "trials": [
+            {"name": t.name, "init_from": t.init_from, "config": t.config} for t in study.trials
+        ],
+    }
+
+
+def study_differences(stored: Mapping[str, Any], study: Study) -> list[str]:
+    """Why the study stored in a folder is not ``study`` (empty: the same study)."""
+    out = []
+    if stored.get("preset") != study.preset.name:
+        out.append(f"preset {stored.get('preset')!r} (stored) != {study.preset.name!r} (now)")
+    old = {t["name"]: _identity(t["config"]) for t in stored.get("trials", [])}
+    new = {t.name: _identity(t.config) for t in study.trials}
+    if only := sorted(set(old) - set(new)):
+        out.append(f"{len(only)} trial(s) only in the stored study ({', '.join(only[:3])})")
+    if only := sorted(set(new) - set(old)):
+        out.append(f"{len(only)} trial(s) not in the stored study ({', '.join(only[:3])})")
+    for name in sorted(set(old) & set(new)):
+        a, b = _flatten(old[name]), _flatten(new[name])
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(f"trial {name}: {key}: {a.get(key)!r} (stored) != {b.get(key)!r} (now)")
+                break
+    return out
+
+
+def check_study_folder(study: Study, resume: bool) -> bool:
+    """Check the folder against the study; returns True if it already holds this study.
+
+    A folder with another study, with files but no study, or holding this study without
+    ``--resume`` is an error; so is ``--resume`` where there is nothing to resume.
+    """
+    folder, record = study.folder, study.folder / STUDY_FILE
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} exists and is not a directory")
+    if not record.is_file():
+        names = [p.name for p in folder.iterdir()] if folder.exists() else []
+        leftovers = sorted(n for n in names if not n.startswith("."))
+        if leftovers:
+            raise ConfigError(
+                f"--out {folder} is not empty and holds no study ({', '.join(leftovers[:3])}); "
+                "choose an empty or new folder"
+            )
+        if resume:
+            raise ConfigError(f"--resume: {folder} holds no study to resume; drop --resume")
+        return False
+    try:
+        stored = yaml.safe_load(record.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--out {folder}: {STUDY_FILE} is not valid YAML: {err}") from None
+    differences = study_differences(stored, study)
+    if differences:
+        raise ConfigError(
+            f"--out {folder} holds a different study: "
+            + "; ".join(differences[:4])
+            + ". Choose another --out, or the preset and --set values it was started with"
+        )
+    if not resume:
+        raise ConfigError(
+            f"--out {folder} already holds this study; add --resume to continue it "
+            "(finished trials are kept)"
+        )
+    return True
+
+
+@contextlib.contextmanager
+def study_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the study folder: two drivers must not run one study."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"--out {folder}: another grid process is running this study"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------- tables
+
+
+def gather_results(study: Study) -> Path | None:
+    """Write ``results.csv``: the rows of every finished trial, each trial once (atomic)."""
+    import pandas as pd
+
+    frames = [
+        pd.read_csv(study.run_dir(name) / store.RESULTS_FILE, keep_default_na=False, na_values=[""])
+        for name in study.finished()
+    ]
+    if not frames:
+        return None
+    path = study.folder / store.RESULTS_FILE
+    store.write_results_csv(path, pd.concat(frames, ignore_index=True).to_dict("records"))
+    return path
+
+
+def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write ``trials.csv``: per trial its grid values, status, accuracy, FLOPs, node, failures.
+
+    ``launch`` holds what this launch learnt per trial (status, node_id, failures, error); trials
+    not run now keep the values of the previous table.
+    """
+    import pandas as pd
+
+    path = study.folder / TRIALS_TABLE
+    previous: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        old = pd.read_csv(path, keep_default_na=False, dtype=str)
+        previous = {row["trial"]: row for row in old.to_dict("records")}
+    rows = []
+    for trial in study.trials:
+        cfg = trial.config
+        row: dict[str, Any] = {
+            "trial": trial.name,
+            "method": cfg["method"],
+            "depth": cfg["model"]["depth"],
+            "seed": cfg["seed"],
+        }
+        known = {**previous.get(trial.name, {}), **launch.get(trial.name, {})}
+        summary_file = study.run_dir(trial) / store.SUMMARY_FILE
+        summary = json.loads(summary_file.read_text()) if is_finished(summary_file.parent) else {}
+        row["time_penalty_name"] = summary.get("time_penalty_name", "")
+        row["time_penalty"] = summary.get("time_penalty", "")
+        row["status"] = "finished" if summary else known.get("status") or "pending"
+        row["test_accuracy"] = summary.get("test_accuracy", "")
+        row["flops_per_image_mean"] = summary.get("flops_per_image_mean", "")
+        for key in ("node_id", "failures", "error"):
+            row[key] = known.get(key, "")
+        rows.append(row)
+    store.atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------ the trial
+
+
+def checkpoint_epoch(folder: Path) -> int:
+    """The epoch of ``folder/checkpoint.pt`` (0 if missing or unreadable); reads no weights."""
+    import torch
+
+    path = folder / store.CHECKPOINT_FILE
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"])
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint counts as none
+        return 0
+
+
+def restore_run_dir(source: Path, run_dir: Path) -> bool:
+    """Copy a Tune checkpoint's files into ``run_dir`` if its epoch is newer; True if copied.
+
+    The files go in one at a time through a temporary name and an atomic rename, the
+    checkpoint last, so an interrupted copy leaves a run that resumes from an older epoch.
+    """
+    if checkpoint_epoch(source) <= checkpoint_epoch(run_dir):
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in CHECKPOINTED_FILES:
+        if (source / name).is_file():
+            tmp = run_dir / f".{name}.restore.tmp"
+            shutil.copyfile(source / name, tmp)
+            os.replace(tmp, run_dir / name)
+    return True
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def grid_trial(
+    config: dict[str, Any],
+    trials: Mapping[str, Trial],
+    study_dir: str,
+    threads: int,
+    argv: list[str],
+) -> None:
+    """The Tune function trainable: one trial, reporting every epoch with a checkpoint."""
+    import ray
+    import torch
+    from ray import tune
+
+    from harness.train import run_trial
+
+    trial = trials[config["trial"]]
+    run_dir = Path(study_dir) / TRIALS_DIR / trial.name
+    torch.set_num_threads(threads)  # Ray's cap follows the CPUs asked for; make it explicit
+    restored = False
+    tune_checkpoint = tune.get_checkpoint()
+    if tune_checkpoint is not None:
+        with tune_checkpoint.as_directory() as source:
+            restored = restore_run_dir(Path(source), run_dir)
+    start_epoch = checkpoint_epoch(run_dir)
+
+    def report_epoch(epoch: int, metrics: dict[str, Any], folder: Path) -> None:
+        # The run directory holds exactly the checkpointed files until evaluation starts.
+        tune.report(_scalars(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+
+    final: dict[str, Any] = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "attempt_started": time.time(),
+        "start_epoch": start_epoch,
+        "restored_from_tune": int(restored),
+    }
+    try:
+        summary = run_trial(
+            trial.run_config,
+            run_dir,
+            init_from=trial.init_from,
+            argv=argv,
+            on_epoch_end=report_epoch,
+        )
+    except HarnessError as err:
+        # Bad input fails the same way on every retry: report it once, do not retry.
+        tune.report({**final, "harness_error": f"{type(err).__name__}: {err}"})
+        return
+    final["attempt_seconds"] = time.time() - final.pop("attempt_started")
+    tune.report({**final, **_scalars(summary), "trial_finished": 1})
+
+
+# ---------------------------------------------------------------------------------------- Ray
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a host:port nobody listens on (ray.init would retry for minutes)."""
+    target = address.split("://", 1)[-1]
+    if target == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"--address {address}: cannot reach a Ray cluster there ({err}); start one with "
+            "`ray start --head` or drop --address for a local Ray"
+        ) from None
+
+
+class _TuneNoiseFilter(logging.Filter):
+    """Drop Tune messages the study reports better: "Trial task failed" tracebacks (the
+    progress line names the error; the traceback stays in the trial's error.txt) and the
+    "Tuner.restore" advice after an interruption (a study resumes with ``--resume``)."""
+
+    PREFIXES = ("Trial task failed", "Experiment has been interrupted")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, verbose: bool = False) -> Iterator[str]:
+    """Connect to the cluster at ``address`` or start a local Ray; yields a description.
+
+    An existing connection of this process is used as is and left open.
+    """
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if not verbose:
+        for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _TuneNoiseFilter) for f in logger.filters):
+                logger.addFilter(_TuneNoiseFilter())
+    if ray.is_initialized():
+        yield "the Ray instance this process is connected to"
+        return
+    kwargs: dict[str, Any] = dict(
+        log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING
+    )
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise ConfigError(f"--address {address}: cannot connect to Ray: {err}") from None
+        where = f"Ray cluster at {address}"
+    else:
+        ray.init(address="local", include_dashboard=False, **kwargs)
+        where = "a local Ray"
+    try:
+        yield where
+    finally:
+        ray.shutdown()
+
+
+def check_cluster(resources: Mapping[str, float]) -> str:
+    """Refuse a per-trial request that no live node can hold (Ray would wait forever)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpu, gpu = resources["cpu"], resources["gpu"]
+    total_gpu = sum(n.get("GPU", 0) for n in nodes)
+    if gpu > 0 and total_gpu == 0:
+        raise ConfigError(
+            f"resources.gpu={gpu:g} per trial but the Ray cluster has no GPU; "
+            "use --gpus-per-trial 0 on a CPU-only cluster"
+        )
+    if not any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+        sizes = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes)
+        raise ConfigError(
+            f"no Ray node can hold a trial of {cpu:g} CPU and {gpu:g} GPU (nodes: {sizes}); "
+            "ask for less with --cpus-per-trial/--gpus-per-trial"
+        )
+    total_cpu = sum(n.get("CPU", 0) for n in nodes)
+    return f"{len(nodes)} node(s), {total_cpu:g} CPU, {total_gpu:g} GPU"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _error_text(trial) -> str:
+    """The last line of a Tune trial's error file (the exception), shortened."""
+    path = getattr(trial, "error_file", None)
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, TypeError):
+        return "failed (no error file)"
+    return lines[-1].strip()[:300] if lines else "failed"
+
+
+def _best_accuracy(study: Study, names: list[str]) -> tuple[float, str] | None:
+    """(test accuracy, trial) of the best finished trial among ``names``."""
+    best = None
+    for name in names:
+        summary = json.loads((study.run_dir(name) / store.SUMMARY_FILE).read_text())
+        accuracy = summary.get("test_accuracy")
+        if accuracy is not None and (best is None or accuracy > best[0]):
+            best = (float(accuracy), name)
+    return best
+
+
+def make_progress_callback(
+    total: int,
+    done_before: int = 0,
+    best: tuple[float, str] | None = None,
+    heartbeat_s: float = 300.0,
+):
+    """A Tune callback printing one line per trial state change (started, finished, retrying,
+    failed) with the study's counts and the best accuracy so far, plus a line listing the
+    running trials' epochs every ``heartbeat_s``. ``.records`` keeps per trial its status,
+    Ray node, failures and error for ``trials.csv``."""
+    from ray import tune
+
+    class GridProgress(tune.Callback):
+        def __init__(self) -> None:
+            self.records: dict[str, dict[str, Any]] = {}
+            self.running: set[str] = set()
+            self.epochs: dict[str, int] = {}
+            self.done, self.failed = done_before, 0
+            self.best = best
+            self.started = self.last_line = time.monotonic()
+
+        def _line(self, text: str) -> None:
+            now = time.monotonic()
+            self.last_line = now
+            best = f" | best acc {self.best[0]:.3f} ({self.best[1]})" if self.best else ""
+            counts = f"done {self.done}/{total} running {len(self.running)} failed {self.failed}"
+            print(f"[{_clock(now - self.started)}] {counts} | {text}{best}", flush=True)
+
+        def _record(self, trial) -> dict[str, Any]:
+            return self.records.setdefault(trial.config["trial"], {})
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            name = trial.config["trial"]
+            self.running.add(name)
+            self._record(trial)["status"] = "running"
+            retry = f" (attempt {trial.num_failures + 1})" if trial.num_failures else ""
+            self._line(f"started  {name}{retry}")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            record = self._record(trial)
+            if "epoch" in result:
+                self.epochs[trial.config["trial"]] = int(result["epoch"])
+            for key in ("node_id", "harness_error", "test_accuracy", "flops_per_image_mean"):
+                if key in result:
+                    record[key] = result[key]
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            name = trial.config["trial"]
+            self.running.discard(name)
+            record = self._record(trial)
+            record["failures"] = trial.num_failures
+            if "test_accuracy" not in record:  # returned without results: bad input
+                self.failed += 1
+                record.update(status="failed", error=record.get("harness_error", "no results"))
+                self._line(f"FAILED   {name}: {record['error']}")
+                return
+            self.done += 1
+            record["status"] = "finished"
+            accuracy = float(record["test_accuracy"])
+            if self.best is None or accuracy > self.best[0]:
+                self.best = (accuracy, name)
+            flops = record.get("flops_per_image_mean")
+            cost = f", {flops:.3g} FLOPs/image" if isinstance(flops, (int, float)) else ""
+            self._line(f"finished {name}: acc {accuracy:.3f}{cost}")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            name = trial.config["trial"]
+            self.running.discard(name)
+            record = self._record(trial)
+            record.update(failures=trial.num_failures, error=_error_text(trial))
+            self._line(f"retrying {name} from its last checkpoint: {record['error']}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            name = trial.config["trial"]
+            self.running.discard(name)
+            self.failed += 1
+            record = self._record(trial)
+            record.update(status="failed", failures=trial.num_failures, error=_error_text(trial))
+            self._line(f"FAILED   {name}: {record['error']}")
+
+        def on_step_end(self, iteration, trials, **info):
+            if self.running and time.monotonic() - self.last_line >= heartbeat_s:
+                shown = [f"{n} (epoch {self.epochs.get(n, 0)})" for n in sorted(self.running)]
+                self._line("running " + ", ".join(shown[:4]) + (" ..." if len(shown) > 4 else ""))
+
+    return GridProgress()
+
+
+def _trial_name(trial) -> str:
+    return trial.config["trial"]
+
+
+def _launch_name(folder: Path) -> str:
+    existing = sorted((folder / RAY_DIR).glob("launch-*")) if (folder / RAY_DIR).is_dir() else []
+    return f"launch-{len(existing) + 1:03d}"
+
+
+def launch(study: Study, names: list[str], options: GridOptions, finished: list[str]):
+    """Run ``names`` as one Tune experiment (``finished``: trials done before, for the progress
+    counts); returns (ResultGrid, per-trial launch records)."""
+    from ray import tune
+
+    preset = study.preset
+    resources = {"cpu": preset.resources["cpu"], "gpu": preset.resources["gpu"]}
+    trainable = tune.with_parameters(
+        grid_trial,
+        trials={t.name: t for t in study.trials},
+        study_dir=str(study.folder),
+        threads=max(1, int(resources["cpu"])),
+        argv=options.argv,
+    )
+    progress = make_progress_callback(
+        len(study.trials), len(finished), _best_accuracy(study, finished)
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space={"trial": tune.grid_search(names)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=preset.max_concurrent,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=_launch_name(study.folder),
+            storage_path=str(study.folder / RAY_DIR),
+            verbose=0,
+            callbacks=[progress],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=preset.max_failures),
+        ),
+    )
+    return tuner.fit(), progress.records
+
+
+# ------------------------------------------------------------------------------------- driver
+
+
+def print_plan(study: Study, finished: list[str]) -> None:
+    """The study as a list: one line per trial, with its status in the folder."""
+    preset = study.preset
+    print(f"study {preset.name}: {len(study.trials)} trials -> {study.folder}")
+    if preset.description:
+        print(f"  {preset.description}")
+    res = preset.resources
+    print(
+        f"  per trial: {res['cpu']:g} CPU, {res['gpu']:g} GPU; at most "
+        f"{preset.max_concurrent or 'as resources allow'} at once; "
+        f"up to {preset.max_failures} retries each"
+    )
+    for trial in study.trials:
+        state = "finished" if trial.name in finished else "to run"
+        cfg = trial.config
+        print(f"  {trial.name:<40} {state:<9} epochs={cfg['optim']['epochs']}")
+
+
+def run_grid(options: GridOptions) -> GridOutcome | None:
+    """Plan, check and run a study; returns what happened (None for ``--dry-run``).
+
+    Every check (preset, trials, data, folder, Ray address and resources) passes before the
+    study folder is written.
+    """
+    study = plan_study(options)
+    if options.dry_run:
+        print_plan(study, study.finished() if (study.folder / STUDY_FILE).is_file() else [])
+        return None
+    existing = check_study_folder(study, options.resume)
+    tic = time.monotonic()
+    finished = study.finished()
+    todo = [t.name for t in study.trials if t.name not in finished]
+    records: dict[str, dict[str, Any]] = {}
+    with contextlib.ExitStack() as stack:
+        if todo:
+            where = stack.enter_context(ray_session(options.address, options.verbose))
+            cluster = check_cluster(study.preset.resources)
+        stack.enter_context(study_lock(study.folder))
+        if not existing:
+            record = yaml.safe_dump(study_record(study), sort_keys=False)
+            store.atomic_write_text(study.folder / STUDY_FILE, record)
+        res = study.preset.resources
+        if todo:
+            print(
+                f"study {study.preset.name}: {len(study.trials)} trials, {len(finished)} "
+                f"finished before, {len(todo)} to run on {where} ({cluster}); "
+                f"{res['cpu']:g} CPU + {res['gpu']:g} GPU per trial\n  folder: {study.folder}",
+                flush=True,
+            )
+            _, records = launch(study, todo, options, finished)
+        else:
+            print(f"study {study.preset.name}: all {len(study.trials)} trials finished before")
+        return _conclude(study, records, time.monotonic() - tic)
+
+
+def _conclude(study: Study, records: dict[str, dict[str, Any]], seconds: float) -> GridOutcome:
+    """Gather the tables and sort the trials into finished, failed and not run."""
+    finished = study.finished()
+    failed = {
+        name: rec.get("error", "failed")
+        for name, rec in records.items()
+        if rec.get("status") == "failed" and name not in finished
+    }
+    for name, rec in records.items():
+        if rec.get("status") == "running" and name not in finished:
+            rec["status"] = "interrupted"
+    unfinished = [t.name for t in study.trials if t.name not in finished and t.name not in failed]
+    outcome = GridOutcome(
+        study=study,
+        finished=finished,
+        failed=failed,
+        unfinished=unfinished,
+        node_ids={k: v["node_id"] for k, v in records.items() if v.get("node_id")},
+        results_path=gather_results(study),
+        seconds=seconds,
+    )
+    write_trials_table(study, records)
+    _print_outcome(outcome)
+    return outcome
+
+
+def _print_outcome(outcome: GridOutcome) -> None:
+    study = outcome.study
+    total = len(study.trials)
+    print(
+        f"study {study.preset.name}: {len(outcome.finished)}/{total} trials finished, "
+        f"{len(outcome.failed)} failed, {len(outcome.unfinished)} not run "
+        f"({outcome.seconds:.0f} s)"
+    )
+    for name, error in outcome.failed.items():
+        print(f"  FAILED {name}: {error}")
+    if outcome.results_path is not None:
+        print(f"  results: {outcome.results_path}")
+    print(f"  trials:  {study.folder / TRIALS_TABLE}")
+    if outcome.unfinished or outcome.failed:
+        print(f"  continue with: pact-harness grid --resume --out {study.folder} (same preset)")
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    """``pact-harness grid``: 0 when every trial finished, 1 on failed trials, 130 when
+    interrupted (resume with ``--resume``)."""
+    if args.list_presets:
+        for name, description in list_presets().items():
+            print(f"{name:<16} {description}")
+        return 0
+    options = GridOptions(
+        preset=args.preset,
+        overrides=args.set or [],
+        out=args.out,
+        data_root=args.data_root,
+        address=args.address,
+        resume=args.resume,
+        dry_run=args.dry_run,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures,
+        verbose=args.verbose,
+        argv=list(getattr(args, "argv", None) or sys.argv),
+    )
+    outcome = run_grid(options)
+    if outcome is None:
+        return 0
+    if outcome.failed:
+        return 1
+    return 130 if outcome.unfinished else 0
+
+
+def add_parser(sub) -> None:
+    """Add the ``grid`` subcommand."""
+    p = sub.add_parser(
+        "grid",
+        help="run a study (methods x time penalty x depth x seed) on Ray Tune",
+        description="Run a preset's grid of trials on Ray Tune, locally or on a cluster. "
+        "Interrupted studies continue with --resume.",
+    )
+    p.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help=f"preset name (see --list-presets) or a preset .yaml path (default {DEFAULT_PRESET})",
+    )
+    p.add_argument("--list-presets", action="store_true", help="list shipped presets and exit")
+    p.add_argument("--address", help="join an existing Ray cluster (host:port or auto)")
+    p.add_argument("--resume", action="store_true", help="continue the study in --out")
+    p.add_argument("--data-root", help="dataset folder (else the preset's, else $PACT_DATA_ROOT)")
+    p.add_argument("--out", help="study folder (default results/local/<preset>)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key of every trial (optim.epochs=1) or a preset key "
+        "(seeds=[0,1], methods.act.tau=[0.01], methods.pact=null)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (fractions allowed)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions allowed)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--max-failures", type=int, help="retries of a failed trial")
+    p.set_defaults(func=cmd_grid)

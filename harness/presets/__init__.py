@@ -1,0 +1,408 @@
+"""Study presets: YAML files that describe a grid of training runs, and their expansion.
+
+A preset is a readable file in this folder (``smoke.yaml``, ``cpu-mini.yaml``, ...) or any YAML
+path with the same keys::
+
+    name: smoke                     # the preset's name (a file here must be called NAME.yaml)
+    description: one paragraph      # what the study is for and what it costs
+    base:                           # a RunConfig tree shared by every trial (harness.config)
+      model: {dataset: cifar10, variant: sact}
+      optim: {epochs: 2}
+    methods:                        # method name (or fnmatch pattern) -> its grid
+      act: {tau: [0.005, 0.01]}     # a list is a grid axis over a method-config field
+      pact: {lambda: [0.01], config: {temperature_final: 0.5}}   # config: fixed fields
+      "*": {}                       # every other registered method, at its defaults
+      sact: search_space            # the method's own default search space (MethodSpec)
+      spatial_pact: null            # leave a method out (wins over patterns)
+    depths: [14]                    # backbone depths of the method trials
+    seeds: [0]
+    vanilla_depths: [8, 14]         # extra trials of the vanilla method (the depth series)
+    vanilla_method: resnet          # the method those trials use (default resnet)
+    init_from: null                 # run directory whose backbone initialises method trials
+    resources: {cpu: 1, gpu: 0}     # per trial; fractions allowed
+    max_concurrent: null            # at most this many trials at once (null: as resources allow)
+    max_failures: 2                 # retries of a failed trial, each from its last checkpoint
+
+A trial is one (method, grid point, depth, seed); its name (``act_d14_tau0.01_s0``) is stable,
+so a study can be listed (``--dry-run``), compared with the one already in its folder and resumed.
+Method-specific keys never go in ``base``: a method's fields are only known per method.
+
+Everything here is pure Python; :mod:`harness.grid` runs the trials on Ray Tune.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import itertools
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import RunConfig, deep_merge, from_dict, to_dict, validate_run_config
+from harness.errors import ConfigError
+from harness.registry import get_method, list_methods
+
+PRESET_DIR = Path(__file__).resolve().parent
+
+#: Top-level keys of a preset file; every other key is an error.
+PRESET_KEYS = (
+    "name",
+    "description",
+    "base",
+    "methods",
+    "depths",
+    "seeds",
+    "vanilla_depths",
+    "vanilla_method",
+    "init_from",
+    "resources",
+    "max_concurrent",
+    "max_failures",
+)
+#: Keys that ``--set`` may override at the preset level (the others go into ``base``).
+GRID_KEYS = tuple(k for k in PRESET_KEYS if k not in ("name", "description", "base"))
+#: The value of a ``methods`` entry that means "the method's default search space".
+SEARCH_SPACE = "search_space"
+RESOURCE_KEYS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training run of a study: its stable name and its resolved RunConfig tree."""
+
+    name: str
+    config: dict[str, Any]
+    init_from: str | None = None
+
+    @property
+    def run_config(self) -> RunConfig:
+        """The trial's :class:`~harness.config.RunConfig`."""
+        return from_dict(RunConfig, self.config)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A parsed preset (see the module docstring for the meaning of each field)."""
+
+    name: str
+    description: str
+    base: dict[str, Any]
+    methods: dict[str, Any]
+    depths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    vanilla_depths: tuple[int, ...] = ()
+    vanilla_method: str = "resnet"
+    init_from: str | None = None
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    source: str = ""
+
+
+def list_presets() -> dict[str, str]:
+    """Name -> first line of the description, for every preset file shipped here."""
+    out = {}
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        description = str(_read_yaml(path).get("description", "")).strip()
+        out[path.stem] = description.splitlines()[0] if description else ""
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"--preset: cannot read {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--preset: {path} is not valid YAML: {err}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"--preset: {path} must hold a mapping of preset keys")
+    return dict(data)
+
+
+def preset_path(name_or_path: str) -> Path:
+    """The file of a shipped preset name, or ``name_or_path`` itself if it is a YAML file."""
+    shipped = PRESET_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path.resolve()
+    known = ", ".join(list_presets()) or "(none)"
+    raise ConfigError(
+        f"unknown preset {name_or_path!r}; shipped presets: {known} (or give a path to a "
+        ".yaml file with the same keys)"
+    )
+
+
+def load_preset_tree(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """The raw preset mapping and its source file."""
+    path = preset_path(name_or_path)
+    tree = _read_yaml(path)
+    if path.parent == PRESET_DIR and tree.get("name") != path.stem:
+        raise ConfigError(f"preset file {path.name} must say name: {path.stem}")
+    return tree, str(path)
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a ``--set`` tree into preset-level keys (``seeds``, ``methods.act.tau``, ...) and
+    keys of the shared base config (``optim.epochs``); method keys in base are an error."""
+    grid, base = {}, {}
+    for key, value in overrides.items():
+        if key in ("name", "description"):
+            raise ConfigError(f"--set {key}=...: a study's {key} comes from its preset file")
+        if key in ("method", "method_config"):
+            raise ConfigError(
+                f"--set {key}.*: method settings differ per method; use "
+                "methods.<name>.config.<field>=VALUE or methods.<name>.<field>=[values]"
+            )
+        (grid if key in GRID_KEYS else base)[key] = value
+    return grid, base
+
+
+def _int_list(value: Any, where: str, minimum: int) -> tuple[int, ...]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
+            raise ConfigError(f"{where}: expected integers >= {minimum}, got {item!r}")
+        out.append(item)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where}: repeated values in {out}")
+    return tuple(out)
+
+
+def _resources(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"resources: expected a mapping like {{cpu: 1, gpu: 0}}, got {value!r}")
+    unknown = sorted(set(value) - set(RESOURCE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key resources.{unknown[0]}; allowed keys: cpu, gpu")
+    out = {"cpu": 1.0, "gpu": 0.0}
+    for key, item in value.items():
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+            raise ConfigError(f"resources.{key}: expected a number, got {item!r}")
+        out[key] = float(item)
+    if out["cpu"] <= 0:
+        raise ConfigError(f"resources.cpu={out['cpu']:g} must be > 0 (fractions allowed)")
+    if out["gpu"] < 0:
+        raise ConfigError(f"resources.gpu={out['gpu']:g} must be >= 0")
+    if out["gpu"] > 1 and not out["gpu"].is_integer():
+        raise ConfigError(f"resources.gpu={out['gpu']:g}: above 1, ask for whole GPUs (Ray's rule)")
+    return out
+
+
+def parse_preset(tree: Mapping[str, Any], source: str = "") -> Preset:
+    """Check a preset mapping's keys and types; method-level checks happen at expansion."""
+    unknown = sorted(set(tree) - set(PRESET_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown preset key {unknown[0]!r}; allowed keys: {', '.join(PRESET_KEYS)}"
+        )
+    for key in ("name", "methods", "depths", "seeds"):
+        if tree.get(key) is None:
+            raise ConfigError(f"preset {source or '(unnamed)'} lacks the required key {key!r}")
+    base = tree.get("base") or {}
+    if not isinstance(base, Mapping):
+        raise ConfigError("base: expected a mapping of RunConfig keys")
+    for key in ("method", "method_config"):
+        if key in base:
+            raise ConfigError(
+                f"base.{key}: method settings differ per method; put them under "
+                "methods.<name>.config"
+            )
+    model = base.get("model")
+    if "seed" in base or (isinstance(model, Mapping) and "depth" in model):
+        raise ConfigError("base: give depths and seeds in the preset's depths: and seeds: lists")
+    seeds = _int_list(tree["seeds"], "seeds", 0)
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    methods = tree["methods"]
+    if not isinstance(methods, Mapping) or not methods:
+        raise ConfigError("methods: expected a mapping of method name -> grid")
+    max_concurrent = tree.get("max_concurrent")
+    if max_concurrent is not None and (
+        isinstance(max_concurrent, bool)
+        or not isinstance(max_concurrent, int)
+        or max_concurrent < 1
+    ):
+        raise ConfigError(f"max_concurrent={max_concurrent!r} must be a positive integer or null")
+    max_failures = tree.get("max_failures", 2)
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
+        raise ConfigError(f"max_failures={max_failures!r} must be an integer >= 0")
+    init_from = tree.get("init_from")
+    if init_from is not None and not isinstance(init_from, str):
+        raise ConfigError(f"init_from={init_from!r} must be a run directory path or null")
+    return Preset(
+        name=str(tree["name"]),
+        description=str(tree.get("description", "")).strip(),
+        base=copy.deepcopy(dict(base)),
+        methods=copy.deepcopy(dict(methods)),
+        depths=_int_list(tree["depths"], "depths", 1),
+        seeds=seeds,
+        vanilla_depths=_int_list(tree.get("vanilla_depths") or [], "vanilla_depths", 1),
+        vanilla_method=str(tree.get("vanilla_method", "resnet")),
+        init_from=init_from,
+        resources=_resources(tree.get("resources", {})),
+        max_concurrent=max_concurrent,
+        max_failures=max_failures,
+        source=source,
+    )
+
+
+def load_preset(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> Preset:
+    """Read a preset and apply a ``--set`` tree: preset-level keys (``seeds=[0,1]``,
+    ``methods.act.tau=[0.01]``, ``resources.cpu=2``) replace the file's, other keys are merged
+    into ``base`` (``optim.epochs=1``)."""
+    tree, source = load_preset_tree(name_or_path)
+    grid, base = split_overrides(overrides or {})
+    tree = deep_merge(tree, grid)
+    if base:
+        tree["base"] = deep_merge(tree.get("base") or {}, base)
+    return parse_preset(tree, source)
+
+
+# ---------------------------------------------------------------------------------- expansion
+
+
+def _method_entries(preset: Preset) -> list[tuple[str, Any]]:
+    """(method, entry) pairs in preset order; an exact name wins over a pattern, and among
+    patterns the first that matches wins; ``null`` leaves a method out."""
+    registered = list_methods()
+    explicit = {k for k in preset.methods if not any(c in k for c in "*?[")}
+    for name in explicit:
+        get_method(name)  # unknown method: a clear ConfigError listing the registered ones
+    taken: set[str] = set()
+    out = []
+    for key, entry in preset.methods.items():
+        if key in explicit:
+            names = [key]
+        else:
+            names = [n for n in registered if fnmatch.fnmatch(n, key) and n not in explicit]
+            if not any(fnmatch.fnmatch(n, key) for n in registered):
+                raise ConfigError(f"methods: pattern {key!r} matches no registered method")
+        for name in names:
+            if name in taken:
+                continue
+            taken.add(name)
+            if entry is not None and entry is not False:
+                out.append((name, entry))
+    return out
+
+
+def _field_names(spec) -> dict[str, str]:
+    """Config key (no trailing underscore) -> dataclass field name."""
+    return {f.name.rstrip("_"): f.name for f in dataclasses.fields(spec.config_cls)}
+
+
+def _method_axes(method: str, entry: Any) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """A method entry -> (grid axes in file order, fixed method-config fields)."""
+    spec = get_method(method)
+    where = f"methods.{method}"
+    if entry == SEARCH_SPACE:
+        entry = {k.rstrip("_"): list(v) for k, v in spec.search_space.items()}
+    if not isinstance(entry, Mapping):
+        raise ConfigError(
+            f"{where}: expected a mapping of field -> values, {SEARCH_SPACE!r} or null, "
+            f"got {entry!r}"
+        )
+    fields = _field_names(spec)
+    fixed = entry.get("config") or {}
+    if not isinstance(fixed, Mapping):
+        raise ConfigError(f"{where}.config: expected a mapping of method-config fields")
+    axes: dict[str, list[Any]] = {}
+    for key, values in entry.items():
+        if key == "config":
+            continue
+        if key not in fields:
+            allowed = ", ".join(sorted(fields)) or "(none: it has no hyper-parameters)"
+            raise ConfigError(
+                f"grid key {where}.{key}: method {method!r} has no config field {key!r}; "
+                f"allowed keys: {allowed}"
+            )
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not values:
+            raise ConfigError(f"{where}.{key}: empty list (use null to leave the method out)")
+        axes[key] = values
+    for key in fixed:
+        if key in axes:
+            raise ConfigError(f"{where}: {key!r} is both a grid axis and under config")
+    return axes, dict(fixed)
+
+
+def _token(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+-]", "-", text)
+
+
+def trial_name(method: str, depth: int, point: Mapping[str, Any], seed: int) -> str:
+    """``act_d14_tau0.01_s0``: method, depth, each grid value (file order), seed."""
+    parts = [method, f"d{depth}"] + [f"{k}{_token(v)}" for k, v in point.items()]
+    return "_".join([*parts, f"s{seed}"])
+
+
+def _trial_tree(preset: Preset, method: str, config: dict, depth: int, seed: int) -> dict:
+    tree = deep_merge(preset.base, {"model": {"depth": depth}, "seed": seed})
+    return {**tree, "method": method, "method_config": config}
+
+
+def expand(preset: Preset) -> list[Trial]:
+    """Every trial of the preset, in a fixed order: method entries in file order, then depth,
+    then grid point, then seed; the vanilla depth series last. Configs are resolved (method
+    defaults filled in) and validated; nothing is trained or written."""
+    # Imported here: harness.train pulls in torch and the data stack.
+    from harness.train import resolve_method
+
+    planned: list[tuple[str, str, dict, int, int]] = []
+    for method, entry in _method_entries(preset):
+        axes, fixed = _method_axes(method, entry)
+        spec = get_method(method)
+        penalty = (spec.time_penalty_field or "").rstrip("_")
+        for depth in preset.depths:
+            for values in itertools.product(*axes.values()):
+                point = dict(zip(axes, values, strict=True))
+                config = {**fixed, **point}
+                shown = dict(point)
+                if penalty and penalty not in shown:
+                    # Name every adaptive trial by its time penalty, default or not.
+                    shown = {penalty: _default_penalty(spec, fixed, penalty), **shown}
+                for seed in preset.seeds:
+                    name = trial_name(method, depth, shown, seed)
+                    planned.append((name, method, config, depth, seed))
+    for depth in preset.vanilla_depths:
+        for seed in preset.seeds:
+            name = trial_name(preset.vanilla_method, depth, {}, seed)
+            planned.append((name, preset.vanilla_method, {}, depth, seed))
+    if not planned:
+        raise ConfigError(f"preset {preset.name!r} expands to no trial (no methods or depths)")
+
+    trials: dict[str, Trial] = {}
+    for name, method, config, depth, seed in planned:
+        tree = _trial_tree(preset, method, config, depth, seed)
+        try:
+            cfg = from_dict(RunConfig, tree)
+            validate_run_config(cfg)
+            _, _, cfg = resolve_method(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"trial {name}: {err}") from None
+        init_from = preset.init_from if method != preset.vanilla_method else None
+        trial = Trial(name, to_dict(cfg), init_from)
+        if name in trials:
+            if trials[name] != trial:
+                raise ConfigError(f"two different trials are both named {name!r}")
+            continue  # e.g. the vanilla method listed under methods and in vanilla_depths
+        trials[name] = trial
+    return list(trials.values())
+
+
+def _default_penalty(spec, fixed: Mapping[str, Any], key: str) -> Any:
+    if key in fixed:
+        return fixed[key]
+    return getattr(spec.config_cls(), _field_names(spec)[key])

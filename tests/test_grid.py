@@ -1,0 +1,372 @@
+"""The study grid: presets, their expansion, bad input, and real studies on Ray Tune.
+
+The Ray tests (marked ``ray``) share one two-node Ray cluster started on this machine with
+``ray.cluster_utils.Cluster`` (1 CPU per node); the interrupted-study test starts its own local
+Ray through the CLI, as a user would. Every study trains ResNet-8/14 for two epochs on the tiny
+200-image npz dataset of ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import console_script
+
+from harness import store
+from harness.cli import main
+from harness.errors import ConfigError
+from harness.grid import (
+    STUDY_FILE,
+    TRIALS_TABLE,
+    GridOptions,
+    plan_study,
+    restore_run_dir,
+    run_grid,
+    study_record,
+)
+from harness.presets import expand, list_presets, load_preset, trial_name
+from harness.registry import get_method, list_methods
+from harness.train import InjectedCrash, run_trial
+
+#: The smoke preset's base, for the small presets the tests write.
+TINY_BASE = load_preset("smoke").base
+
+
+def write_preset(folder: Path, **changes) -> Path:
+    """A one-trial preset file (vanilla ResNet-8, seed 0) with ``changes`` applied."""
+    tree = {
+        "name": "tiny",
+        "description": "test study",
+        "base": TINY_BASE,
+        "methods": {"resnet": {}},
+        "depths": [8],
+        "seeds": [0],
+        "resources": {"cpu": 1, "gpu": 0},
+        "max_failures": 1,
+        **changes,
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def rows_of(study_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(study_dir / store.RESULTS_FILE, keep_default_na=False)
+
+
+# -- presets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu-mini", "paper-cifar", "paper-imagenet"])
+def test_shipped_presets_expand_to_valid_uniquely_named_trials(name):
+    assert name in list_presets()
+    preset = load_preset(name)
+    trials = expand(preset)  # validates every trial config and method config
+    names = [t.name for t in trials]
+    assert len(names) == len(set(names))
+    assert all(t.config["model"]["depth"] in preset.depths + preset.vanilla_depths for t in trials)
+    assert {t.config["seed"] for t in trials} == set(preset.seeds)
+
+
+def test_smoke_preset_runs_every_registered_method_and_the_depth_series():
+    trials = expand(load_preset("smoke"))
+    assert {t.config["method"] for t in trials} == set(list_methods())
+    vanilla = {t.config["model"]["depth"] for t in trials if t.config["method"] == "resnet"}
+    assert vanilla == {8, 14}
+
+
+def test_time_penalty_goes_into_the_method_config_and_the_trial_name():
+    preset = load_preset(
+        "smoke",
+        {"methods": {"*": None, "act": {"tau": [0.02, 0.05]}, "pact": {"lambda": 0.1}}},
+    )
+    trials = {t.name: t for t in expand(preset)}
+    assert list(trials) == [
+        "act_d14_tau0.02_s0",
+        "act_d14_tau0.05_s0",
+        "pact_d14_lambda0.1_s0",
+        "resnet_d8_s0",
+        "resnet_d14_s0",
+    ]
+    assert trials["act_d14_tau0.05_s0"].config["method_config"]["tau"] == 0.05
+    assert trials["pact_d14_lambda0.1_s0"].config["method_config"]["lambda"] == 0.1
+    assert trial_name("sact", 110, {"tau": 0.01}, 2) == "sact_d110_tau0.01_s2"
+
+
+def test_set_overrides_reach_preset_keys_and_every_trial_base():
+    overrides = {
+        "seeds": [0, 1],
+        "vanilla_depths": [],
+        "methods": {"*": None, "act": {"tau": [0.02]}},
+        "resources": {"cpu": 0.5},
+        "optim": {"epochs": 1},
+    }
+    preset = load_preset("smoke", overrides)
+    trials = expand(preset)
+    assert [t.name for t in trials] == ["act_d14_tau0.02_s0", "act_d14_tau0.02_s1"]
+    assert all(t.config["optim"]["epochs"] == 1 for t in trials)
+    assert preset.resources == {"cpu": 0.5, "gpu": 0.0}
+
+
+def test_search_space_entry_uses_the_method_default_grid():
+    preset = load_preset("smoke", {"methods": {"*": None, "act": "search_space"}})
+    taus = [t.config["method_config"]["tau"] for t in expand(preset) if t.config["method"] == "act"]
+    assert taus == list(get_method("act").search_space["tau"])
+
+
+def test_dry_run_lists_the_trials_and_writes_nothing(capsys, tmp_path: Path, tiny_npz_root):
+    out = tmp_path / "study"
+    argv = ["grid", "--preset", "smoke", "--data-root", str(tiny_npz_root), "--out", str(out)]
+    assert main([*argv, "--set", "optim.epochs=1", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    for trial in expand(load_preset("smoke")):
+        assert f"  {trial.name} " in printed
+    assert "epochs=1" in printed and not out.exists()
+
+
+# -- bad input: one error line, exit status 2, nothing written --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--preset", "no-such-preset"], "unknown preset 'no-such-preset'; shipped presets:"),
+        (["--set", "methods.act.gamma=[1]"], "grid key methods.act.gamma: method 'act' has no"),
+        (["--set", "methods.resnet.tau=[0.01]"], "method 'resnet' has no config field 'tau'"),
+        (["--set", "method.tau=0.01"], "--set method.*: method settings differ per method"),
+        (["--set", "optim.epochz=1"], "unknown config key 'optim.epochz'"),
+        (["--set", "depths=[9]"], "depth=9 is not of the form 6n+2"),
+        (["--set", "methods.act.tau=[-1]"], "method.tau=-1.0 must be >= 0"),
+        (["--set", "methods.nope={}"], "unknown method 'nope'; registered methods:"),
+        (["--gpus-per-trial", "1"], "resources.gpu=1 but the trials run with device=cpu"),
+        (["--cpus-per-trial", "0"], "resources.cpu=0 must be > 0"),
+    ],
+)
+def test_bad_grid_input_is_one_error_line(extra, message, capsys, tmp_path, tiny_npz_root):
+    out = tmp_path / "study"
+    argv = ["grid", "--preset", "smoke", "--data-root", str(tiny_npz_root), "--out", str(out)]
+    assert main([*argv, *extra]) == 2
+    assert message in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_unreachable_address_is_refused_before_anything_is_written(capsys, tmp_path, tiny_npz_root):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "study"
+    argv = ["grid", "--preset", str(write_preset(tmp_path)), "--out", str(out)]
+    argv += ["--data-root", str(tiny_npz_root), "--address", f"127.0.0.1:{port}"]
+    tic = time.monotonic()
+    assert main(argv) == 2
+    assert f"--address 127.0.0.1:{port}: cannot reach a Ray cluster" in one_error_line(capsys)
+    assert time.monotonic() - tic < 30 and not out.exists()
+
+
+def test_study_folder_must_hold_the_same_study(capsys, tmp_path, tiny_npz_root):
+    preset = write_preset(tmp_path)
+    out = tmp_path / "study"
+    argv = ["grid", "--preset", str(preset), "--out", str(out), "--data-root", str(tiny_npz_root)]
+    # Another study in the folder (two epochs more): refused with the difference named.
+    other = plan_study(GridOptions(preset=str(preset), out=str(out), data_root=str(tiny_npz_root)))
+    other.trials[0].config["optim"]["epochs"] = 4
+    out.mkdir()
+    (out / STUDY_FILE).write_text(yaml.safe_dump(study_record(other)))
+    before = (out / STUDY_FILE).read_bytes()
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert "holds a different study" in line and "optim.epochs: 4 (stored) != 2 (now)" in line
+    assert main([*argv, "--resume"]) == 2
+    assert "holds a different study" in one_error_line(capsys)
+    assert (out / STUDY_FILE).read_bytes() == before
+    # The same study: continuing it needs --resume (a run data root elsewhere is still the same).
+    same = plan_study(GridOptions(preset=str(preset), out=str(out), data_root=str(tiny_npz_root)))
+    same.trials[0].config["data"]["root"] = "/elsewhere"
+    (out / STUDY_FILE).write_text(yaml.safe_dump(study_record(same)))
+    assert main(argv) == 2
+    assert "already holds this study; add --resume" in one_error_line(capsys)
+    # A folder with files but no study, and --resume with nothing to resume.
+    (out / STUDY_FILE).unlink()
+    (out / "notes.txt").write_text("mine")
+    assert main(argv) == 2
+    assert "is not empty and holds no study (notes.txt)" in one_error_line(capsys)
+    assert main([*argv, "--out", str(tmp_path / "new"), "--resume"]) == 2
+    assert "holds no study to resume; drop --resume" in one_error_line(capsys)
+    assert not (tmp_path / "new").exists()
+
+
+# -- Tune checkpoint restore (no cluster) -----------------------------------------------------
+
+
+def test_a_lost_run_directory_resumes_from_the_tune_checkpoint_copy(tmp_path, tiny_npz_root):
+    trial = expand(load_preset(str(write_preset(tmp_path))))[0]
+    cfg = trial.run_config
+    data = dataclasses.replace(cfg.data, root=str(tiny_npz_root))
+    cfg = dataclasses.replace(cfg, data=data, test_crash_at_epoch=1)
+    run_dir, tune_copy = tmp_path / "run", tmp_path / "tune_checkpoint"
+    with pytest.raises(InjectedCrash):
+        run_trial(cfg, run_dir)
+    run_dir.rename(tune_copy)  # what Tune persisted after epoch 1; the node lost the run dir
+    assert restore_run_dir(tune_copy, run_dir) is True
+    assert restore_run_dir(tune_copy, run_dir) is False  # already as new
+    run_trial(cfg, run_dir)
+    epochs = [m["epoch"] for m in store.read_jsonl(run_dir / store.METRICS_FILE)]
+    assert epochs == [1, 2]
+
+
+# -- real studies on Ray ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """Two Ray nodes on this machine, 1 CPU each; the test process is not connected."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.mark.ray
+def test_smoke_study_fills_the_table_with_every_trial_and_mode(
+    ray_cluster, capsys, tmp_path, tiny_npz_root
+):
+    out = tmp_path / "smoke"
+    argv = ["grid", "--preset", "smoke", "--data-root", str(tiny_npz_root), "--out", str(out)]
+    assert main([*argv, "--address", ray_cluster.address]) == 0
+    printed = capsys.readouterr().out
+    trials = expand(load_preset("smoke"))
+    assert f"study smoke: {len(trials)}/{len(trials)} trials finished, 0 failed" in printed
+    assert printed.count("finished ") >= len(trials)  # one progress line per trial
+    rows = rows_of(out)
+    keys = list(zip(rows["trial_id"], rows["eval_mode"], rows["threshold"], strict=True))
+    assert len(keys) == len(set(keys))  # no duplicates
+    expected = {
+        (t.name, mode)
+        for t in trials
+        for mode in get_method(t.config["method"]).model_cls.eval_modes
+    }
+    assert set(zip(rows["trial_id"], rows["eval_mode"], strict=True)) == expected
+    assert list(rows.columns[: len(store.RESULT_COLUMNS)]) == [
+        c for c in store.RESULT_COLUMNS if c in rows.columns
+    ]
+    table = pd.read_csv(out / TRIALS_TABLE, keep_default_na=False)
+    assert list(table["trial"]) == [t.name for t in trials]
+    assert set(table["status"]) == {"finished"}
+    assert yaml.safe_load((out / STUDY_FILE).read_text())["preset"] == "smoke"
+    # Nothing left to do: --resume only gathers, without starting Ray.
+    assert main([*argv, "--resume"]) == 0
+    assert "all 6 trials finished before" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_crashed_trial_retries_from_its_checkpoint_and_finishes(
+    ray_cluster, tmp_path, tiny_npz_root
+):
+    preset = write_preset(tmp_path, base={**TINY_BASE, "test_crash_at_epoch": 1})
+    outcome = run_grid(
+        GridOptions(
+            preset=str(preset),
+            out=str(tmp_path / "study"),
+            data_root=str(tiny_npz_root),
+            address=ray_cluster.address,
+        )
+    )
+    assert outcome.complete and outcome.finished == ["resnet_d8_s0"]
+    run_dir = outcome.study.run_dir("resnet_d8_s0")
+    epochs = [m["epoch"] for m in store.read_jsonl(run_dir / store.METRICS_FILE)]
+    assert epochs == [1, 2]  # epoch 1 was not trained again
+    table = pd.read_csv(outcome.study.folder / TRIALS_TABLE, keep_default_na=False)
+    assert table.loc[0, "failures"] == 1 and "InjectedCrash" in table.loc[0, "error"]
+    assert table.loc[0, "status"] == "finished"
+
+
+@pytest.mark.ray
+def test_trials_are_placed_on_both_nodes_of_a_cluster(ray_cluster, tmp_path, tiny_npz_root):
+    preset = write_preset(tmp_path, seeds=[0, 1])
+    outcome = run_grid(
+        GridOptions(
+            preset=str(preset),
+            out=str(tmp_path / "study"),
+            data_root=str(tiny_npz_root),
+            address=ray_cluster.address,
+        )
+    )
+    assert outcome.complete
+    nodes = {node.node_id for node in ray_cluster.list_all_nodes()}
+    assert len(nodes) == 2
+    # 1 CPU per trial and per node: the two trials overlap, so they must use both nodes.
+    assert set(outcome.node_ids.values()) == nodes
+
+
+@pytest.mark.ray
+def test_gpu_request_on_a_cpu_cluster_is_refused_before_any_trial(
+    ray_cluster, tmp_path, tiny_npz_root
+):
+    base = {**TINY_BASE, "device": "auto"}
+    options = GridOptions(
+        preset=str(write_preset(tmp_path, base=base)),
+        out=str(tmp_path / "study"),
+        data_root=str(tiny_npz_root),
+        address=ray_cluster.address,
+        gpus_per_trial=0.5,
+    )
+    with pytest.raises(ConfigError, match="per trial but the Ray cluster has no GPU"):
+        run_grid(options)
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.ray
+def test_interrupted_study_resumes_only_the_unfinished_trials(tmp_path, tiny_npz_root):
+    preset = write_preset(tmp_path, seeds=[0, 1, 2], max_concurrent=1)
+    out = tmp_path / "study"
+    argv = [*console_script(), "grid", "--preset", str(preset), "--out", str(out)]
+    argv += ["--data-root", str(tiny_npz_root)]
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not list(out.glob("trials/*/summary.json")):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGINT)  # Ctrl+C: Tune stops and the driver returns
+        assert first.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        log.close()
+    done = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("trials/*/summary.json")}
+    assert 1 <= len(done) < 3
+    second = subprocess.run(
+        [*argv, "--resume"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"{len(done)} finished before, {3 - len(done)} to run" in second.stdout
+    for name, mtime in done.items():  # finished trials were not rerun
+        assert (out / "trials" / name / "summary.json").stat().st_mtime_ns == mtime
+    trials = [f"resnet_d8_s{seed}" for seed in range(3)]
+    assert sorted(rows_of(out)["trial_id"]) == trials  # each trial once
+    assert json.loads((out / "trials" / "resnet_d8_s2" / "summary.json").read_text())["seed"] == 2
