@@ -45,9 +45,9 @@ from typing import Any
 import yaml
 
 from harness import store
-from harness.config import parse_overrides
+from harness.config import parse_overrides, set_dotted
 from harness.errors import ConfigError, HarnessError
-from harness.presets import Preset, Trial, expand, list_presets, load_preset
+from harness.presets import PRESET_DIR, Preset, Trial, expand, list_presets, load_preset
 
 STUDY_FILE = "study.yaml"
 TRIALS_DIR = "trials"
@@ -76,8 +76,6 @@ RAY_ENV_DEFAULTS = {
     # Reporting every epoch with a checkpoint otherwise triggers "Experiment state snapshotting
     # has been triggered multiple times..." warnings.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    # Trials get absolute paths; keep their working directory where the worker started.
-    "RAY_CHDIR_TO_TRIAL_DIR": "0",
     # The new output engine prints an experiment banner even at verbose=0; the old one is
     # silent there, which leaves the study's own progress lines (GridProgress) alone.
     "RAY_AIR_NEW_OUTPUT": "0",
@@ -94,6 +92,7 @@ class GridOptions:
     data_root: str | None = None
     address: str | None = None
     resume: bool = False
+    download: bool = False
     dry_run: bool = False
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
@@ -110,6 +109,7 @@ class Study:
     preset: Preset
     trials: list[Trial]
     folder: Path
+    download: bool = False  # fetch CIFAR-10 into the data root before the trials start
 
     def run_dir(self, trial: Trial | str) -> Path:
         """The run directory of a trial."""
@@ -151,17 +151,14 @@ def plan_study(options: GridOptions) -> Study:
     """Load the preset with ``--set`` and flag overrides, expand and validate every trial."""
     overrides = parse_overrides(options.overrides)
     flags = {
-        ("resources", "cpu"): options.cpus_per_trial,
-        ("resources", "gpu"): options.gpus_per_trial,
-        ("max_concurrent",): options.max_concurrent,
-        ("max_failures",): options.max_failures,
+        "resources.cpu": options.cpus_per_trial,
+        "resources.gpu": options.gpus_per_trial,
+        "max_concurrent": options.max_concurrent,
+        "max_failures": options.max_failures,
     }
-    for path, value in flags.items():
+    for key, value in flags.items():
         if value is not None:
-            node = overrides
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = value
+            set_dotted(overrides, key, value)
     preset = load_preset(options.preset, overrides)
     if preset.init_from == "required":
         raise ConfigError(
@@ -172,66 +169,85 @@ def plan_study(options: GridOptions) -> Study:
         preset = dataclasses.replace(preset, init_from=str(Path(preset.init_from).resolve()))
     trials = expand(preset)
     _check_trials(trials)
-    root = _data_root(preset.base, options.data_root)
+    download = options.download or bool(preset.base.get("data", {}).get("download"))
+    root = _data_root(preset.base, options.data_root, download)
+    # Trials never download: the driver fetches once, so concurrent trials cannot race.
+    data = {"root": root, "download": False}
     trials = [
-        dataclasses.replace(t, config={**t.config, "data": {**t.config["data"], "root": root}})
+        dataclasses.replace(t, config={**t.config, "data": {**t.config["data"], **data}})
         for t in trials
     ]
+    if download and {t.config["model"]["dataset"] for t in trials} != {"cifar10"}:
+        raise ConfigError("--download fetches CIFAR-10 only; this study uses another dataset")
     _check_resources_request(preset, trials)
-    folder = Path(options.out or Path("results") / "local" / preset.name).expanduser().resolve()
-    return Study(preset, trials, folder)
+    folder = Path(options.out or Path("runs") / "grid" / preset.name).expanduser().resolve()
+    return Study(preset, trials, folder, download)
 
 
-def _data_root(base: Mapping[str, Any], data_root: str | None) -> str:
+def _data_root(base: Mapping[str, Any], data_root: str | None, download: bool) -> str:
     """The data root (flag, else the preset's, else $PACT_DATA_ROOT) as an absolute path, checked
     now: trials run in Ray workers, whose working directory and environment are not the user's."""
     from harness.data import detect_format, resolve_data_root
 
-    data = base.get("data") or {}
-    root = resolve_data_root(data_root or data.get("root"))
-    if not data.get("download"):
+    root = resolve_data_root(data_root or (base.get("data") or {}).get("root"))
+    if not download:
         detect_format(root)  # a clear DataError now rather than in every trial
     return str(root)
 
 
+def fetch_data(study: Study) -> None:
+    """``--download``: fetch CIFAR-10 into the data root unless a dataset is already there."""
+    from harness.data import detect_format, load_torchvision_cifar10
+    from harness.errors import DataError
+
+    root = Path(study.trials[0].config["data"]["root"])
+    try:
+        detect_format(root)
+        return
+    except DataError:
+        pass
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"downloading CIFAR-10 into {root}", flush=True)
+    load_torchvision_cifar10(root, download=True)
+
+
 def _check_trials(trials: list[Trial]) -> None:
-    """Build each distinct model once (bad depths, variants) and check ``init_from`` runs."""
-    from harness.train import build_model
+    """Build each distinct model once and do what its trial will do before training: plan the
+    evaluation modes and load the ``init_from`` weights (bad depths, variants, modes and
+    initialising runs fail here, not in every trial)."""
+    from harness.evaluate import plan_evaluations
+    from harness.train import build_model, init_from_run
 
     seen: set[str] = set()
     for trial in trials:
+        keys = ("method", "method_config", "model", "eval")
+        key = json.dumps([trial.init_from] + [trial.config[k] for k in keys])
+        if key in seen:
+            continue
+        seen.add(key)
         cfg = trial.run_config
-        key = json.dumps([cfg.method, trial.config["method_config"], trial.config["model"]])
-        if key not in seen:
-            seen.add(key)
-            try:
-                build_model(cfg)
-            except ConfigError as err:
-                raise ConfigError(f"trial {trial.name}: {err}") from None
-        if trial.init_from:
-            _check_init_from(trial)
-
-
-def _check_init_from(trial: Trial) -> None:
-    source = Path(trial.init_from)
-    config_file, ckpt = source / store.CONFIG_FILE, source / store.CHECKPOINT_FILE
-    if not config_file.is_file() or not ckpt.is_file():
-        raise ConfigError(f"init_from: {source} is not a run directory with a checkpoint")
-    theirs = (yaml.safe_load(config_file.read_text()) or {}).get("model", {})
-    mine = trial.config["model"]
-    for name in ("dataset", "depth", "variant"):
-        if theirs.get(name) != mine[name]:
-            raise ConfigError(
-                f"init_from: {source} has model.{name}={theirs.get(name)!r} but trial "
-                f"{trial.name} has {mine[name]!r}; initialise from a run with the same backbone"
-            )
+        try:
+            model = build_model(cfg)[2]
+            plan_evaluations(model, cfg.eval)
+            if trial.init_from:
+                init_from_run(model, Path(trial.init_from), cfg)
+        except HarnessError as err:
+            raise ConfigError(f"trial {trial.name}: {err}") from None
 
 
 def _check_resources_request(preset: Preset, trials: list[Trial]) -> None:
-    if preset.resources["gpu"] > 0 and any(t.config["device"] == "cpu" for t in trials):
+    """The device the trials ask for must match the GPUs they ask Ray for (Ray hides GPUs
+    from a trial that asked for none)."""
+    gpu, devices = preset.resources["gpu"], {t.config["device"] for t in trials}
+    if gpu > 0 and "cpu" in devices:
         raise ConfigError(
-            f"resources.gpu={preset.resources['gpu']:g} but the trials run with device=cpu; "
+            f"resources.gpu={gpu:g} but the trials run with device=cpu; "
             "set device=auto (or cuda) or ask for gpu: 0"
+        )
+    if gpu == 0 and "cuda" in devices:
+        raise ConfigError(
+            "device=cuda but resources.gpu=0, and Ray hides GPUs from trials that ask for "
+            "none: pass --gpus-per-trial (fractions allowed) or set device=auto"
         )
 
 
@@ -293,7 +309,8 @@ def check_study_folder(study: Study, resume: bool) -> bool:
     """Check the folder against the study; returns True if it already holds this study.
 
     A folder with another study, with files but no study, or holding this study without
-    ``--resume`` is an error; so is ``--resume`` where there is nothing to resume.
+    ``--resume`` is an error. ``--resume`` on a new or empty folder starts the study, so that
+    one command (``make run``) both starts and continues it.
     """
     folder, record = study.folder, study.folder / STUDY_FILE
     if folder.exists() and not folder.is_dir():
@@ -306,8 +323,6 @@ def check_study_folder(study: Study, resume: bool) -> bool:
                 f"--out {folder} is not empty and holds no study ({', '.join(leftovers[:3])}); "
                 "choose an empty or new folder"
             )
-        if resume:
-            raise ConfigError(f"--resume: {folder} holds no study to resume; drop --resume")
         return False
     try:
         stored = yaml.safe_load(record.read_text()) or {}
@@ -371,25 +386,22 @@ def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) ->
     """
     import pandas as pd
 
+    from harness.registry import get_method
+    from harness.train import trial_columns
+
     path = study.folder / TRIALS_TABLE
     previous: dict[str, dict[str, Any]] = {}
     if path.is_file():
         old = pd.read_csv(path, keep_default_na=False, dtype=str)
-        previous = {row["trial"]: row for row in old.to_dict("records")}
+        previous = {row["trial_id"]: row for row in old.to_dict("records")}
+    keys = ("trial_id", "method", "depth", "time_penalty_name", "time_penalty", "seed")
     rows = []
     for trial in study.trials:
-        cfg = trial.config
-        row: dict[str, Any] = {
-            "trial": trial.name,
-            "method": cfg["method"],
-            "depth": cfg["model"]["depth"],
-            "seed": cfg["seed"],
-        }
+        columns = trial_columns(trial.run_config, get_method(trial.config["method"]), trial.name)
+        row: dict[str, Any] = {key: columns[key] for key in keys}
         known = {**previous.get(trial.name, {}), **launch.get(trial.name, {})}
         summary_file = study.run_dir(trial) / store.SUMMARY_FILE
         summary = json.loads(summary_file.read_text()) if is_finished(summary_file.parent) else {}
-        row["time_penalty_name"] = summary.get("time_penalty_name", "")
-        row["time_penalty"] = summary.get("time_penalty", "")
         row["status"] = "finished" if summary else known.get("status") or "pending"
         row["test_accuracy"] = summary.get("test_accuracy", "")
         row["flops_per_image_mean"] = summary.get("flops_per_image_mean", "")
@@ -468,9 +480,9 @@ def grid_trial(
         # The run directory holds exactly the checkpointed files until evaluation starts.
         tune.report(_scalars(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
 
+    tic = time.monotonic()
     final: dict[str, Any] = {
         "node_id": ray.get_runtime_context().get_node_id(),
-        "attempt_started": time.time(),
         "start_epoch": start_epoch,
         "restored_from_tune": int(restored),
     }
@@ -486,7 +498,7 @@ def grid_trial(
         # Bad input fails the same way on every retry: report it once, do not retry.
         tune.report({**final, "harness_error": f"{type(err).__name__}: {err}"})
         return
-    final["attempt_seconds"] = time.time() - final.pop("attempt_started")
+    final["attempt_seconds"] = time.monotonic() - tic
     tune.report({**final, **_scalars(summary), "trial_finished": 1})
 
 
@@ -510,11 +522,12 @@ def _check_reachable(address: str) -> None:
 
 
 class _TuneNoiseFilter(logging.Filter):
-    """Drop Tune messages the study reports better: "Trial task failed" tracebacks (the
-    progress line names the error; the traceback stays in the trial's error.txt) and the
-    "Tuner.restore" advice after an interruption (a study resumes with ``--resume``)."""
+    """Drop Tune messages the study reports better: "Trial task failed" tracebacks and the
+    list of failed trials (the progress lines and the summary name each error; tracebacks stay
+    in the trial's error.txt), and the "Tuner.restore" advice after an interruption (a study
+    resumes with ``--resume``)."""
 
-    PREFIXES = ("Trial task failed", "Experiment has been interrupted")
+    PREFIXES = ("Trial task failed", "Trials did not complete", "Experiment has been interrupted")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.PREFIXES)
@@ -584,14 +597,18 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _last_line(text: str) -> str:
+    """The last non-empty line of a traceback (the exception), shortened."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "failed"
+
+
 def _error_text(trial) -> str:
-    """The last line of a Tune trial's error file (the exception), shortened."""
-    path = getattr(trial, "error_file", None)
+    """The exception that ended a Tune trial's attempt, from its error file."""
     try:
-        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        return _last_line(Path(trial.error_file).read_text())
     except (OSError, TypeError):
         return "failed (no error file)"
-    return lines[-1].strip()[:300] if lines else "failed"
 
 
 def _best_accuracy(study: Study, names: list[str]) -> tuple[float, str] | None:
@@ -702,19 +719,22 @@ def _launch_name(folder: Path) -> str:
     return f"launch-{len(existing) + 1:03d}"
 
 
-def launch(study: Study, names: list[str], options: GridOptions, finished: list[str]):
-    """Run ``names`` as one Tune experiment (``finished``: trials done before, for the progress
-    counts); returns (ResultGrid, per-trial launch records)."""
+def launch(
+    study: Study, names: list[str], finished: list[str], argv: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Run the trials ``names`` as one Tune experiment; returns what it learnt per trial
+    (status, node, failures, error). ``finished`` (trials done before) sets the progress counts;
+    ``argv`` is the command line recorded in each run's provenance."""
     from ray import tune
 
     preset = study.preset
-    resources = {"cpu": preset.resources["cpu"], "gpu": preset.resources["gpu"]}
+    resources = dict(preset.resources)
     trainable = tune.with_parameters(
         grid_trial,
         trials={t.name: t for t in study.trials},
         study_dir=str(study.folder),
         threads=max(1, int(resources["cpu"])),
-        argv=options.argv,
+        argv=argv,
     )
     progress = make_progress_callback(
         len(study.trials), len(finished), _best_accuracy(study, finished)
@@ -737,7 +757,14 @@ def launch(study: Study, names: list[str], options: GridOptions, finished: list[
             failure_config=tune.FailureConfig(max_failures=preset.max_failures),
         ),
     )
-    return tuner.fit(), progress.records
+    # fit() returns normally when trials fail: take the failures from the ResultGrid too.
+    records = progress.records
+    for result in tuner.fit():
+        if result.error is not None:
+            record = records.setdefault(result.config["trial"], {})
+            record["status"] = "failed"
+            record.setdefault("error", _last_line(str(result.error)))
+    return records
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -772,6 +799,8 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
         print_plan(study, study.finished() if (study.folder / STUDY_FILE).is_file() else [])
         return None
     existing = check_study_folder(study, options.resume)
+    if study.download:
+        fetch_data(study)
     tic = time.monotonic()
     finished = study.finished()
     todo = [t.name for t in study.trials if t.name not in finished]
@@ -792,14 +821,14 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
                 f"{res['cpu']:g} CPU + {res['gpu']:g} GPU per trial\n  folder: {study.folder}",
                 flush=True,
             )
-            _, records = launch(study, todo, options, finished)
+            records = launch(study, todo, finished, options.argv)
         else:
             print(f"study {study.preset.name}: all {len(study.trials)} trials finished before")
         return _conclude(study, records, time.monotonic() - tic)
 
 
 def _conclude(study: Study, records: dict[str, dict[str, Any]], seconds: float) -> GridOutcome:
-    """Gather the tables and sort the trials into finished, failed and not run."""
+    """Gather the tables and sort the trials into finished, failed and unfinished."""
     finished = study.finished()
     failed = {
         name: rec.get("error", "failed")
@@ -829,7 +858,7 @@ def _print_outcome(outcome: GridOutcome) -> None:
     total = len(study.trials)
     print(
         f"study {study.preset.name}: {len(outcome.finished)}/{total} trials finished, "
-        f"{len(outcome.failed)} failed, {len(outcome.unfinished)} not run "
+        f"{len(outcome.failed)} failed, {len(outcome.unfinished)} unfinished "
         f"({outcome.seconds:.0f} s)"
     )
     for name, error in outcome.failed.items():
@@ -838,7 +867,13 @@ def _print_outcome(outcome: GridOutcome) -> None:
         print(f"  results: {outcome.results_path}")
     print(f"  trials:  {study.folder / TRIALS_TABLE}")
     if outcome.unfinished or outcome.failed:
-        print(f"  continue with: pact-harness grid --resume --out {study.folder} (same preset)")
+        preset = study.preset.source if study.preset.source else study.preset.name
+        if Path(preset).parent == PRESET_DIR:
+            preset = study.preset.name
+        print(
+            f"  continue with: pact-harness grid --preset {preset} --resume --out {study.folder}"
+            " (and the same --set values)"
+        )
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -858,6 +893,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         address=args.address,
         resume=args.resume,
+        download=args.download,
         dry_run=args.dry_run,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
@@ -889,9 +925,18 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--list-presets", action="store_true", help="list shipped presets and exit")
     p.add_argument("--address", help="join an existing Ray cluster (host:port or auto)")
-    p.add_argument("--resume", action="store_true", help="continue the study in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the study in --out (finished trials are kept); starts it if --out is new",
+    )
     p.add_argument("--data-root", help="dataset folder (else the preset's, else $PACT_DATA_ROOT)")
-    p.add_argument("--out", help="study folder (default results/local/<preset>)")
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch CIFAR-10 into --data-root first if no dataset is there (needs network)",
+    )
+    p.add_argument("--out", help="study folder (default runs/grid/<preset>)")
     p.add_argument(
         "--set",
         action="append",

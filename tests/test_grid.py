@@ -29,6 +29,7 @@ from harness.grid import (
     STUDY_FILE,
     TRIALS_TABLE,
     GridOptions,
+    fetch_data,
     plan_study,
     restore_run_dir,
     run_grid,
@@ -157,6 +158,10 @@ def test_dry_run_lists_the_trials_and_writes_nothing(capsys, tmp_path: Path, tin
         (["--set", "methods.nope={}"], "unknown method 'nope'; registered methods:"),
         (["--gpus-per-trial", "1"], "resources.gpu=1 but the trials run with device=cpu"),
         (["--cpus-per-trial", "0"], "resources.cpu=0 must be > 0"),
+        (["--set", "device=cuda"], "device=cuda but resources.gpu=0"),
+        (["--set", "eval.modes=[sampled]"], "eval.modes: unknown mode 'sampled' for ACTResNet"),
+        (["--set", "init_from=/no/such/run"], "/no/such/run: no run with a checkpoint there"),
+        (["--preset", "paper-imagenet"], "pass --set init_from=RUN_DIR"),
     ],
 )
 def test_bad_grid_input_is_one_error_line(extra, message, capsys, tmp_path, tiny_npz_root):
@@ -202,14 +207,48 @@ def test_study_folder_must_hold_the_same_study(capsys, tmp_path, tiny_npz_root):
     (out / STUDY_FILE).write_text(yaml.safe_dump(study_record(same)))
     assert main(argv) == 2
     assert "already holds this study; add --resume" in one_error_line(capsys)
-    # A folder with files but no study, and --resume with nothing to resume.
+    # A folder with files but no study.
     (out / STUDY_FILE).unlink()
     (out / "notes.txt").write_text("mine")
     assert main(argv) == 2
     assert "is not empty and holds no study (notes.txt)" in one_error_line(capsys)
-    assert main([*argv, "--out", str(tmp_path / "new"), "--resume"]) == 2
-    assert "holds no study to resume; drop --resume" in one_error_line(capsys)
-    assert not (tmp_path / "new").exists()
+
+
+def test_init_from_reaches_the_method_trials_and_is_checked(finished_run, tmp_path, tiny_npz_root):
+    source = finished_run["dir"]  # a finished vanilla ResNet-8 run
+    options = GridOptions(
+        preset=str(write_preset(tmp_path, methods={"pact": {}}, vanilla_depths=[8])),
+        data_root=str(tiny_npz_root),
+        overrides=[f"init_from={source}"],
+    )
+    study = plan_study(options)
+    assert {t.name: t.init_from for t in study.trials} == {
+        "pact_d8_lambda0.01_s0": str(source),
+        "resnet_d8_s0": None,  # the depth series trains from scratch
+    }
+    options.overrides.append("depths=[14]")
+    with pytest.raises(ConfigError, match="model.depth=8 differs from this run's 14"):
+        plan_study(options)
+
+
+def test_download_happens_once_in_the_driver_and_only_if_needed(tmp_path, tiny_npz_root):
+    preset = str(write_preset(tmp_path))
+    empty = tmp_path / "empty"
+    study = plan_study(GridOptions(preset=preset, data_root=str(empty), download=True))
+    assert study.download and not empty.exists()  # planning (and --dry-run) fetch nothing
+    assert {t.config["data"]["download"] for t in study.trials} == {False}  # trials never do
+    study = plan_study(GridOptions(preset=preset, data_root=str(tiny_npz_root), download=True))
+    fetch_data(study)  # a dataset is there already: no network needed
+    with pytest.raises(ConfigError, match="fetches CIFAR-10 only"):
+        plan_study(
+            GridOptions(
+                preset=str(
+                    write_preset(tmp_path, base={"model": {"dataset": "imagenet"}}, depths=[50])
+                ),
+                data_root=str(empty),
+                download=True,
+            )
+        )
 
 
 # -- Tune checkpoint restore (no cluster) -----------------------------------------------------
@@ -270,7 +309,7 @@ def test_smoke_study_fills_the_table_with_every_trial_and_mode(
         c for c in store.RESULT_COLUMNS if c in rows.columns
     ]
     table = pd.read_csv(out / TRIALS_TABLE, keep_default_na=False)
-    assert list(table["trial"]) == [t.name for t in trials]
+    assert list(table["trial_id"]) == [t.name for t in trials]
     assert set(table["status"]) == {"finished"}
     assert yaml.safe_load((out / STUDY_FILE).read_text())["preset"] == "smoke"
     # Nothing left to do: --resume only gathers, without starting Ray.
@@ -298,6 +337,48 @@ def test_crashed_trial_retries_from_its_checkpoint_and_finishes(
     table = pd.read_csv(outcome.study.folder / TRIALS_TABLE, keep_default_na=False)
     assert table.loc[0, "failures"] == 1 and "InjectedCrash" in table.loc[0, "error"]
     assert table.loc[0, "status"] == "finished"
+
+
+@pytest.mark.ray
+def test_a_trial_out_of_retries_fails_the_study_and_resume_finishes_it(
+    ray_cluster, capsys, tmp_path, tiny_npz_root
+):
+    preset = write_preset(tmp_path, base={**TINY_BASE, "test_crash_at_epoch": 1})
+    options = GridOptions(
+        preset=str(preset),
+        out=str(tmp_path / "study"),
+        data_root=str(tiny_npz_root),
+        address=ray_cluster.address,
+        max_failures=0,
+    )
+    outcome = run_grid(options)
+    assert list(outcome.failed) == ["resnet_d8_s0"] and not outcome.finished
+    assert "InjectedCrash" in outcome.failed["resnet_d8_s0"]
+    assert "FAILED   resnet_d8_s0: harness.train.InjectedCrash" in capsys.readouterr().out
+    table = pd.read_csv(outcome.study.folder / TRIALS_TABLE, keep_default_na=False)
+    assert table.loc[0, "status"] == "failed"
+    outcome = run_grid(dataclasses.replace(options, resume=True))
+    assert outcome.complete  # the resumed run starts after the crash epoch
+
+
+@pytest.mark.ray
+def test_bad_input_inside_a_trial_fails_it_once_without_retries(
+    ray_cluster, capsys, tmp_path, tiny_npz_root
+):
+    # Only loading the data shows that 200 images cannot fill one batch of 256.
+    preset = write_preset(tmp_path, base={**TINY_BASE, "optim": {"batch_size": 256}})
+    outcome = run_grid(
+        GridOptions(
+            preset=str(preset),
+            out=str(tmp_path / "study"),
+            data_root=str(tiny_npz_root),
+            address=ray_cluster.address,
+        )
+    )
+    assert "batch_size=256 exceeds the 200 training images" in outcome.failed["resnet_d8_s0"]
+    assert "retrying" not in capsys.readouterr().out
+    table = pd.read_csv(outcome.study.folder / TRIALS_TABLE, keep_default_na=False)
+    assert table.loc[0, "failures"] == 0 and table.loc[0, "status"] == "failed"
 
 
 @pytest.mark.ray
@@ -339,13 +420,11 @@ def test_gpu_request_on_a_cpu_cluster_is_refused_before_any_trial(
 def test_interrupted_study_resumes_only_the_unfinished_trials(tmp_path, tiny_npz_root):
     preset = write_preset(tmp_path, seeds=[0, 1, 2], max_concurrent=1)
     out = tmp_path / "study"
-    argv = [*console_script(), "grid", "--preset", str(preset), "--out", str(out)]
+    # `--resume` both starts and continues a study (as `make run` uses it).
+    argv = [*console_script(), "grid", "--preset", str(preset), "--out", str(out), "--resume"]
     argv += ["--data-root", str(tiny_npz_root)]
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
+    first = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while not list(out.glob("trials/*/summary.json")):
@@ -360,9 +439,7 @@ def test_interrupted_study_resumes_only_the_unfinished_trials(tmp_path, tiny_npz
         log.close()
     done = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("trials/*/summary.json")}
     assert 1 <= len(done) < 3
-    second = subprocess.run(
-        [*argv, "--resume"], capture_output=True, text=True, timeout=300, env=env
-    )
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"{len(done)} finished before, {3 - len(done)} to run" in second.stdout
     for name, mtime in done.items():  # finished trials were not rerun

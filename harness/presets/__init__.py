@@ -18,7 +18,9 @@ path with the same keys::
     seeds: [0]
     vanilla_depths: [8, 14]         # extra trials of the vanilla method (the depth series)
     vanilla_method: resnet          # the method those trials use (default resnet)
-    init_from: null                 # run directory whose backbone initialises method trials
+    init_from: null                 # run directory whose backbone initialises the method
+                                    # trials (not the vanilla series); "required": the user
+                                    # must give one (--set init_from=RUN_DIR)
     resources: {cpu: 1, gpu: 0}     # per trial; fractions allowed
     max_concurrent: null            # at most this many trials at once (null: as resources allow)
     max_failures: 2                 # retries of a failed trial, each from its last checkpoint
