@@ -279,6 +279,15 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise CheckpointError(f"cannot read the run configuration {path}: {err}") from None
 
 
+def trim_metrics(path: Path, epochs_done: int) -> None:
+    """Drop metric lines of epochs after the checkpoint (an interrupted epoch is redone)."""
+    records = store.read_jsonl(path)
+    kept = [r for r in records if r.get("epoch", 0) <= epochs_done]
+    if len(kept) != len(records):
+        text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in kept)
+        store.atomic_write_text(path, text)
+
+
 def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[str]:
     """Copy weights from another run's checkpoint, leaving the halting branches fresh.
 
@@ -368,6 +377,7 @@ def run_trial(
         scheduler.load_state_dict(resume["scheduler"])
         _set_rng_state(resume["rng"], device)
         start_epoch, train_seconds = resume["epoch"], resume["train_seconds"]
+        trim_metrics(run_dir / store.METRICS_FILE, start_epoch)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(cfg)))
@@ -394,6 +404,9 @@ def run_trial(
         train_seconds += time.perf_counter() - tic
         metrics.update(epoch_logs)
         metrics.update(epoch=epoch + 1, train_seconds=train_seconds)
+        # Metrics first, then the checkpoint: a crash in between leaves a line for an epoch the
+        # checkpoint lacks, which the resumed run drops (see ``trim_metrics``) and redoes.
+        store.append_jsonl(run_dir / store.METRICS_FILE, metrics)
         store.atomic_torch_save(
             run_dir / store.CHECKPOINT_FILE,
             {
@@ -406,7 +419,6 @@ def run_trial(
                 "config_identity": config_identity(cfg),
             },
         )
-        store.append_jsonl(run_dir / store.METRICS_FILE, metrics)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics, run_dir)

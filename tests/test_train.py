@@ -251,8 +251,12 @@ def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(
     assert after_crash["epoch"] == 1
     assert not (crashed / store.SUMMARY_FILE).exists()
     assert len(store.read_jsonl(crashed / store.METRICS_FILE)) == 1
+    # a crash after the metrics line of epoch 2 but before its checkpoint: the line is dropped
+    store.append_jsonl(crashed / store.METRICS_FILE, {"epoch": 2, "train_loss": -1.0})
 
     assert main(argv) == 0  # the same command resumes at epoch 2
+    lines = store.read_jsonl(crashed / store.METRICS_FILE)
+    assert [r["epoch"] for r in lines] == [1, 2] and lines[1]["train_loss"] > 0
     final, reference = load_checkpoint(crashed), load_checkpoint(straight)
     assert final["epoch"] == reference["epoch"] == 2
     assert final["model"].keys() == reference["model"].keys()
