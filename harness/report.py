@@ -16,6 +16,7 @@ Every table carries the FLOP convention of :mod:`harness.costs.flops`.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,10 +24,12 @@ import pandas as pd
 
 from harness.costs.flops import CONVENTION
 from harness.errors import ConfigError
-from harness.store import RESULTS_FILE, atomic_write_text
+from harness.store import RESULTS_FILE, SUMMARY_FILE, atomic_write_text
 
 GROUP_KEYS = [
     "dataset",
+    "num_train",
+    "epochs",
     "method",
     "variant",
     "depth",
@@ -56,9 +59,21 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+def _with_budget(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Fill ``num_train``/``epochs`` from the run's summary.json for tables written before
+    those columns existed (so that runs of different budgets are never pooled as seeds)."""
+    summary = path.parent / SUMMARY_FILE
+    if summary.exists() and not {"num_train", "epochs"} <= set(frame.columns):
+        record = json.loads(summary.read_text())
+        for key in ("num_train", "epochs"):
+            if key not in frame.columns and key in record:
+                frame[key] = record[key]
+    return frame
+
+
 def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
     """All result rows, de-duplicated on (trial_id, eval_mode, threshold, execution, split)."""
-    frames = [pd.read_csv(p) for p in find_results(paths)]
+    frames = [_with_budget(pd.read_csv(p), p) for p in find_results(paths)]
     frame = pd.concat(frames, ignore_index=True)
     keys = [k for k in ("trial_id", "eval_mode", "threshold", "execution", "split") if k in frame]
     return frame.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
@@ -136,16 +151,27 @@ def plot_accuracy_vs_flops(table: pd.DataFrame, out: Path) -> list[Path]:
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     data = table[table["split"] == "test"] if "split" in table else table
-    vanilla = data[data["method"] == "resnet"].sort_values("flops_per_image")
-    if not vanilla.empty:
+    vanilla_all = data[data["method"] == "resnet"]
+    budget = [k for k in ("num_train", "epochs") if k in data]
+    if vanilla_all.empty:
+        groups = []
+    elif budget:
+        groups = list(vanilla_all.groupby(budget))
+    else:
+        groups = [((), vanilla_all)]
+    styles = ["--", ":", "-."]
+    for j, (key, vanilla) in enumerate(groups):
+        vanilla = vanilla.sort_values("flops_per_image")
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{k}={v}" for k, v in zip(budget, key, strict=True))
         ax.errorbar(
             vanilla["flops_per_image"] / 1e9,
             100 * vanilla["accuracy_mean"],
             yerr=100 * vanilla["accuracy_std_over_seeds"],
             color="black",
             marker="s",
-            linestyle="--",
-            label="ResNet (depth series)",
+            linestyle=styles[j % len(styles)],
+            label=f"ResNet depth series ({label})",
         )
         for _, row in vanilla.iterrows():
             ax.annotate(

@@ -57,6 +57,8 @@ RESULT_COLUMNS: dict[str, str] = {
     "time_penalty_name": "name of the method's time-penalty field (tau, lambda) or empty",
     "time_penalty": "its value (0 for non-adaptive methods)",
     "seed": "training seed",
+    "epochs": "training epochs",
+    "num_train": "training images (after any subset)",
     "eval_mode": "evaluation mode (standard, act, deterministic, stochastic, sampled)",
     "execution": "how the evaluation ran (masked, early_exit, gathered)",
     "threshold": "halting threshold of threshold modes (empty otherwise)",

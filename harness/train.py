@@ -449,6 +449,7 @@ def finish_run(
         want_progress(cfg.progress),
     )
     columns = trial_columns(cfg, prepared.spec, run_dir.name)
+    columns.update(epochs=cfg.optim.epochs, num_train=prepared.data.num_train)
     rows = [{**columns, **row} for row in rows]
     add_cost_columns(prepared, rows)  # peak memory and time per row, at the eval batch size
     if evaluation_hook is not None:
