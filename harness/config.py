@@ -41,6 +41,7 @@ class DataConfig:
     subset_seed: int = 0
     augment: bool = True
     normalization: str = "per_channel"
+    crop_padding: int = 4  # pad-and-crop augmentation; the SACT code pads 32 -> 36 (2)
     download: bool = False
     verify_checksums: bool = True
     num_workers: int = 0
@@ -286,6 +287,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError(
             f"optim.lr_drops={list(cfg.optim.lr_drops)} must be increasing fractions in (0, 1)"
         )
+    if cfg.data.crop_padding < 0:
+        raise ConfigError(f"data.crop_padding={cfg.data.crop_padding} must be >= 0")
     for name in ("train_subset", "test_subset"):
         value = getattr(cfg.data, name)
         if value is not None and value < 1:

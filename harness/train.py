@@ -114,6 +114,7 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
         seed=cfg.seed,
         augment=cfg.data.augment,
         normalization=cfg.data.normalization,
+        crop_padding=cfg.data.crop_padding,
         download=cfg.data.download,
         verify_checksums=cfg.data.verify_checksums,
         num_workers=cfg.data.num_workers,
@@ -258,6 +259,10 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     checkpoint = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if checkpoint is not None:
         reference = checkpoint["config_identity"]
+        try:  # fill keys added to the config since the checkpoint with their defaults
+            reference = config_identity(from_dict(RunConfig, reference))
+        except ConfigError:
+            pass  # a key that no longer exists: the diff below names it
     else:
         reference = config_identity(read_run_config(run_dir))
     differences = _diff(reference, config_identity(cfg))
