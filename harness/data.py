@@ -58,7 +58,10 @@ LAYOUTS = {
     "npz": "<root>/train.npz + <root>/test.npz ('images' uint8 [N,H,W,3], 'labels' [N])",
     "imagefolder": "<root>/train/<class>/*.jpg|png + <root>/val/<class>/* (or test/)",
 }
-_ROOT_HINT = f"pass --data-root PATH or set the environment variable {DATA_ROOT_ENV}"
+_ROOT_HINT = (
+    f"pass --data-root PATH or set the environment variable {DATA_ROOT_ENV} "
+    "(for CIFAR-10, add --download to fetch it through torchvision; `make run DOWNLOAD=1`)"
+)
 
 
 class BatchLoader(Protocol):

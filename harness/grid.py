@@ -1,15 +1,8 @@
 """The study grid on Ray Tune: ``pact-harness grid --preset NAME``.
 
-A study is the explicit list of trials a preset expands to (:mod:`harness.presets`); each trial
-is one :func:`harness.train.run_trial` (train, evaluate every mode, count FLOPs) in its own run
-directory. The study folder holds::
-
-    study.yaml          the study's identity: preset name and every resolved trial config
-    results.csv         every trial x evaluation-mode row (harness.store schema), rewritten
-                        atomically after each launch
-    trials.csv          one row per trial: status, accuracy, FLOPs, Ray node, failures
-    trials/<trial>/     the run directories (config, checkpoint, metrics, results, summary)
-    ray/launch-NNN/     the Ray Tune experiment of each launch (Tune checkpoints, error logs)
+:mod:`harness.study` plans, checks and records a study (its folder layout, its tables, the
+outcome) without Ray; this module runs the trials on Ray Tune: the trial trainable, the Ray
+session and cluster checks, the progress callback, the launch, the driver and the CLI.
 
 Fault tolerance has two layers. Within a launch, every epoch ends with ``tune.report`` and a
 Tune checkpoint of the run directory; a failed trial is retried ``max_failures`` times
@@ -28,49 +21,40 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import fcntl
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from harness import store
-from harness.config import parse_overrides, set_dotted
 from harness.errors import ConfigError, HarnessError
-from harness.presets import PRESET_DIR, Preset, Trial, expand, list_presets, load_preset
+from harness.presets import Trial, list_presets
+from harness.study import (
+    DEFAULT_PRESET,
+    RAY_DIR,
+    STUDY_FILE,
+    TRIALS_DIR,
+    GridOptions,
+    GridOutcome,
+    Study,
+    check_study_folder,
+    checkpoint_epoch,
+    conclude_study,
+    fetch_data,
+    plan_study,
+    print_plan,
+    restore_run_dir,
+    study_lock,
+    study_record,
+)
 
-STUDY_FILE = "study.yaml"
-TRIALS_DIR = "trials"
-TRIALS_TABLE = "trials.csv"
-RAY_DIR = "ray"
-LOCK_FILE = ".lock"
-DEFAULT_PRESET = "cpu-mini"
-#: Config fields that do not change what a trial computes: a study may resume with other values.
-RUNTIME_FIELDS = (
-    ("data", "root"),
-    ("data", "num_workers"),
-    ("data", "download"),
-    ("device",),
-    ("progress",),
-    ("test_crash_at_epoch",),
-)
-#: Run-directory files mirrored into every Tune checkpoint (the checkpoint itself last).
-CHECKPOINTED_FILES = (
-    store.CONFIG_FILE,
-    store.PROVENANCE_FILE,
-    store.METRICS_FILE,
-    store.CHECKPOINT_FILE,
-)
 #: Environment defaults that keep Ray's output readable (a user's own values win).
 RAY_ENV_DEFAULTS = {
     # Reporting every epoch with a checkpoint otherwise triggers "Experiment state snapshotting
@@ -82,368 +66,7 @@ RAY_ENV_DEFAULTS = {
 }
 
 
-@dataclass
-class GridOptions:
-    """What ``pact-harness grid`` was asked to do (the CLI flags, as values)."""
-
-    preset: str = DEFAULT_PRESET
-    overrides: list[str] = field(default_factory=list)
-    out: str | None = None
-    data_root: str | None = None
-    address: str | None = None
-    resume: bool = False
-    download: bool = False
-    dry_run: bool = False
-    cpus_per_trial: float | None = None
-    gpus_per_trial: float | None = None
-    max_concurrent: int | None = None
-    max_failures: int | None = None
-    verbose: bool = False
-    argv: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Study:
-    """A planned study: the preset, its trials and where they live."""
-
-    preset: Preset
-    trials: list[Trial]
-    folder: Path
-    download: bool = False  # fetch CIFAR-10 into the data root before the trials start
-
-    def run_dir(self, trial: Trial | str) -> Path:
-        """The run directory of a trial."""
-        name = trial if isinstance(trial, str) else trial.name
-        return self.folder / TRIALS_DIR / name
-
-    def finished(self) -> list[str]:
-        """Names of trials whose run directory holds results and a summary."""
-        return [t.name for t in self.trials if is_finished(self.run_dir(t))]
-
-
-@dataclass
-class GridOutcome:
-    """What a launch did: trial names by status, Ray node of each trial run now, the tables."""
-
-    study: Study
-    finished: list[str]
-    failed: dict[str, str]
-    unfinished: list[str]
-    node_ids: dict[str, str]
-    results_path: Path | None
-    seconds: float
-
-    @property
-    def complete(self) -> bool:
-        """Every trial finished."""
-        return not self.failed and not self.unfinished
-
-
-def is_finished(run_dir: Path) -> bool:
-    """A run directory of a finished trial (evaluated, summary written)."""
-    return (run_dir / store.SUMMARY_FILE).is_file() and (run_dir / store.RESULTS_FILE).is_file()
-
-
-# ------------------------------------------------------------------------------------ planning
-
-
-def plan_study(options: GridOptions) -> Study:
-    """Load the preset with ``--set`` and flag overrides, expand and validate every trial."""
-    overrides = parse_overrides(options.overrides)
-    flags = {
-        "resources.cpu": options.cpus_per_trial,
-        "resources.gpu": options.gpus_per_trial,
-        "max_concurrent": options.max_concurrent,
-        "max_failures": options.max_failures,
-    }
-    for key, value in flags.items():
-        if value is not None:
-            set_dotted(overrides, key, value)
-    preset = load_preset(options.preset, overrides)
-    if preset.init_from == "required":
-        raise ConfigError(
-            f"preset {preset.name} fine-tunes from a trained vanilla network: pass "
-            "--set init_from=RUN_DIR (a finished run with the same backbone)"
-        )
-    if preset.init_from:
-        preset = dataclasses.replace(preset, init_from=str(Path(preset.init_from).resolve()))
-    trials = expand(preset)
-    _check_trials(trials)
-    download = options.download or bool(preset.base.get("data", {}).get("download"))
-    root = _data_root(preset.base, options.data_root, download)
-    # Trials never download: the driver fetches once, so concurrent trials cannot race.
-    data = {"root": root, "download": False}
-    trials = [
-        dataclasses.replace(t, config={**t.config, "data": {**t.config["data"], **data}})
-        for t in trials
-    ]
-    if download and {t.config["model"]["dataset"] for t in trials} != {"cifar10"}:
-        raise ConfigError("--download fetches CIFAR-10 only; this study uses another dataset")
-    _check_resources_request(preset, trials)
-    folder = Path(options.out or Path("runs") / "grid" / preset.name).expanduser().resolve()
-    return Study(preset, trials, folder, download)
-
-
-def _data_root(base: Mapping[str, Any], data_root: str | None, download: bool) -> str:
-    """The data root (flag, else the preset's, else $PACT_DATA_ROOT) as an absolute path, checked
-    now: trials run in Ray workers, whose working directory and environment are not the user's."""
-    from harness.data import detect_format, resolve_data_root
-
-    root = resolve_data_root(data_root or (base.get("data") or {}).get("root"))
-    if not download:
-        detect_format(root)  # a clear DataError now rather than in every trial
-    return str(root)
-
-
-def fetch_data(study: Study) -> None:
-    """``--download``: fetch CIFAR-10 into the data root unless a dataset is already there."""
-    from harness.data import detect_format, load_torchvision_cifar10
-    from harness.errors import DataError
-
-    root = Path(study.trials[0].config["data"]["root"])
-    try:
-        detect_format(root)
-        return
-    except DataError:
-        pass
-    root.mkdir(parents=True, exist_ok=True)
-    print(f"downloading CIFAR-10 into {root}", flush=True)
-    load_torchvision_cifar10(root, download=True)
-
-
-def _check_trials(trials: list[Trial]) -> None:
-    """Build each distinct model once and do what its trial will do before training: plan the
-    evaluation modes and load the ``init_from`` weights (bad depths, variants, modes and
-    initialising runs fail here, not in every trial)."""
-    from harness.evaluate import plan_evaluations
-    from harness.train import build_model, init_from_run
-
-    seen: set[str] = set()
-    for trial in trials:
-        keys = ("method", "method_config", "model", "eval")
-        key = json.dumps([trial.init_from] + [trial.config[k] for k in keys])
-        if key in seen:
-            continue
-        seen.add(key)
-        cfg = trial.run_config
-        try:
-            model = build_model(cfg)[2]
-            plan_evaluations(model, cfg.eval)
-            if trial.init_from:
-                init_from_run(model, Path(trial.init_from), cfg)
-        except HarnessError as err:
-            raise ConfigError(f"trial {trial.name}: {err}") from None
-
-
-def _check_resources_request(preset: Preset, trials: list[Trial]) -> None:
-    """The device the trials ask for must match the GPUs they ask Ray for (Ray hides GPUs
-    from a trial that asked for none)."""
-    gpu, devices = preset.resources["gpu"], {t.config["device"] for t in trials}
-    if gpu > 0 and "cpu" in devices:
-        raise ConfigError(
-            f"resources.gpu={gpu:g} but the trials run with device=cpu; "
-            "set device=auto (or cuda) or ask for gpu: 0"
-        )
-    if gpu == 0 and "cuda" in devices:
-        raise ConfigError(
-            "device=cuda but resources.gpu=0, and Ray hides GPUs from trials that ask for "
-            "none: pass --gpus-per-trial (fractions allowed) or set device=auto"
-        )
-
-
-# ----------------------------------------------------------------------------- study identity
-
-
-def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    tree = json.loads(json.dumps(config))
-    for path in RUNTIME_FIELDS:
-        node = tree
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    return tree
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): tree}
-
-
-def study_record(study: Study) -> dict[str, Any]:
-    """The content of ``study.yaml``."""
-    return {
-        "preset": study.preset.name,
-        "description": study.preset.description,
-        "source": study.preset.source,
-        "trials": [
-            {"name": t.name, "init_from": t.init_from, "config": t.config} for t in study.trials
-        ],
-    }
-
-
-def study_differences(stored: Mapping[str, Any], study: Study) -> list[str]:
-    """Why the study stored in a folder is not ``study`` (empty: the same study)."""
-    out = []
-    if stored.get("preset") != study.preset.name:
-        out.append(f"preset {stored.get('preset')!r} (stored) != {study.preset.name!r} (now)")
-    old = {t["name"]: _identity(t["config"]) for t in stored.get("trials", [])}
-    new = {t.name: _identity(t.config) for t in study.trials}
-    if only := sorted(set(old) - set(new)):
-        out.append(f"{len(only)} trial(s) only in the stored study ({', '.join(only[:3])})")
-    if only := sorted(set(new) - set(old)):
-        out.append(f"{len(only)} trial(s) not in the stored study ({', '.join(only[:3])})")
-    for name in sorted(set(old) & set(new)):
-        a, b = _flatten(old[name]), _flatten(new[name])
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.append(f"trial {name}: {key}: {a.get(key)!r} (stored) != {b.get(key)!r} (now)")
-                break
-    return out
-
-
-def check_study_folder(study: Study, resume: bool) -> bool:
-    """Check the folder against the study; returns True if it already holds this study.
-
-    A folder with another study, with files but no study, or holding this study without
-    ``--resume`` is an error. ``--resume`` on a new or empty folder starts the study, so that
-    one command (``make run``) both starts and continues it.
-    """
-    folder, record = study.folder, study.folder / STUDY_FILE
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--out {folder} exists and is not a directory")
-    if not record.is_file():
-        names = [p.name for p in folder.iterdir()] if folder.exists() else []
-        leftovers = sorted(n for n in names if not n.startswith("."))
-        if leftovers:
-            raise ConfigError(
-                f"--out {folder} is not empty and holds no study ({', '.join(leftovers[:3])}); "
-                "choose an empty or new folder"
-            )
-        return False
-    try:
-        stored = yaml.safe_load(record.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--out {folder}: {STUDY_FILE} is not valid YAML: {err}") from None
-    differences = study_differences(stored, study)
-    if differences:
-        raise ConfigError(
-            f"--out {folder} holds a different study: "
-            + "; ".join(differences[:4])
-            + ". Choose another --out, or the preset and --set values it was started with"
-        )
-    if not resume:
-        raise ConfigError(
-            f"--out {folder} already holds this study; add --resume to continue it "
-            "(finished trials are kept)"
-        )
-    return True
-
-
-@contextlib.contextmanager
-def study_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the study folder: two drivers must not run one study."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"--out {folder}: another grid process is running this study"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# ------------------------------------------------------------------------------------- tables
-
-
-def gather_results(study: Study) -> Path | None:
-    """Write ``results.csv``: the rows of every finished trial, each trial once (atomic)."""
-    import pandas as pd
-
-    frames = [
-        pd.read_csv(study.run_dir(name) / store.RESULTS_FILE, keep_default_na=False, na_values=[""])
-        for name in study.finished()
-    ]
-    if not frames:
-        return None
-    path = study.folder / store.RESULTS_FILE
-    store.write_results_csv(path, pd.concat(frames, ignore_index=True).to_dict("records"))
-    return path
-
-
-def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write ``trials.csv``: per trial its grid values, status, accuracy, FLOPs, node, failures.
-
-    ``launch`` holds what this launch learnt per trial (status, node_id, failures, error); trials
-    not run now keep the values of the previous table.
-    """
-    import pandas as pd
-
-    from harness.registry import get_method
-    from harness.train import trial_columns
-
-    path = study.folder / TRIALS_TABLE
-    previous: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        old = pd.read_csv(path, keep_default_na=False, dtype=str)
-        previous = {row["trial_id"]: row for row in old.to_dict("records")}
-    keys = ("trial_id", "method", "depth", "time_penalty_name", "time_penalty", "seed")
-    rows = []
-    for trial in study.trials:
-        columns = trial_columns(trial.run_config, get_method(trial.config["method"]), trial.name)
-        row: dict[str, Any] = {key: columns[key] for key in keys}
-        known = {**previous.get(trial.name, {}), **launch.get(trial.name, {})}
-        summary_file = study.run_dir(trial) / store.SUMMARY_FILE
-        summary = json.loads(summary_file.read_text()) if is_finished(summary_file.parent) else {}
-        row["status"] = "finished" if summary else known.get("status") or "pending"
-        row["test_accuracy"] = summary.get("test_accuracy", "")
-        row["flops_per_image_mean"] = summary.get("flops_per_image_mean", "")
-        for key in ("node_id", "failures", "error"):
-            row[key] = known.get(key, "")
-        rows.append(row)
-    store.atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
-    return path
-
-
 # ------------------------------------------------------------------------------------ the trial
-
-
-def checkpoint_epoch(folder: Path) -> int:
-    """The epoch of ``folder/checkpoint.pt`` (0 if missing or unreadable); reads no weights."""
-    import torch
-
-    path = folder / store.CHECKPOINT_FILE
-    if not path.is_file():
-        return 0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(state["epoch"])
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint counts as none
-        return 0
-
-
-def restore_run_dir(source: Path, run_dir: Path) -> bool:
-    """Copy a Tune checkpoint's files into ``run_dir`` if its epoch is newer; True if copied.
-
-    The files go in one at a time through a temporary name and an atomic rename, the
-    checkpoint last, so an interrupted copy leaves a run that resumes from an older epoch.
-    """
-    if checkpoint_epoch(source) <= checkpoint_epoch(run_dir):
-        return False
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in CHECKPOINTED_FILES:
-        if (source / name).is_file():
-            tmp = run_dir / f".{name}.restore.tmp"
-            shutil.copyfile(source / name, tmp)
-            os.replace(tmp, run_dir / name)
-    return True
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -770,24 +393,6 @@ def launch(
 # ------------------------------------------------------------------------------------- driver
 
 
-def print_plan(study: Study, finished: list[str]) -> None:
-    """The study as a list: one line per trial, with its status in the folder."""
-    preset = study.preset
-    print(f"study {preset.name}: {len(study.trials)} trials -> {study.folder}")
-    if preset.description:
-        print(f"  {preset.description}")
-    res = preset.resources
-    print(
-        f"  per trial: {res['cpu']:g} CPU, {res['gpu']:g} GPU; at most "
-        f"{preset.max_concurrent or 'as resources allow'} at once; "
-        f"up to {preset.max_failures} retries each"
-    )
-    for trial in study.trials:
-        state = "finished" if trial.name in finished else "to run"
-        cfg = trial.config
-        print(f"  {trial.name:<40} {state:<9} epochs={cfg['optim']['epochs']}")
-
-
 def run_grid(options: GridOptions) -> GridOutcome | None:
     """Plan, check and run a study; returns what happened (None for ``--dry-run``).
 
@@ -824,56 +429,7 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
             records = launch(study, todo, finished, options.argv)
         else:
             print(f"study {study.preset.name}: all {len(study.trials)} trials finished before")
-        return _conclude(study, records, time.monotonic() - tic)
-
-
-def _conclude(study: Study, records: dict[str, dict[str, Any]], seconds: float) -> GridOutcome:
-    """Gather the tables and sort the trials into finished, failed and unfinished."""
-    finished = study.finished()
-    failed = {
-        name: rec.get("error", "failed")
-        for name, rec in records.items()
-        if rec.get("status") == "failed" and name not in finished
-    }
-    for name, rec in records.items():
-        if rec.get("status") == "running" and name not in finished:
-            rec["status"] = "interrupted"
-    unfinished = [t.name for t in study.trials if t.name not in finished and t.name not in failed]
-    outcome = GridOutcome(
-        study=study,
-        finished=finished,
-        failed=failed,
-        unfinished=unfinished,
-        node_ids={k: v["node_id"] for k, v in records.items() if v.get("node_id")},
-        results_path=gather_results(study),
-        seconds=seconds,
-    )
-    write_trials_table(study, records)
-    _print_outcome(outcome)
-    return outcome
-
-
-def _print_outcome(outcome: GridOutcome) -> None:
-    study = outcome.study
-    total = len(study.trials)
-    print(
-        f"study {study.preset.name}: {len(outcome.finished)}/{total} trials finished, "
-        f"{len(outcome.failed)} failed, {len(outcome.unfinished)} unfinished "
-        f"({outcome.seconds:.0f} s)"
-    )
-    for name, error in outcome.failed.items():
-        print(f"  FAILED {name}: {error}")
-    if outcome.results_path is not None:
-        print(f"  results: {outcome.results_path}")
-    print(f"  trials:  {study.folder / TRIALS_TABLE}")
-    if outcome.unfinished or outcome.failed:
-        preset = study.preset.source if study.preset.source else study.preset.name
-        if Path(preset).parent == PRESET_DIR:
-            preset = study.preset.name
-        print(
-            f"  continue with: pact-harness grid --preset {preset} --resume --out {study.folder}"
-            " (and the same --set values)"
-        )
+        return conclude_study(study, records, time.monotonic() - tic)
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -25,18 +25,18 @@ from conftest import console_script
 from harness import store
 from harness.cli import main
 from harness.errors import ConfigError
-from harness.grid import (
+from harness.grid import run_grid
+from harness.presets import expand, list_presets, load_preset, trial_name
+from harness.registry import get_method, list_methods
+from harness.study import (
     STUDY_FILE,
     TRIALS_TABLE,
     GridOptions,
     fetch_data,
     plan_study,
     restore_run_dir,
-    run_grid,
     study_record,
 )
-from harness.presets import expand, list_presets, load_preset, trial_name
-from harness.registry import get_method, list_methods
 from harness.train import InjectedCrash, run_trial
 
 #: The smoke preset's base, for the small presets the tests write.
