@@ -9,6 +9,7 @@ into every requested mode, threshold and seeded repeat and returns result rows (
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -179,3 +180,50 @@ def evaluate_modes(
         row.update(summarize(passes, flop_counter.vanilla_flops if flop_counter else None))
         rows.append(row)
     return rows
+
+
+@torch.no_grad()
+def export_per_image(
+    model: AdaptiveModel,
+    loader: Iterable,
+    spec: EvalSpec,
+    device: torch.device,
+    path,
+    max_maps: int = 64,
+) -> None:
+    """Per-image compute of one evaluation mode, saved as ``npz`` (the figures' input).
+
+    Arrays: ``units`` and ``ponder`` ``[N, blocks]`` (spatial: mean over positions), ``correct``
+    ``[N]``; for spatial methods also ``ponder_map`` ``[M, H, W]`` for the first ``max_maps``
+    images: each block's ponder map resized (nearest) to the input and summed over blocks, as the
+    SACT code's ``sact_map`` does.
+    """
+    import numpy as np
+
+    from harness.store import atomic_write_bytes
+
+    model.eval()
+    parts: dict[str, list] = {"units": [], "ponder": [], "correct": [], "ponder_map": []}
+    maps_kept = 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        out = model(images, spec)
+        batch = labels.shape[0]
+        parts["units"].append(_stack_blocks(out.units_executed, batch))
+        parts["ponder"].append(_stack_blocks(out.ponder_cost, batch))
+        parts["correct"].append((out.logits.argmax(1) == labels).cpu())
+        spatial = [p for p in out.ponder_cost if p.dim() == 3]
+        if spatial and maps_kept < max_maps:
+            take = min(batch, max_maps - maps_kept)
+            size = images.shape[-2:]
+            summed = sum(
+                torch.nn.functional.interpolate(p[:take, None].float(), size=size, mode="nearest")
+                for p in spatial
+            )
+            parts["ponder_map"].append(summed[:, 0].cpu())
+            maps_kept += take
+    arrays = {k: torch.cat(v).numpy() for k, v in parts.items() if v}
+    arrays["eval_mode"] = np.array(spec.mode)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())

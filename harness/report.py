@@ -9,6 +9,8 @@ before anything is drawn, so error bars mean "over seeds". Output, in ``--out``:
     accuracy_vs_flops.png/.pdf        accuracy vs FLOPs per method and mode, seed error bars,
                                       and the vanilla ResNet depth curve
     memory.png/.pdf                   peak evaluation memory per method and mode (when measured)
+    units_histogram.png/.pdf          units executed per test image, per run (per_image.npz)
+    ponder_maps.png/.pdf              spatial methods' ponder-cost maps on one colour scale
 
 Every table carries the FLOP convention of :mod:`harness.costs.flops`.
 """
@@ -24,7 +26,7 @@ import pandas as pd
 
 from harness.costs.flops import CONVENTION
 from harness.errors import ConfigError
-from harness.store import RESULTS_FILE, SUMMARY_FILE, atomic_write_text
+from harness.store import PER_IMAGE_FILE, RESULTS_FILE, SUMMARY_FILE, atomic_write_text
 
 GROUP_KEYS = [
     "dataset",
@@ -232,6 +234,99 @@ def plot_memory(table: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
+def load_per_image(paths: Iterable[str | Path]) -> list[tuple[str, dict]]:
+    """``(label, arrays)`` of every run's ``per_image.npz`` under the inputs, label from its
+    summary (method, time penalty, depth, mode)."""
+    import numpy as np
+
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        folder = path.parent if path.is_file() else path
+        found.extend(sorted(folder.rglob(PER_IMAGE_FILE)))
+    runs = []
+    for file in dict.fromkeys(found):
+        summary_file = file.parent / SUMMARY_FILE
+        record = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        arrays = dict(np.load(file))
+        penalty = record.get("time_penalty_name")
+        label = f"{record.get('method', file.parent.name)} d{record.get('depth', '?')}"
+        if penalty:
+            label += f" {penalty}={record.get('time_penalty'):g}"
+        label += f" ({arrays['eval_mode']})"
+        if record.get("num_train") is not None:
+            label += f", {record['num_train']} imgs"
+        runs.append((label, arrays))
+    return runs
+
+
+def plot_units_histogram(runs: list[tuple[str, dict]], out: Path) -> list[Path]:
+    """Histogram over test images of the units executed (summed over blocks) per run."""
+    adaptive = [(label, a) for label, a in runs if a["units"].size and "resnet" not in label]
+    if not adaptive:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    frame = pd.concat(
+        [
+            pd.DataFrame({"units executed per image": a["units"].sum(1), "run": label})
+            for label, a in adaptive
+        ],
+        ignore_index=True,
+    )
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.histplot(
+        data=frame,
+        x="units executed per image",
+        hue="run",
+        element="step",
+        stat="density",
+        common_norm=False,
+        bins=30,
+        ax=ax,
+    )
+    ax.set_title("units executed per test image (summed over blocks)")
+    paths = _save(fig, out, "units_histogram")
+    plt.close(fig)
+    return paths
+
+
+def plot_ponder_maps(runs: list[tuple[str, dict]], out: Path, per_run: int = 8) -> list[Path]:
+    """Ponder-cost maps of spatial runs: one colour scale for all maps, clipped at the 0.1 and
+    99.9 percentiles of every stored map (SACT code, ``draw_ponder_maps.py``), viridis."""
+    spatial = [(label, a["ponder_map"]) for label, a in runs if "ponder_map" in a]
+    if not spatial:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    everything = np.concatenate([maps.ravel() for _, maps in spatial])
+    vmin, vmax = np.percentile(everything, [0.1, 99.9])
+    cols = min(per_run, max(len(maps) for _, maps in spatial))
+    fig, axes = plt.subplots(
+        len(spatial), cols, figsize=(1.3 * cols + 1.2, 1.5 * len(spatial)), squeeze=False
+    )
+    image = None
+    for row, (label, maps) in enumerate(spatial):
+        for col in range(cols):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col < len(maps):
+                image = ax.imshow(maps[col], cmap="viridis", vmin=vmin, vmax=vmax)
+        axes[row][0].set_title(label, fontsize=7, loc="left")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="ponder cost (summed over blocks)")
+    paths = _save(fig, out, "ponder_maps")
+    plt.close(fig)
+    return paths
+
+
 def make_report(inputs: list[str | Path], out: str | Path) -> list[Path]:
     """Load, aggregate, write tables and figures; returns the written paths."""
     frame = load_results(inputs)
@@ -242,6 +337,9 @@ def make_report(inputs: list[str | Path], out: str | Path) -> list[Path]:
     if "flops_per_image" in table and table["flops_per_image"].notna().any():
         written += plot_accuracy_vs_flops(table, out)
     written += plot_memory(table, out)
+    runs = load_per_image(inputs)
+    written += plot_units_histogram(runs, out)
+    written += plot_ponder_maps(runs, out)
     return written
 
 

@@ -8,6 +8,7 @@ A run directory holds::
     checkpoint.pt      model, optimizer, scheduler, RNG states, epoch (written atomically)
     summary.json       final metrics of the run (see :data:`SUMMARY_KEYS`)
     results.csv        one row per evaluation (mode x threshold x split), columns below
+    per_image.npz      per-image units/ponder cost of the default mode (+ spatial ponder maps)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a crash
 never leaves a half-written file behind.
@@ -38,6 +39,7 @@ PROVENANCE_FILE = "provenance.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
+PER_IMAGE_FILE = "per_image.npz"
 RESULTS_FILE = "results.csv"
 
 #: Keys every ``summary.json`` holds (adaptive methods add ``units_executed_mean`` and
@@ -102,6 +104,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Binary version of :func:`atomic_write_text`."""
+    path = Path(path)
+    fd, tmp = _temp_file(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -26,10 +26,10 @@ from torch import nn
 
 from harness import store
 from harness.config import RunConfig, from_dict, to_dict, validate_run_config
-from harness.contract import AdaptiveModel, MethodSpec
+from harness.contract import AdaptiveModel, EvalSpec, MethodSpec
 from harness.data import DataBundle, build_data, resolve_data_root
 from harness.errors import CheckpointError, ConfigError
-from harness.evaluate import evaluate_modes, plan_evaluations
+from harness.evaluate import evaluate_modes, export_per_image, plan_evaluations
 from harness.progress import progress_bar, want_progress
 from harness.registry import get_method
 
@@ -362,7 +362,8 @@ def run_trial(
     resume = check_run_dir(run_dir, cfg)
     summary_path = run_dir / store.SUMMARY_FILE
     if resume is not None and resume["epoch"] >= cfg.optim.epochs:
-        if summary_path.exists() and read_run_config(run_dir).eval == cfg.eval:
+        evaluated = summary_path.exists() and (run_dir / store.PER_IMAGE_FILE).exists()
+        if evaluated and read_run_config(run_dir).eval == cfg.eval:
             log.info("run %s is already finished", run_dir)
             return json.loads(summary_path.read_text())
         # Trained, but not evaluated (or evaluated with other eval settings): evaluate only.
@@ -433,6 +434,11 @@ def run_trial(
     return finish_run(prepared, run_dir, train_seconds, evaluation_hook)
 
 
+def _seeded(cfg: RunConfig, prepared: PreparedRun) -> torch.Generator:
+    """The generator of a random default mode's first repeat (eval.seed)."""
+    return torch.Generator(device=prepared.device).manual_seed(cfg.eval.seed)
+
+
 def finish_run(
     prepared: PreparedRun,
     run_dir: Path,
@@ -460,6 +466,14 @@ def finish_run(
     if evaluation_hook is not None:
         evaluation_hook(prepared, rows)
     store.write_results_csv(run_dir / store.RESULTS_FILE, rows)
+    default = plan_evaluations(model, cfg.eval)[0]
+    export_per_image(
+        model,
+        prepared.data.test_loader,
+        EvalSpec(default.mode, default.execution, default.threshold, _seeded(cfg, prepared)),
+        prepared.device,
+        run_dir / store.PER_IMAGE_FILE,
+    )
     main = rows[0]
     summary = {
         "method": cfg.method,

@@ -117,3 +117,51 @@ def test_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no results.csv"):
         make_report([tmp_path / "empty"], tmp_path / "out")
+
+
+def test_export_per_image_sums_resized_block_maps(tmp_path):
+    import numpy as np
+    import torch
+
+    from harness.contract import EvalSpec, ModelSpec
+    from harness.evaluate import export_per_image
+    from methods.pact import PACTConfig
+    from methods.pact.model import build_spatial_pact
+
+    torch.manual_seed(0)
+    model = build_spatial_pact(ModelSpec("cifar10", 14, "sact"), PACTConfig()).eval()
+    gen = torch.Generator().manual_seed(1)
+    loader = [(torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,))) for _ in "ab"]
+    spec = EvalSpec("deterministic", "masked", 0.5)
+    export_per_image(model, loader, spec, torch.device("cpu"), tmp_path / "p.npz", max_maps=5)
+    arrays = np.load(tmp_path / "p.npz")
+    assert arrays["units"].shape == (8, 3) and arrays["ponder_map"].shape == (5, 32, 32)
+    with torch.no_grad():
+        out = model(loader[0][0], spec)
+    # block maps are 32x32, 16x16, 8x8: nearest upsampling repeats each value 1, 2x2, 4x4 times
+    expected = sum(
+        p.repeat_interleave(32 // p.shape[-1], -1).repeat_interleave(32 // p.shape[-2], -2)
+        for p in out.ponder_cost
+    )
+    np.testing.assert_allclose(arrays["ponder_map"][:4], expected.numpy(), rtol=1e-6)
+    units = torch.stack([u.double().flatten(1).mean(1) for u in out.units_executed], 1)
+    np.testing.assert_allclose(arrays["units"][:4], units.numpy())
+
+
+def test_units_histogram_and_ponder_maps_from_runs(study, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for trial in ("act_s0", "act_s1"):
+        np.savez(
+            study / "trials" / trial / "per_image.npz",
+            units=rng.integers(1, 4, (50, 3)).astype(float),
+            ponder=rng.random((50, 3)),
+            correct=rng.random(50) > 0.5,
+            ponder_map=rng.random((6, 32, 32)),
+            eval_mode=np.array("act"),
+        )
+    out = tmp_path / "report"
+    written = {p.name for p in make_report([study], out)}
+    assert {"units_histogram.png", "ponder_maps.png", "ponder_maps.pdf"} <= written
+    assert (out / "ponder_maps.png").stat().st_size > 0

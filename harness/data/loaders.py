@@ -1,0 +1,305 @@
+"""Batch loaders and what they apply: seeds, balanced subsets, augmentation, normalization.
+
+:class:`ArrayLoader` batches an in-memory :class:`~harness.data.readers.ArrayDataset`, shuffling
+and augmenting whole batches on tensors; :class:`FolderLoader` wraps a torch ``DataLoader`` over
+an image folder. Both satisfy :class:`BatchLoader`, and an epoch's order and augmentation depend
+on ``(seed, epoch)`` only (:func:`derive_seed`). Also here: class-balanced subsets
+(:func:`balanced_subset`), CIFAR augmentation (:func:`random_crop_flip`, and the torchvision
+transforms of image folders), normalization (:func:`normalize`) and the normalization constants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from harness.data.readers import ArrayDataset
+from harness.errors import ConfigError
+
+NORMALIZATIONS = ("per_channel", "per_image")
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BatchLoader(Protocol):
+    """What the training loop needs from a loader."""
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+# ----------------------------------------------------------------------------- seeds and subsets
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 64-bit seed determined by ``seed`` and ``keys`` only (e.g. epoch, item index)."""
+    sequence = np.random.SeedSequence(seed, spawn_key=keys)
+    return int(sequence.generate_state(1, dtype=np.uint64)[0])
+
+
+def balanced_subset(labels: Tensor | Sequence[int], n: int, *, seed: int, field: str) -> Tensor:
+    """Sorted indices of a class-balanced subset of ``n`` items, chosen by a seeded permutation.
+
+    Each of the k classes present gets ``n // k`` items, and the first ``n % k`` classes one more.
+    The choice depends on ``labels``, ``n`` and ``seed`` only. ``field`` names the setting in
+    error messages.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    present = torch.unique(labels)
+    total, k = len(labels), len(present)
+    if isinstance(n, bool) or not isinstance(n, int) or not k <= n <= total:
+        raise ConfigError(
+            f"{field}={n!r} is out of range: allowed {k}..{total} (one item per class "
+            f"up to the {total} items of the split), or None for all"
+        )
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    per_class, extra = divmod(n, k)
+    chosen = []
+    for position, label in enumerate(present.tolist()):
+        wanted = per_class + (1 if position < extra else 0)
+        members = order[labels[order] == label]
+        if len(members) < wanted:
+            raise ConfigError(
+                f"{field}={n} needs {wanted} items of class {label}, but the split "
+                f"holds only {len(members)}: choose a smaller {field}"
+            )
+        chosen.append(members[:wanted])
+    return torch.sort(torch.cat(chosen)).values
+
+
+# ------------------------------------------------------------------------ augmentation, normalize
+
+
+def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Standard CIFAR augmentation of a batch ``[B, H, W, C]``: zero-pad, random crop, random flip.
+
+    Each image is padded by ``padding`` pixels of zeros on every side, cropped back to H x W at an
+    offset drawn uniformly from 0..2*padding per axis, and mirrored left-right with probability 1/2.
+    All draws come from ``generator``. One gather does crop and flip for the whole batch.
+    """
+    batch, height, width, _ = images.shape
+    padded = F.pad(images, (0, 0, padding, padding, padding, padding))
+    row0 = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    col0 = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    flip = torch.rand(batch, generator=generator) < 0.5
+    rows = row0[:, None] + torch.arange(height)
+    cols = col0[:, None] + torch.arange(width)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)  # a mirrored crop reads columns backwards
+    return padded[torch.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def normalize(
+    images: Tensor,
+    mode: str,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
+) -> Tensor:
+    """Normalize float images ``[B, 3, H, W]`` with values in [0, 1].
+
+    ``"per_channel"`` subtracts ``mean`` and divides by ``std`` per channel. ``"per_image"`` is
+    TensorFlow's ``per_image_standardization`` (used by the SACT code): each image minus its mean,
+    divided by max(its std, 1/sqrt(H*W*C)). TF 1.x (the SACT code's) applies it to 0..255 values;
+    the clamp is scaled by 1/255 here so the result equals TF's on the same image.
+    """
+    if mode == "per_channel":
+        mean_t = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+        return (images - mean_t) / std_t
+    if mode == "per_image":
+        flat = images.flatten(1)
+        min_std = 1.0 / (255.0 * math.sqrt(flat.shape[1]))
+        image_mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+        image_std = flat.std(dim=1, correction=0).clamp_min(min_std).view(-1, 1, 1, 1)
+        return (images - image_mean) / image_std
+    raise ConfigError(f"normalization={mode!r} is not allowed: choose one of {NORMALIZATIONS}")
+
+
+def _model_input(
+    images: Tensor,
+    normalization: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels_last: bool,
+) -> Tensor:
+    """uint8 [B, 3, H, W] (any strides) -> normalized float32 in the requested memory format."""
+    x = normalize(images.float().div_(255.0), normalization, mean, std)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=memory_format)
+
+
+# ------------------------------------------------------------------------------------- loaders
+
+
+class ArrayLoader:
+    """Batches of an :class:`ArrayDataset`, shuffled and augmented on tensors.
+
+    The order and augmentation of epoch e come from one ``torch.Generator`` seeded by
+    ``derive_seed(seed, e)``: call :meth:`set_epoch` before each epoch. ``len()`` is the number of
+    batches. Without ``shuffle`` the items come in dataset order.
+    """
+
+    def __init__(
+        self,
+        dataset: ArrayDataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        augment: bool,
+        normalization: str = "per_channel",
+        mean: Sequence[float] = CIFAR10_MEAN,
+        std: Sequence[float] = CIFAR10_STD,
+        seed: int = 0,
+        channels_last: bool = False,
+        crop_padding: int = 4,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.augment = augment
+        self.normalization = normalization
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.seed = seed
+        self.channels_last = channels_last
+        self.crop_padding = crop_padding
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration uses."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.dataset) // self.batch_size
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        count = len(self.dataset)
+        order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = self.dataset.images[index]
+            if self.augment:
+                images = random_crop_flip(images, generator, self.crop_padding)
+            x = _model_input(
+                images.permute(0, 3, 1, 2),
+                self.normalization,
+                self.mean,
+                self.std,
+                self.channels_last,
+            )
+            yield x, self.dataset.labels[index]
+
+
+class _SeededItems(Dataset):
+    """Applies ``transform`` to each item of ``base`` under a seed fixed by (seed, epoch, index).
+
+    torchvision transforms draw from torch's global generator; forking it per item makes the
+    augmentation independent of the number of workers and of what ran before.
+    """
+
+    def __init__(self, base: Dataset, transform: Any, seed: int) -> None:
+        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image, label = self.base[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(derive_seed(self.seed, self.epoch, index))
+            return self.transform(image), label
+
+
+class FolderLoader:
+    """A torch ``DataLoader`` over an image folder, seeded per epoch, normalizing whole batches.
+
+    The transform yields uint8 tensors (4x less to move between worker processes); conversion to
+    float and normalization happen per batch, as in :class:`ArrayLoader`.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        transform: Any,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        normalization: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int = 0,
+        num_workers: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.normalization = normalization
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.seed = seed
+        self.channels_last = channels_last
+        self.epoch = 0
+        self._items = _SeededItems(dataset, transform, seed)
+        self._generator = torch.Generator()
+        self._loader = DataLoader(
+            self._items,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            generator=self._generator,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration uses."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        self._generator.manual_seed(derive_seed(self.seed, self.epoch))
+        self._items.epoch = self.epoch  # workers receive a copy when the iterator starts
+        for images, labels in self._loader:
+            x = _model_input(images, self.normalization, self.mean, self.std, self.channels_last)
+            yield x, labels
+
+
+# ------------------------------------------------------------------------ folder transforms
+
+
+def _folder_transforms(
+    dataset: str, image_size: tuple[int, int], augment: bool, crop_padding: int
+) -> tuple[Any, Any]:
+    """(train, eval) transforms yielding uint8 CHW tensors."""
+    from torchvision import transforms as T
+
+    to_tensor = T.PILToTensor()
+    if dataset == "imagenet":
+        evaluation = T.Compose([T.Resize(256), T.CenterCrop(224), to_tensor])
+        train = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), to_tensor])
+    else:  # CIFAR-sized images stored as files: keep their size, CIFAR augmentation
+        evaluation = to_tensor
+        train = T.Compose(
+            [T.RandomCrop(image_size, padding=crop_padding), T.RandomHorizontalFlip(), to_tensor]
+        )
+    return (train if augment else evaluation), evaluation

@@ -1,0 +1,312 @@
+"""Reading datasets from a data root: layouts, format detection and the split readers.
+
+Holds the accepted layouts (:data:`LAYOUTS`) and their detection (:func:`detect_format`), the
+data-root resolution and checks (:func:`resolve_data_root`), the in-memory split
+:class:`ArrayDataset`, and the readers: ``.npz`` files (:func:`load_npz`), torchvision's CIFAR-10
+python batches (:func:`load_torchvision_cifar10`) and image-folder trees (torchvision
+``ImageFolder``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from harness.errors import DataError
+
+DATASETS = ("cifar10", "imagenet")
+FORMATS = ("auto", "torchvision", "npz", "imagefolder")
+DATA_ROOT_ENV = "PACT_DATA_ROOT"
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+)  # fmt: skip
+CIFAR10_FOLDER = "cifar-10-batches-py"
+_NPZ_EXPECTED = "expected an .npz with 'images' uint8 [N,H,W,3] and 'labels' integer [N]"
+LAYOUTS = {
+    "torchvision": f"<root>/{CIFAR10_FOLDER}/ (torchvision's CIFAR-10 python batches)",
+    "npz": "<root>/train.npz + <root>/test.npz ('images' uint8 [N,H,W,3], 'labels' [N])",
+    "imagefolder": "<root>/train/<class>/*.jpg|png + <root>/val/<class>/* (or test/)",
+}
+_ROOT_HINT = (
+    f"pass --data-root PATH or set the environment variable {DATA_ROOT_ENV} "
+    "(for CIFAR-10, add --download to fetch it through torchvision; `make run DOWNLOAD=1`)"
+)
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    """An in-memory split: ``images`` uint8 [N, H, W, 3], ``labels`` int64 [N], class names."""
+
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[3] != 3:
+            raise ValueError(
+                f"images must be uint8 [N,H,W,3], got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
+            raise ValueError(
+                f"labels must be int64 [{len(self.images)}], got {self.labels.dtype} "
+                f"{tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (the length of ``classes``)."""
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of every image."""
+        return (int(self.images.shape[1]), int(self.images.shape[2]))
+
+    def subset(self, indices: Tensor) -> ArrayDataset:
+        """The items at ``indices``, in that order (a copy)."""
+        return ArrayDataset(self.images[indices], self.labels[indices], self.classes)
+
+
+# ------------------------------------------------------------------------------------- roots
+
+
+def resolve_data_root(cli_value: str | None) -> Path:
+    """The data root: ``cli_value`` if given, else ``$PACT_DATA_ROOT``, as an absolute path."""
+    value = cli_value or os.environ.get(DATA_ROOT_ENV)
+    if not value:
+        raise DataError(f"no data root given: {_ROOT_HINT}")
+    return Path(value).expanduser().resolve()
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise DataError(f"data root {root} does not exist: {_ROOT_HINT}")
+    if not root.is_dir():
+        raise DataError(f"data root {root} is not a directory: {_ROOT_HINT}")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise DataError(f"data root {root} is not readable (check its permissions)")
+
+
+def _eval_folder(root: Path) -> Path | None:
+    return next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
+
+
+def _matches(root: Path, fmt: str) -> bool:
+    if fmt == "torchvision":
+        return (root / CIFAR10_FOLDER).is_dir()
+    if fmt == "npz":
+        return (root / "train.npz").is_file() and (root / "test.npz").is_file()
+    return (root / "train").is_dir() and _eval_folder(root) is not None
+
+
+def detect_format(root: Path) -> str:
+    """The format of ``root``'s layout: ``"torchvision"``, ``"npz"`` or ``"imagefolder"``."""
+    _check_root(root)
+    for fmt in ("torchvision", "npz", "imagefolder"):
+        if _matches(root, fmt):
+            return fmt
+    accepted = "; ".join(f"{fmt}: {layout}" for fmt, layout in LAYOUTS.items())
+    raise DataError(
+        f"data root {root} holds no known dataset layout; accepted layouts are {accepted}"
+    )
+
+
+# ---------------------------------------------------------------------------------- npz files
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    def fail(problem: str) -> DataError:
+        return DataError(f"{path}: {problem}; {_NPZ_EXPECTED}")
+
+    try:
+        # Open the file here: np.load leaks its own handle when a zip turns out to be corrupt.
+        with open(path, "rb") as handle:
+            loaded = np.load(handle, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise fail("is a single .npy array, not an .npz archive")
+            with loaded as archive:
+                missing = sorted({"images", "labels"} - set(archive.files))
+                if missing:
+                    raise fail(f"missing key(s) {missing} (found {sorted(archive.files)})")
+                wanted = ("images", "labels", "classes")
+                return {key: archive[key] for key in archive.files if key in wanted}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise fail(f"cannot be read as .npz ({type(err).__name__}: {err})") from err
+
+
+def _check_npz_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    images, labels = arrays["images"], arrays["labels"]
+    problem = None
+    if images.dtype != np.uint8:
+        problem = f"'images' has dtype {images.dtype}"
+    elif images.ndim != 4 or images.shape[3] != 3:
+        problem = f"'images' has shape {images.shape}"
+    elif len(images) == 0:
+        problem = "'images' holds no image"
+    elif labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        problem = f"'labels' is {labels.dtype} with shape {labels.shape}"
+    elif len(labels) != len(images):
+        problem = f"'labels' has {len(labels)} entries for {len(images)} images"
+    elif labels.min() < 0:
+        problem = f"'labels' holds a negative label ({labels.min()})"
+    elif "classes" in arrays and arrays["classes"].ndim != 1:
+        problem = f"'classes' has shape {arrays['classes'].shape}, expected [num_classes]"
+    elif "classes" in arrays and labels.max() >= len(arrays["classes"]):
+        problem = f"label {labels.max()} is out of range for {len(arrays['classes'])} classes"
+    if problem:
+        raise DataError(f"{path}: {problem}; {_NPZ_EXPECTED}")
+
+
+def load_npz(root: Path) -> tuple[ArrayDataset, ArrayDataset]:
+    """Train and test splits from ``root/train.npz`` and ``root/test.npz``.
+
+    The class names are the ``classes`` array of train.npz if it has one, else "0".."max label".
+    """
+    paths = (root / "train.npz", root / "test.npz")
+    arrays = []
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path} not found; npz layout is {LAYOUTS['npz']}")
+        arrays.append(_read_npz(path))
+        _check_npz_arrays(path, arrays[-1])
+    train, test = arrays
+    if "classes" in train:
+        classes = tuple(str(name) for name in train["classes"])
+    else:
+        classes = tuple(str(i) for i in range(int(max(a["labels"].max() for a in arrays)) + 1))
+    if test["labels"].max() >= len(classes):
+        raise DataError(
+            f"{paths[1]}: label {test['labels'].max()} is out of range for the "
+            f"{len(classes)} classes of {paths[0]}"
+        )
+    if train["images"].shape[1:] != test["images"].shape[1:]:
+        raise DataError(
+            f"{root}: train images are {train['images'].shape[1:]} but test images "
+            f"are {test['images'].shape[1:]}; both splits need one image size"
+        )
+    splits = (
+        ArrayDataset(
+            torch.from_numpy(a["images"]), torch.from_numpy(a["labels"].astype(np.int64)), classes
+        )
+        for a in arrays
+    )
+    return next(splits), next(splits)
+
+
+# ------------------------------------------------------------------------- torchvision CIFAR-10
+
+
+def _cifar10_files() -> list[str]:
+    from torchvision.datasets import CIFAR10
+
+    names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
+    return [*names, CIFAR10.meta["filename"]]
+
+
+def _cifar10_trusting(folder: Path) -> type:
+    """``CIFAR10`` with md5 sums taken from the files in ``folder``, for files made elsewhere."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import calculate_md5
+
+    def entries(listing: list[list[str]]) -> list[list[str]]:
+        return [[name, calculate_md5(str(folder / name))] for name, _ in listing]
+
+    train_list, test_list = entries(CIFAR10.train_list), entries(CIFAR10.test_list)
+    meta = {**CIFAR10.meta, "md5": calculate_md5(str(folder / CIFAR10.meta["filename"]))}
+
+    class LocalCIFAR10(CIFAR10):
+        pass
+
+    LocalCIFAR10.train_list, LocalCIFAR10.test_list, LocalCIFAR10.meta = train_list, test_list, meta
+    return LocalCIFAR10
+
+
+def load_torchvision_cifar10(
+    root: Path, *, download: bool = False, verify_checksums: bool = True
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """Train and test splits read by ``torchvision.datasets.CIFAR10`` from ``root``.
+
+    With ``download``, missing files are fetched first (network needed). With
+    ``verify_checksums=False``, files that differ from the official ones (e.g. a test's tiny
+    batches in the same format) are accepted.
+    """
+    from torchvision.datasets import CIFAR10
+
+    folder = root / CIFAR10_FOLDER
+    missing = [name for name in _cifar10_files() if not (folder / name).is_file()]
+    if missing and download:
+        try:
+            CIFAR10(str(root), train=True, download=True)
+        except (OSError, RuntimeError) as err:
+            raise DataError(f"downloading CIFAR-10 into {root} failed: {err}") from err
+        missing = [name for name in _cifar10_files() if not (folder / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{folder} lacks {', '.join(missing)}; pass download=True (--download) "
+            "on a connected machine, or point the data root at a complete copy"
+        )
+    loader = CIFAR10 if verify_checksums else _cifar10_trusting(folder)
+    try:
+        splits = [loader(str(root), train=train) for train in (True, False)]
+    except RuntimeError as err:
+        raise DataError(
+            f"{folder}: files failed torchvision's md5 check, so they are not the "
+            "official CIFAR-10 batches; to load them anyway pass "
+            "verify_checksums=False"
+        ) from err
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, OSError) as err:
+        raise DataError(
+            f"{folder}: cannot read the CIFAR-10 batches ({type(err).__name__}: "
+            f"{err}); expected torchvision's python pickle format"
+        ) from err
+    return tuple(  # type: ignore[return-value]
+        ArrayDataset(
+            torch.from_numpy(np.ascontiguousarray(s.data)),
+            torch.tensor(s.targets, dtype=torch.int64),
+            tuple(s.classes),
+        )
+        for s in splits
+    )
+
+
+# ---------------------------------------------------------------------------------- folders
+
+
+def _load_folders(root: Path) -> tuple[Dataset, Dataset, tuple[str, ...]]:
+    from torchvision.datasets import ImageFolder
+
+    eval_root = _eval_folder(root)
+    if not (root / "train").is_dir() or eval_root is None:
+        raise DataError(f"{root} is not an image folder tree; expected {LAYOUTS['imagefolder']}")
+    try:
+        train, test = ImageFolder(str(root / "train")), ImageFolder(str(eval_root))
+    except (FileNotFoundError, OSError) as err:
+        raise DataError(f"{root}: {err}; expected {LAYOUTS['imagefolder']}") from err
+    if train.classes != test.classes:
+        raise DataError(
+            f"{root}: train/ has classes {train.classes} but {eval_root.name}/ has "
+            f"{test.classes}; both need the same class folders"
+        )
+    return train, test, tuple(train.classes)
+
+
+def _native_size(dataset: Dataset) -> tuple[int, int]:
+    from PIL import Image
+
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    with Image.open(base.samples[0][0]) as image:  # type: ignore[attr-defined]
+        return (image.height, image.width)
