@@ -290,6 +290,7 @@ def plot_units_histogram(runs: list[tuple[str, dict]], out: Path) -> list[Path]:
         ax=ax,
     )
     ax.set_title("units executed per test image (summed over blocks)")
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize=7, title_fontsize=8)
     paths = _save(fig, out, "units_histogram")
     plt.close(fig)
     return paths
