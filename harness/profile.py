@@ -335,8 +335,8 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
 
 def _run_target(args, device: torch.device):
     """Model, describe-dict, image source and image size of ``--run``."""
-    from harness.data import build_data, resolve_data_root
-    from harness.train import build_model
+    from harness.data import resolve_data_root
+    from harness.train import build_model, build_run_data
 
     cfg, checkpoint = load_run(args.run)
     num_classes = None
@@ -345,17 +345,15 @@ def _run_target(args, device: torch.device):
             raise ConfigError("--image-size applies to --images random; test images keep theirs")
         try:
             root = resolve_data_root(args.data_root or cfg.data.root)
-            data = build_data(
-                cfg.model.dataset,
+            data = build_run_data(
+                cfg,
                 root,
-                fmt=cfg.data.format,
-                test_subset=cfg.data.test_subset,
-                subset_seed=cfg.data.subset_seed,
+                train_subset=None,
                 batch_size=1,
                 eval_batch_size=max(args.batch_sizes),
-                normalization=cfg.data.normalization,
-                verify_checksums=cfg.data.verify_checksums,
-                channels_last=cfg.channels_last,
+                augment=False,
+                download=False,
+                num_workers=0,
             )
         except DataError as err:
             raise DataError(f"{err} (or profile with --images random)") from None

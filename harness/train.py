@@ -93,6 +93,28 @@ def build_model(cfg: RunConfig, num_classes: int | None = None) -> tuple[MethodS
     return spec, method_config, model
 
 
+def build_run_data(cfg: RunConfig, root: Path, **overrides: Any) -> DataBundle:
+    """The run's data as its config describes it; ``overrides`` replace ``build_data`` arguments."""
+    arguments: dict[str, Any] = {
+        "fmt": cfg.data.format,
+        "train_subset": cfg.data.train_subset,
+        "test_subset": cfg.data.test_subset,
+        "subset_seed": cfg.data.subset_seed,
+        "batch_size": cfg.optim.batch_size,
+        "eval_batch_size": cfg.eval.batch_size,
+        "seed": cfg.seed,
+        "augment": cfg.data.augment,
+        "normalization": cfg.data.normalization,
+        "crop_padding": cfg.data.crop_padding,
+        "download": cfg.data.download,
+        "verify_checksums": cfg.data.verify_checksums,
+        "num_workers": cfg.data.num_workers,
+        "channels_last": cfg.channels_last,
+    }
+    arguments.update(overrides)
+    return build_data(cfg.model.dataset, root, **arguments)
+
+
 def prepare_run(cfg: RunConfig) -> PreparedRun:
     """Validate the whole run (config, method, backbone, data) before anything is written."""
     validate_run_config(cfg)
@@ -102,24 +124,7 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     device = resolve_device(cfg.device)
     root = resolve_data_root(cfg.data.root)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root.resolve())))
-    data = build_data(
-        cfg.model.dataset,
-        root,
-        fmt=cfg.data.format,
-        train_subset=cfg.data.train_subset,
-        test_subset=cfg.data.test_subset,
-        subset_seed=cfg.data.subset_seed,
-        batch_size=cfg.optim.batch_size,
-        eval_batch_size=cfg.eval.batch_size,
-        seed=cfg.seed,
-        augment=cfg.data.augment,
-        normalization=cfg.data.normalization,
-        crop_padding=cfg.data.crop_padding,
-        download=cfg.data.download,
-        verify_checksums=cfg.data.verify_checksums,
-        num_workers=cfg.data.num_workers,
-        channels_last=cfg.channels_last,
-    )
+    data = build_run_data(cfg, root)
     torch.manual_seed(cfg.seed)
     _, _, model = build_model(cfg, num_classes=data.num_classes)
     plan_evaluations(model, cfg.eval)  # unknown eval modes fail now, not after training
