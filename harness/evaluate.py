@@ -46,6 +46,7 @@ class PassStats:
     ponder: torch.Tensor  # [N, blocks]
     flops: torch.Tensor | None  # [N]
     flops_per_block: torch.Tensor | None  # [N, blocks]
+    ponder_map: torch.Tensor | None = None  # [M, H_in, W_in], spatial methods, first M images
 
 
 def per_image_mean(value: torch.Tensor) -> torch.Tensor:
@@ -69,10 +70,17 @@ def evaluate(
     flop_counter: FlopCounter | None = None,
     progress: bool = False,
     desc: str = "eval",
+    max_maps: int = 0,
 ) -> PassStats:
-    """Run ``model`` over ``loader`` once with ``spec``; per-image statistics, in loader order."""
+    """Run ``model`` over ``loader`` once with ``spec``; per-image statistics, in loader order.
+
+    With ``max_maps`` > 0, spatial methods also keep the ponder map of the first ``max_maps``
+    images: each block's map resized (nearest) to the input and summed over blocks, as the SACT
+    code's ``sact_map`` does.
+    """
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in PassStats.__dataclass_fields__}
+    maps_kept = 0
     for images, labels in progress_bar(loader, progress, desc):
         images, labels = images.to(device), labels.to(device)
         out = model(images, spec)
@@ -87,6 +95,16 @@ def evaluate(
             total, per_block = flop_counter.per_image(out)
             parts["flops"].append(total.cpu())
             parts["flops_per_block"].append(per_block.cpu())
+        spatial = [p for p in out.ponder_cost if p.dim() == 3]
+        if spatial and maps_kept < max_maps:
+            take = min(batch, max_maps - maps_kept)
+            size = images.shape[-2:]
+            summed = sum(
+                nn.functional.interpolate(p[:take, None].float(), size=size, mode="nearest")
+                for p in spatial
+            )
+            parts["ponder_map"].append(summed[:, 0].cpu())
+            maps_kept += take
     return PassStats(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 
 
@@ -158,10 +176,15 @@ def evaluate_modes(
     flop_counter: FlopCounter | None = None,
     progress: bool = False,
     split: str = "test",
+    per_image_path=None,
 ) -> list[dict[str, Any]]:
-    """Every requested mode, threshold and seeded repeat; one summary row per (mode, threshold)."""
+    """Every requested mode, threshold and seeded repeat; one summary row per (mode, threshold).
+
+    With ``per_image_path``, the first pass (default mode, first threshold, first repeat) is
+    also saved per image there (:func:`write_per_image`).
+    """
     rows = []
-    for spec in plan_evaluations(model, cfg):
+    for index, spec in enumerate(plan_evaluations(model, cfg)):
         random = spec.mode in model.random_modes
         passes = []
         for repeat in range(cfg.repeats if random else 1):
@@ -170,7 +193,20 @@ def evaluate_modes(
                 generator = torch.Generator(device=device).manual_seed(cfg.seed + repeat)
             run_spec = EvalSpec(spec.mode, spec.execution, spec.threshold, generator)
             desc = f"eval {spec.mode}" + (f" #{repeat}" if random else "")
-            passes.append(evaluate(model, loader, run_spec, device, flop_counter, progress, desc))
+            first = per_image_path is not None and index == 0 and repeat == 0
+            stats = evaluate(
+                model,
+                loader,
+                run_spec,
+                device,
+                flop_counter,
+                progress,
+                desc,
+                max_maps=PER_IMAGE_MAPS if first else 0,
+            )
+            if first:
+                write_per_image(stats, spec.mode, per_image_path)
+            passes.append(stats)
         row = {
             "eval_mode": spec.mode,
             "execution": spec.execution,
@@ -182,48 +218,38 @@ def evaluate_modes(
     return rows
 
 
-@torch.no_grad()
+#: Ponder maps kept per run in ``per_image.npz`` (the first test images).
+PER_IMAGE_MAPS = 64
+
+
+def write_per_image(stats: PassStats, mode: str, path) -> None:
+    """Save one pass per image as ``npz`` (the report's histograms and maps read it).
+
+    Arrays: ``units`` and ``ponder`` ``[N, blocks]`` (spatial: mean over positions), ``correct``
+    ``[N]``, ``eval_mode``, and for spatial methods ``ponder_map`` ``[M, H, W]``.
+    """
+    import numpy as np
+
+    from harness.store import atomic_write_bytes
+
+    arrays = {
+        name: getattr(stats, name).numpy()
+        for name in ("units", "ponder", "correct", "ponder_map")
+        if getattr(stats, name) is not None
+    }
+    arrays["eval_mode"] = np.array(mode)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def export_per_image(
     model: AdaptiveModel,
     loader: Iterable,
     spec: EvalSpec,
     device: torch.device,
     path,
-    max_maps: int = 64,
+    max_maps: int = PER_IMAGE_MAPS,
 ) -> None:
-    """Per-image compute of one evaluation mode, saved as ``npz`` (the figures' input).
-
-    Arrays: ``units`` and ``ponder`` ``[N, blocks]`` (spatial: mean over positions), ``correct``
-    ``[N]``; for spatial methods also ``ponder_map`` ``[M, H, W]`` for the first ``max_maps``
-    images: each block's ponder map resized (nearest) to the input and summed over blocks, as the
-    SACT code's ``sact_map`` does.
-    """
-    import numpy as np
-
-    from harness.store import atomic_write_bytes
-
-    model.eval()
-    parts: dict[str, list] = {"units": [], "ponder": [], "correct": [], "ponder_map": []}
-    maps_kept = 0
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        out = model(images, spec)
-        batch = labels.shape[0]
-        parts["units"].append(_stack_blocks(out.units_executed, batch))
-        parts["ponder"].append(_stack_blocks(out.ponder_cost, batch))
-        parts["correct"].append((out.logits.argmax(1) == labels).cpu())
-        spatial = [p for p in out.ponder_cost if p.dim() == 3]
-        if spatial and maps_kept < max_maps:
-            take = min(batch, max_maps - maps_kept)
-            size = images.shape[-2:]
-            summed = sum(
-                torch.nn.functional.interpolate(p[:take, None].float(), size=size, mode="nearest")
-                for p in spatial
-            )
-            parts["ponder_map"].append(summed[:, 0].cpu())
-            maps_kept += take
-    arrays = {k: torch.cat(v).numpy() for k, v in parts.items() if v}
-    arrays["eval_mode"] = np.array(spec.mode)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    """One evaluation pass with ``spec``, saved per image (:func:`write_per_image`)."""
+    write_per_image(evaluate(model, loader, spec, device, max_maps=max_maps), spec.mode, path)

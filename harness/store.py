@@ -16,6 +16,7 @@ never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,11 +25,11 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -97,13 +98,15 @@ def _temp_file(path: Path) -> tuple[int, Path]:
     return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+@contextlib.contextmanager
+def _atomic_binary(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary file beside ``path``, flushed, synced and renamed into
+    place when the block ends; on any error the temporary file is removed and ``path`` kept."""
     path = Path(path)
     fd, tmp = _temp_file(path)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -113,18 +116,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Binary version of :func:`atomic_write_text`."""
-    path = Path(path)
-    fd, tmp = _temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    with _atomic_binary(path) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
@@ -134,17 +133,8 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    fd, tmp = _temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_binary(path) as handle:
+        torch.save(obj, handle)
 
 
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:

@@ -26,10 +26,10 @@ from torch import nn
 
 from harness import store
 from harness.config import RunConfig, from_dict, to_dict, validate_run_config
-from harness.contract import AdaptiveModel, EvalSpec, MethodSpec
+from harness.contract import AdaptiveModel, MethodSpec
 from harness.data import DataBundle, build_data, resolve_data_root
 from harness.errors import CheckpointError, ConfigError
-from harness.evaluate import evaluate_modes, export_per_image, plan_evaluations
+from harness.evaluate import evaluate_modes, plan_evaluations
 from harness.progress import progress_bar, want_progress
 from harness.registry import get_method
 
@@ -439,11 +439,6 @@ def run_trial(
     return finish_run(prepared, run_dir, train_seconds, evaluation_hook)
 
 
-def _seeded(cfg: RunConfig, prepared: PreparedRun) -> torch.Generator:
-    """The generator of a random default mode's first repeat (eval.seed)."""
-    return torch.Generator(device=prepared.device).manual_seed(cfg.eval.seed)
-
-
 def finish_run(
     prepared: PreparedRun,
     run_dir: Path,
@@ -463,6 +458,7 @@ def finish_run(
         prepared.device,
         flop_counter,
         want_progress(cfg.progress),
+        per_image_path=run_dir / store.PER_IMAGE_FILE,
     )
     columns = trial_columns(cfg, prepared.spec, run_dir.name)
     columns.update(epochs=cfg.optim.epochs, num_train=prepared.data.num_train)
@@ -471,14 +467,6 @@ def finish_run(
     if evaluation_hook is not None:
         evaluation_hook(prepared, rows)
     store.write_results_csv(run_dir / store.RESULTS_FILE, rows)
-    default = plan_evaluations(model, cfg.eval)[0]
-    export_per_image(
-        model,
-        prepared.data.test_loader,
-        EvalSpec(default.mode, default.execution, default.threshold, _seeded(cfg, prepared)),
-        prepared.device,
-        run_dir / store.PER_IMAGE_FILE,
-    )
     main = rows[0]
     summary = {
         "method": cfg.method,
