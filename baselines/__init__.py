@@ -5,7 +5,15 @@
 ``shortcut(x) + residual(x) * residual_mask`` (see :mod:`baselines.units`).
 """
 
-from baselines.backbone import ClassifierHead, ResNetBackbone, Stem
+from baselines.backbone import (
+    TORCH_HALTING,
+    ClassifierHead,
+    HaltingConventions,
+    ResNetBackbone,
+    Stem,
+    init_tf_variance_scaling,
+    tf_variance_scaling_,
+)
 from baselines.factory import (
     BACKBONE_VARIANTS,
     DEFAULT_NUM_CLASSES,
@@ -21,6 +29,8 @@ from baselines.units import (
     CifarPreActUnit,
     OptionAShortcut,
     ResidualUnit,
+    TFSameConv2d,
+    tf_same_padding,
 )
 
 __all__ = [
@@ -31,13 +41,19 @@ __all__ = [
     "CifarBasicUnit",
     "CifarPreActUnit",
     "ClassifierHead",
+    "HaltingConventions",
     "OptionAShortcut",
     "ResNetBackbone",
     "ResidualUnit",
     "Stem",
+    "TFSameConv2d",
+    "TORCH_HALTING",
     "build_backbone",
     "cifar_units",
     "imagenet_units",
+    "init_tf_variance_scaling",
     "load_torchvision_state_dict",
+    "tf_same_padding",
+    "tf_variance_scaling_",
     "torchvision_key",
 ]

@@ -4,11 +4,52 @@ Methods (ACT, SACT, PACT) wrap each block of ``backbone.blocks`` and call its un
 the vanilla network is :meth:`ResNetBackbone.forward`.
 """
 
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from baselines.units import ResidualUnit
+from baselines.units import TORCH_BN, ResidualUnit
+
+
+@dataclass(frozen=True)
+class HaltingConventions:
+    """How a backbone variant wants the halting branches that methods attach to it built.
+
+    The SACT code builds its halting branches inside the model's TF-slim arg scope, so they
+    inherit the backbone's batch-norm decay and epsilon, the activation that the arg scope puts
+    on ``slim.batch_norm`` (leaky ReLU 0.1 in the CIFAR model, none in the ImageNet model) and
+    the weight initialiser (``variance_scaling_initializer``). A method asks the backbone for
+    these (:meth:`norm`, :meth:`init`) instead of fixing them itself.
+
+    Attributes:
+        bn_eps, bn_momentum: of every halting BN (PyTorch momentum = 1 - TF decay).
+        leakiness: slope of the leaky ReLU after each halting BN; ``None``: no activation.
+        tf_init: initialise the halting convs and linears like the SACT code
+            (:func:`tf_variance_scaling_`); ``False`` keeps PyTorch's default init.
+    """
+
+    bn_eps: float = TORCH_BN["eps"]
+    bn_momentum: float = TORCH_BN["momentum"]
+    leakiness: float | None = None
+    tf_init: bool = False
+
+    def norm(self, channels: int, spatial: bool) -> tuple[nn.Module, nn.Module]:
+        """``(BN, activation)`` for a halting branch's input: ``BatchNorm2d`` or ``1d``."""
+        bn_cls = nn.BatchNorm2d if spatial else nn.BatchNorm1d
+        bn = bn_cls(channels, eps=self.bn_eps, momentum=self.bn_momentum)
+        act = nn.Identity() if self.leakiness is None else nn.LeakyReLU(self.leakiness)
+        return bn, act
+
+    def init(self, module: nn.Module) -> None:
+        """Initialise the convs and linears of a freshly built halting branch."""
+        if self.tf_init:
+            init_tf_variance_scaling(module)
+
+
+#: Halting branches as the PyTorch defaults build them (the ``he``/``torchvision`` variants).
+TORCH_HALTING = HaltingConventions()
 
 
 class Stem(nn.Module):
@@ -69,6 +110,8 @@ class ResNetBackbone(nn.Module):
         head: final state -> logits (includes any final BN/activation, pooling, classifier).
         block_channels: output channels of each block.
         num_classes, dataset, variant, depth: what :func:`baselines.build_backbone` was given.
+        halting: how halting branches attached to this backbone are built
+            (:class:`HaltingConventions`).
     """
 
     def __init__(
@@ -81,8 +124,10 @@ class ResNetBackbone(nn.Module):
         dataset: str,
         variant: str,
         depth: int,
+        halting: HaltingConventions = TORCH_HALTING,
     ):
         super().__init__()
+        self.halting = halting
         self.stem = stem
         self.blocks = nn.ModuleList(nn.ModuleList(units) for units in blocks)
         self.head = head
@@ -120,11 +165,46 @@ class ResNetBackbone(nn.Module):
 def init_weights(module: nn.Module) -> None:
     """He init for convs (kaiming normal, fan_out, ReLU gain), BN weight 1 and bias 0.
 
-    Linear layers keep PyTorch's default init (as torchvision's ResNet does).
+    Linear layers keep PyTorch's default init (as torchvision's ResNet does). The ``he`` and
+    ``torchvision`` variants use this.
     """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+#: TF's truncated normal redraws values beyond 2 standard deviations.
+TRUNCATION = 2.0
+#: ``variance_scaling_initializer`` scales the truncated normal's sigma by sqrt(1.3) so that
+#: the truncated draw keeps about the variance factor / fan_in (a standard normal cut at +-2
+#: has variance 0.7737, and 1.3 * 0.7737 = 1.006).
+TRUNCATED_VARIANCE_CORRECTION = 1.3
+
+
+def tf_variance_scaling_(weight: Tensor, factor: float = 2.0) -> Tensor:
+    """TF ``variance_scaling_initializer()`` defaults: factor 2, ``FAN_IN``, truncated normal.
+
+    sigma = sqrt(1.3 * factor / fan_in), draws cut at +-2 sigma; fan_in = k_h * k_w * C_in for a
+    conv, the input features for a linear layer (TF-contrib ``initializers.py``). The resulting
+    standard deviation is 1.0029 * sqrt(factor / fan_in).
+    """
+    fan_in = weight[0].numel()  # [out, in, kh, kw] or [out, in]
+    sigma = math.sqrt(TRUNCATED_VARIANCE_CORRECTION * factor / fan_in)
+    return nn.init.trunc_normal_(weight, 0.0, sigma, -TRUNCATION * sigma, TRUNCATION * sigma)
+
+
+def init_tf_variance_scaling(module: nn.Module) -> None:
+    """The SACT code's init: every conv and linear weight :func:`tf_variance_scaling_`, their
+    biases 0 (TF-slim's ``zeros_initializer``), BN weight 1 and bias 0. The ``sact`` variants
+    use this, and their halting branches too (see :class:`HaltingConventions`)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            tf_variance_scaling_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):

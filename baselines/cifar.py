@@ -6,16 +6,37 @@ Variants:
   leaky ReLU 0.1 and option-A shortcuts (average pool + zero channels); stem a bare 3x3 conv;
   head ``global average pool -> BN -> leaky ReLU -> linear``. The SACT code pools *before* the
   final BN (``tf.reduce_mean`` then ``slim.batch_norm`` with the ``lrelu`` arg scope, then the
-  1x1 ``logits`` conv), and so does this module.
+  1x1 ``logits`` conv), and so does this module. As in the code: the convs without a BN after
+  them (stem, each unit's ``conv2``) and the classifier have biases; strided convs pad like TF
+  ``SAME`` (0 before, 1 after); every conv and linear is initialised with TF's
+  ``variance_scaling_initializer`` (:func:`~baselines.backbone.init_tf_variance_scaling`); BN
+  decay 0.9, epsilon 1e-3. Halting branches attached to it get the same BN, a leaky ReLU 0.1
+  after it and the same init (:data:`SACT_CIFAR_HALTING`), as the code's arg scope gives them.
 - ``"he"``: He et al. 2016, post-activation with ReLU and option-A shortcuts (strided identity
-  + zero channels); stem ``conv -> BN -> ReLU``; head ``global average pool -> linear``.
+  + zero channels); stem ``conv -> BN -> ReLU``; head ``global average pool -> linear``. No conv
+  biases, He (fan_out) init, PyTorch BN defaults; halting branches keep PyTorch's defaults
+  (BN -> conv/linear, no activation).
 
 Both stride 2 on the first unit of blocks 2 and 3.
+
+Not matched (deliberately): in the SACT code ``conv1`` of a unit is a ``slim.conv2d`` with
+``normalizer_fn=slim.batch_norm`` under an arg scope that gives *both* ``slim.conv2d`` and
+``slim.batch_norm`` ``activation_fn=lrelu``, so TF-slim applies the leaky ReLU twice after that BN
+(slope 0.01 for negative inputs). Here ``act1`` is a single leaky ReLU 0.1, as the paper's
+description of the model and the ``resnet_model.py`` it derives from have it.
 """
 
 from torch import nn
 
-from baselines.backbone import ClassifierHead, ResNetBackbone, Stem, init_weights
+from baselines.backbone import (
+    TORCH_HALTING,
+    ClassifierHead,
+    HaltingConventions,
+    ResNetBackbone,
+    Stem,
+    init_tf_variance_scaling,
+    init_weights,
+)
 from baselines.units import (
     CIFAR_LEAKINESS,
     CIFAR_SACT_BN,
@@ -28,6 +49,15 @@ from baselines.units import (
 
 CIFAR_CHANNELS = (16, 32, 64)
 CIFAR_VARIANTS = ("sact", "he")
+#: Halting branches of the ``sact`` CIFAR model: ``cifar_model.resnet_arg_scope`` gives
+#: ``slim.batch_norm`` decay 0.9, epsilon 1e-3 and ``activation_fn=lrelu``, and every conv the
+#: variance-scaling init (``resnet_act.get_halting_proba``/``get_halting_proba_conv``).
+SACT_CIFAR_HALTING = HaltingConventions(
+    bn_eps=CIFAR_SACT_BN["eps"],
+    bn_momentum=CIFAR_SACT_BN["momentum"],
+    leakiness=CIFAR_LEAKINESS,
+    tf_init=True,
+)
 
 
 def _unit(variant: str, in_ch: int, out_ch: int, stride: int, first: bool) -> ResidualUnit:
@@ -45,7 +75,7 @@ def build_cifar_resnet(
     """
     stem_ch = CIFAR_CHANNELS[0]
     if variant == "sact":
-        stem = Stem(conv3x3(3, stem_ch))
+        stem = Stem(conv3x3(3, stem_ch, bias=True))
         head = ClassifierHead(
             CIFAR_CHANNELS[-1],
             num_classes,
@@ -69,7 +99,17 @@ def build_cifar_resnet(
         blocks.append(units)
 
     model = ResNetBackbone(
-        stem, blocks, head, num_classes=num_classes, dataset="cifar10", variant=variant, depth=depth
+        stem,
+        blocks,
+        head,
+        num_classes=num_classes,
+        dataset="cifar10",
+        variant=variant,
+        depth=depth,
+        halting=SACT_CIFAR_HALTING if variant == "sact" else TORCH_HALTING,
     )
-    init_weights(model)
+    if variant == "sact":
+        init_tf_variance_scaling(model)
+    else:
+        init_weights(model)
     return model

@@ -12,14 +12,26 @@ conv (64 channels) to 112x112 and a 3x3/2 max-pool (padding 1) to 56x56.
 - ``"torchvision"``: torchvision's ``resnet50/101/152`` (v1.5), same structure and numerics;
   load its weights with :func:`baselines.load_torchvision_state_dict`.
 
-Convs have no bias. The TF code gives a bias to convs not followed by BN (stem, ``conv3``,
-projection shortcut); every consumer of those outputs starts with a BN, so the biases are
-redundant and are omitted here (they would have to be folded when porting TF checkpoints).
+``"sact"`` convs not followed by a BN have a bias, as in the TF code (stem, ``conv3``, projection
+shortcut); ``conv3``'s bias is part of the residual and is multiplied by SACT's residual mask, so it
+is not redundant for spatial methods. Every conv and the classifier are initialised with TF's
+``variance_scaling_initializer`` (:func:`~baselines.backbone.init_tf_variance_scaling`), and
+halting branches attached to it get the ImageNet arg scope's BN (decay 0.997, epsilon 1e-5) with
+no activation after it, and the same init (:data:`SACT_IMAGENET_HALTING`). ``"torchvision"`` has
+torchvision's bias-free convs, He (fan_out) init, and halting branches with PyTorch defaults.
 """
 
 from torch import nn
 
-from baselines.backbone import ClassifierHead, ResNetBackbone, Stem, init_weights
+from baselines.backbone import (
+    TORCH_HALTING,
+    ClassifierHead,
+    HaltingConventions,
+    ResNetBackbone,
+    Stem,
+    init_tf_variance_scaling,
+    init_weights,
+)
 from baselines.units import (
     IMAGENET_SACT_BN,
     TORCH_BN,
@@ -38,14 +50,25 @@ IMAGENET_WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
 STEM_CHANNELS = 64
 IMAGENET_VARIANTS = ("sact", "torchvision")
+#: Halting branches of the ``sact`` ImageNet model: TF-slim ``resnet_arg_scope`` puts no
+#: activation on ``slim.batch_norm`` (decay 0.997, epsilon 1e-5) and variance-scaling init on convs.
+SACT_IMAGENET_HALTING = HaltingConventions(
+    bn_eps=IMAGENET_SACT_BN["eps"],
+    bn_momentum=IMAGENET_SACT_BN["momentum"],
+    leakiness=None,
+    tf_init=True,
+)
 
 
 def _stem(variant: str) -> Stem:
-    conv = nn.Conv2d(3, STEM_CHANNELS, 7, stride=2, padding=3, bias=False)
+    # ``conv2d_same`` 7x7/2 pads 3/3 explicitly, as padding=3 does.
     pool = nn.MaxPool2d(3, stride=2, padding=1)
     if variant == "sact":
-        # Cf. the SACT code: no BN or activation in conv1, the first unit pre-activates.
+        # Cf. the SACT code: no BN or activation in conv1 (so it has a bias); the first unit
+        # pre-activates.
+        conv = nn.Conv2d(3, STEM_CHANNELS, 7, stride=2, padding=3, bias=True)
         return Stem(conv, pool=pool)
+    conv = nn.Conv2d(3, STEM_CHANNELS, 7, stride=2, padding=3, bias=False)
     return Stem(conv, nn.BatchNorm2d(STEM_CHANNELS, **TORCH_BN), nn.ReLU(), pool)
 
 
@@ -83,6 +106,10 @@ def build_imagenet_resnet(depth: int, variant: str, num_classes: int) -> ResNetB
         dataset="imagenet",
         variant=variant,
         depth=depth,
+        halting=SACT_IMAGENET_HALTING if variant == "sact" else TORCH_HALTING,
     )
-    init_weights(model)
+    if variant == "sact":
+        init_tf_variance_scaling(model)
+    else:
+        init_weights(model)
     return model

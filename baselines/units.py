@@ -29,14 +29,55 @@ IMAGENET_SACT_BN = {"eps": 1e-5, "momentum": 0.003}
 TORCH_BN = {"eps": 1e-5, "momentum": 0.1}
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 conv, padding 1, no bias (TF ``SAME`` and ``conv2d_same`` pad 3x3 convs 1/1)."""
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    """3x3 conv with padding 1 on both sides.
+
+    That is TF ``SAME`` at stride 1, and TF-slim ``conv2d_same`` (explicit pad 1/1, then
+    ``VALID``) at any stride. TF ``SAME`` at stride 2 on an even input pads 0 before and 1 after
+    instead: use :class:`TFSameConv2d` for that.
+    """
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
 
 
-def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """1x1 conv without bias."""
-    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    """1x1 conv (no padding: TF ``SAME`` pads nothing for a 1x1 kernel on an even input)."""
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias)
+
+
+def tf_same_padding(
+    size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """``F.pad`` amounts ``(left, right, top, bottom)`` that TF ``padding='SAME'`` uses.
+
+    TF keeps ``ceil(in / stride)`` outputs and pads ``max((out - 1) * stride + k - in, 0)`` in
+    total, the smaller half before: a 3x3 conv at stride 2 on 32 pixels pads 0 before, 1 after.
+    """
+    pads = []
+    for n, k, s in zip(size, kernel, stride, strict=True):
+        out = -(-n // s)
+        total = max((out - 1) * s + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    return left, right, top, bottom
+
+
+class TFSameConv2d(nn.Conv2d):
+    """A conv with TF ``padding='SAME'``: explicit (possibly asymmetric) zero pad, then no pad.
+
+    At stride 1 with an odd kernel this is symmetric padding; at stride 2 on an even input it pads
+    one row and one column after the input only, as ``slim.conv2d(..., stride=2, padding='SAME')``
+    does in the SACT code's CIFAR model. The pad itself costs no FLOPs.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=False
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pad as TF ``SAME`` for this input size, then convolve without padding."""
+        pad = tf_same_padding(tuple(x.shape[-2:]), self.kernel_size, self.stride)
+        return super().forward(F.pad(x, pad) if any(pad) else x)
 
 
 class OptionAShortcut(nn.Module):
@@ -117,6 +158,11 @@ class CifarPreActUnit(ResidualUnit):
     or option A (average pool + zero channels) when the shape changes. The first unit of the
     network (``activate_before_residual``) takes its shortcut from ``preact`` instead, as in
     the SACT code and the TF ``resnet_model.py`` it derives from; it is never masked by SACT.
+
+    As in the SACT code, ``conv2`` has a bias (``normalizer_fn=None`` gives a TF-slim conv a
+    bias), which is part of the residual and so is multiplied by the residual mask, and a
+    strided ``conv1`` pads like TF ``SAME`` (0 before, 1 after on an even input;
+    :class:`TFSameConv2d`).
     """
 
     DILATED_CONVS = ("conv1",)
@@ -132,10 +178,13 @@ class CifarPreActUnit(ResidualUnit):
         self.activate_before_residual = activate_before_residual
         self.preact_bn = nn.BatchNorm2d(in_channels, **CIFAR_SACT_BN)
         self.preact_act = nn.LeakyReLU(CIFAR_LEAKINESS)
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        if stride == 1:
+            self.conv1: nn.Conv2d = conv3x3(in_channels, out_channels)
+        else:
+            self.conv1 = TFSameConv2d(in_channels, out_channels, 3, stride)
         self.bn1 = nn.BatchNorm2d(out_channels, **CIFAR_SACT_BN)
         self.act1 = nn.LeakyReLU(CIFAR_LEAKINESS)
-        self.conv2 = conv3x3(out_channels, out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels, bias=True)
         if stride != 1 or in_channels != out_channels:
             self.shortcut: nn.Module = OptionAShortcut(in_channels, out_channels, stride, "avg")
         else:
@@ -187,6 +236,10 @@ class BottleneckV2Unit(ResidualUnit):
     ``preact = relu(BN(x))``; residual ``conv3(relu(BN(conv2(relu(BN(conv1(preact)))))))`` with
     the stride on the 3x3 ``conv2``; shortcut ``x``, or a 1x1 projection ``shortcut_conv`` of
     ``preact`` (with the stride) when the shape changes, as in TF-slim ``resnet_v2``.
+
+    ``conv3`` and ``shortcut_conv`` have biases, as in the SACT code (TF-slim convs without a
+    normalizer); ``conv3``'s is part of the residual and is masked with it. The strided 3x3
+    ``conv2`` pads 1/1: the SACT code uses ``conv2d_same`` (explicit symmetric pad) for it.
     """
 
     DILATED_CONVS = ("conv1",)
@@ -200,10 +253,10 @@ class BottleneckV2Unit(ResidualUnit):
         self.bn1 = nn.BatchNorm2d(width, **IMAGENET_SACT_BN)
         self.conv2 = conv3x3(width, width, stride)
         self.bn2 = nn.BatchNorm2d(width, **IMAGENET_SACT_BN)
-        self.conv3 = conv1x1(width, out_channels)
+        self.conv3 = conv1x1(width, out_channels, bias=True)
         self.shortcut_conv: nn.Conv2d | None = None
         if stride != 1 or in_channels != out_channels:
-            self.shortcut_conv = conv1x1(in_channels, out_channels, stride)
+            self.shortcut_conv = conv1x1(in_channels, out_channels, stride, bias=True)
         else:
             self.identity_shortcut = True
 

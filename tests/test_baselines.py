@@ -5,6 +5,8 @@ large ImageNet models (and all FLOP counts) are built on the meta device, where
 ``FlopCounterMode`` counts shapes without computing anything.
 """
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -19,10 +21,13 @@ from baselines import (
     CifarPreActUnit,
     OptionAShortcut,
     ResNetBackbone,
+    TFSameConv2d,
     build_backbone,
     cifar_units,
     imagenet_units,
     load_torchvision_state_dict,
+    tf_same_padding,
+    tf_variance_scaling_,
     torchvision_key,
 )
 from harness.errors import ConfigError
@@ -145,14 +150,60 @@ def test_default_num_classes_and_override() -> None:
 # --- parameter counts ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", BACKBONE_VARIANTS["cifar10"])
+def cifar_parameter_count(units: int, variant: str, classes: int = 10) -> int:
+    """Parameters of a CIFAR ResNet-(6n+2), counted from the architecture by hand.
+
+    A 3x3 conv C->D has 9*C*D weights, a BN 2*C, the classifier 64*classes + classes.
+    ``sact`` (SACT code): stem conv with bias; unit = pre-activation BN, conv1, BN, conv2 with
+    bias; head BN on the pooled 64 features. ``he``: stem conv + BN, no biases; unit = conv1, BN,
+    conv2, BN.
+    """
+    widths = (16, 32, 64)
+    count = 9 * 3 * 16 + (16 if variant == "sact" else 2 * 16)  # stem: bias or BN
+    c_in = 16
+    for width in widths:
+        for _ in range(units):
+            convs = 9 * c_in * width + 9 * width * width
+            if variant == "sact":
+                count += 2 * c_in + convs + 2 * width + width  # preact BN, bn1, conv2 bias
+            else:
+                count += convs + 2 * width + 2 * width  # bn1, bn2
+            c_in = width
+    head_bn = 2 * 64 if variant == "sact" else 0
+    return count + head_bn + 64 * classes + classes
+
+
+def imagenet_v2_parameter_count(units: tuple[int, ...], classes: int = 1001) -> int:
+    """Parameters of the ``sact`` (pre-activation v2) ImageNet ResNet, by hand: stem 7x7 conv with
+    bias; unit = pre-activation BN, 1x1 conv, BN, 3x3 conv, BN, 1x1 conv with bias (+ a 1x1
+    projection with bias in the first unit of a block); postnorm BN; classifier."""
+    count = 7 * 7 * 3 * 64 + 64
+    c_in = 64
+    for n, width in zip(units, (64, 128, 256, 512), strict=True):
+        out = 4 * width
+        for u in range(n):
+            count += 2 * c_in + c_in * width + 2 * width + 9 * width * width + 2 * width
+            count += width * out + out
+            if u == 0:
+                count += c_in * out + out
+            c_in = out
+    return count + 2 * 2048 + 2048 * classes + classes
+
+
 @pytest.mark.parametrize(
-    # Measured: both variants give 464,154 (ResNet-32) and 1,727,962 (ResNet-110) parameters;
-    # He et al. 2016, Table 6: 0.46M and 1.7M.
-    ("depth", "exact", "paper"),
-    [(32, 464_154, 0.46e6), (110, 1_727_962, 1.7e6)],
+    # By hand (cifar_parameter_count): he 464,154 and 1,727,962, as He et al. 2016, Table 6
+    # (0.46M, 1.7M); sact 576 and 2,032 more (the SACT code's conv biases: stem 16, conv2 16/32/64
+    # per unit).
+    ("depth", "variant", "exact", "paper"),
+    [
+        (32, "he", 464_154, 0.46e6),
+        (110, "he", 1_727_962, 1.7e6),
+        (32, "sact", 464_730, 0.46e6),
+        (110, "sact", 1_729_994, 1.7e6),
+    ],
 )
 def test_cifar_parameter_counts(variant: str, depth: int, exact: int, paper: float) -> None:
+    assert cifar_parameter_count(cifar_units(depth), variant) == exact
     count = n_params(meta_backbone("cifar10", depth, variant))
     assert count == exact
     assert abs(count - paper) / paper < 0.02
@@ -164,10 +215,13 @@ def test_imagenet_parameter_counts(depth: int) -> None:
     with torch.device("meta"):
         theirs = n_params(getattr(torchvision.models, f"resnet{depth}")(weights=None))
     assert ours == theirs
+    sact = n_params(meta_backbone("imagenet", depth, "sact"))
+    assert sact == imagenet_v2_parameter_count(tuple(IMAGENET_UNITS[depth]))
     if depth == 50:
         assert ours == 25_557_032
-        # SACT (v2, 1001 classes): no BN in the stem or projections, a postnorm BN in the head.
-        assert n_params(meta_backbone("imagenet", 50, "sact")) == 25_551_401
+        # SACT (v2, 1001 classes): no BN in the stem or projections, a postnorm BN in the head,
+        # biases on the stem, every conv3 and every projection (by hand: 25,570,409).
+        assert sact == 25_570_409
 
 
 # --- FLOPs (2 x MACs of convs and linear layers; BN, pooling, biases not counted) --------------
@@ -245,6 +299,8 @@ def _stride1_unit(kind: str) -> tuple[nn.Module, torch.Tensor]:
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
+        if isinstance(m, nn.Conv2d) and m.bias is not None:  # biases are masked too
+            m.bias.data.uniform_(-0.5, 0.5)
     return unit.eval(), x
 
 
@@ -278,6 +334,21 @@ def test_partial_mask_freezes_exactly_masked_positions(kind: str) -> None:
     assert torch.equal(out[active], dense[active])
 
 
+@pytest.mark.parametrize("kind", ["cifar-sact", "imagenet-sact"])
+def test_residual_bias_is_added_before_the_mask(kind: str) -> None:
+    """SACT code: ``conv_output`` (bias included) ``*= residual_mask``, then the shortcut add.
+    With every residual weight 0, the residual is the last conv's bias, masked."""
+    unit, x = _stride1_unit(kind)
+    last = unit.conv2 if kind == "cifar-sact" else unit.conv3
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.linspace(-1.0, 1.0, last.out_channels))
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:5, 3:7] = 1.0
+    expected = x + last.bias.view(1, -1, 1, 1) * mask
+    torch.testing.assert_close(unit(x, mask), expected, rtol=0, atol=1e-6)
+
+
 def test_mask_on_downsampling_units_returns_shortcut() -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 16, 8, 8)
@@ -304,23 +375,155 @@ def test_dilated_convs_name_conv_submodules(dataset: str, variant: str) -> None:
             assert unit.conv2.kernel_size == (3, 3)
 
 
-# --- initialisation -----------------------------------------------------------------------------
+# --- initialisation ---------------------------------------------------------------------------
 
 
-def test_initialisation() -> None:
+def truncated_normal_std(cut: float) -> float:
+    """Standard deviation of a standard normal truncated to [-cut, cut]."""
+    pdf = math.exp(-cut * cut / 2) / math.sqrt(2 * math.pi)
+    mass = math.erf(cut / math.sqrt(2))
+    return math.sqrt(1 - 2 * cut * pdf / mass)
+
+
+def test_tf_variance_scaling_matches_its_analytic_moments() -> None:
+    # TF-contrib variance_scaling_initializer(): factor 2, FAN_IN, truncated normal with
+    # sigma = sqrt(1.3 * 2 / fan_in), cut at 2 sigma; its std is sigma * 0.8796 = 1.0029 sqrt(2/n).
     torch.manual_seed(0)
+    weight = torch.empty(256, 128, 3, 3)
+    tf_variance_scaling_(weight)
+    fan_in = 128 * 9
+    sigma = math.sqrt(1.3 * 2 / fan_in)
+    expected = sigma * truncated_normal_std(2.0)
+    assert abs(expected / math.sqrt(2 / fan_in) - 1.0029) < 1e-4
+    # 294,912 draws: the sample std is within 0.5% of its value (about 4 standard errors).
+    assert abs(weight.std().item() / expected - 1) < 0.005
+    assert weight.abs().max().item() <= 2 * sigma
+    assert abs(weight.mean().item()) < 4 * expected / math.sqrt(weight.numel())
+    linear = torch.empty(64, 1000)  # a linear layer's fan-in is its input features
+    tf_variance_scaling_(linear)
+    linear_std = math.sqrt(1.3 * 2 / 1000) * truncated_normal_std(2.0)
+    assert abs(linear.std().item() / linear_std - 1) < 0.01
+
+
+@pytest.mark.parametrize(("dataset", "depth"), [("cifar10", 110), ("imagenet", 50)])
+def test_sact_variants_use_the_sact_code_init(dataset: str, depth: int) -> None:
+    """Every conv and linear of a ``sact`` backbone: TF variance scaling (fan_in, factor 2), biases
+    0. Pooled over the whole network, weight / sqrt(2 / fan_in) has std 1.0029 (not 1)."""
+    torch.manual_seed(0)
+    model = build_backbone(dataset, depth, "sact")
+    normalised, layers = [], 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            layers += 1
+            fan_in = m.weight[0].numel()
+            sigma = math.sqrt(1.3 * 2 / fan_in)
+            assert m.weight.abs().max().item() <= 2 * sigma
+            normalised.append((m.weight / math.sqrt(2 / fan_in)).flatten())
+            if m.bias is not None:
+                assert torch.equal(m.bias, torch.zeros_like(m.bias))
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight))
+            assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    pooled = torch.cat(normalised)
+    assert layers == len(list(model.units())) * (2 if dataset == "cifar10" else 3) + 2 + (
+        4 if dataset == "imagenet" else 0  # projections
+    )
+    # 1.7M (CIFAR) / 25M (ImageNet) draws: standard error of the std below 0.06%.
+    assert abs(pooled.std().item() - math.sqrt(1.3) * truncated_normal_std(2.0)) < 0.002
+    assert abs(pooled.std().item() - 1.0) > 0.001  # not plain He normal
+
+
+def test_cifar_sact_batch_norm_and_biases() -> None:
     model = build_backbone("cifar10", 20, "sact")
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            assert (m.eps, m.momentum) == (1e-3, 0.1)  # TF epsilon 1e-3, decay 0.9
+    # TF-slim convs without a normalizer have a bias: the stem and every unit's conv2.
+    assert model.stem.conv.bias is not None
+    for _, _, unit in model.units():
+        assert unit.conv1.bias is None and unit.conv2.bias is not None
+    assert isinstance(model.head.fc, nn.Linear) and model.head.fc.bias is not None
+
+
+def test_imagenet_sact_biases_and_torchvision_none() -> None:
+    sact = meta_backbone("imagenet", 50, "sact")
+    assert sact.stem.conv.bias is not None
+    for _, j, unit in sact.units():
+        assert unit.conv1.bias is None and unit.conv2.bias is None
+        assert unit.conv3.bias is not None
+        assert (unit.shortcut_conv is not None) == (j == 0)
+        if j == 0:
+            assert unit.shortcut_conv.bias is not None
+    tv = meta_backbone("imagenet", 50, "torchvision")
+    assert all(m.bias is None for m in tv.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_he_variant_keeps_he_fan_out_init() -> None:
+    torch.manual_seed(0)
+    model = build_backbone("cifar10", 20, "he")
     conv = model.blocks[2][1].conv2
     expected_std = (2.0 / (conv.out_channels * 9)) ** 0.5  # He, fan_out
     assert abs(conv.weight.std().item() / expected_std - 1) < 0.05
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-            assert torch.equal(m.weight, torch.ones_like(m.weight))
-            assert torch.equal(m.bias, torch.zeros_like(m.bias))
-            assert (m.eps, m.momentum) == (1e-3, 0.1)  # TF epsilon 1e-3, decay 0.9
         if isinstance(m, nn.Conv2d):
             assert m.bias is None
-    assert isinstance(model.head.fc, nn.Linear) and model.head.fc.bias is not None
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            assert (m.eps, m.momentum) == (1e-5, 0.1)
+
+
+# --- TF "SAME" padding of strided CIFAR convs ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "pads"),
+    [
+        (32, 3, 2, (0, 1, 0, 1)),  # even input, stride 2: nothing before, one after
+        (16, 3, 2, (0, 1, 0, 1)),
+        (33, 3, 2, (1, 1, 1, 1)),  # odd input: ceil(33/2) = 17 outputs need 2 pixels
+        (32, 3, 1, (1, 1, 1, 1)),
+        (32, 1, 2, (0, 0, 0, 0)),
+        (224, 7, 2, (2, 3, 2, 3)),  # what conv2d_same avoids by padding 3/3 explicitly
+    ],
+)
+def test_tf_same_padding(size: int, kernel: int, stride: int, pads: tuple) -> None:
+    assert tf_same_padding((size, size), (kernel, kernel), (stride, stride)) == pads
+
+
+def test_tf_same_conv_on_a_hand_built_example() -> None:
+    """A 4x4 input 0..15, a 3x3 all-ones kernel, stride 2. TF SAME: 2x2 outputs, padded with one
+    zero row and column after the input, so output (i, j) sums rows 2i..2i+2, cols 2j..2j+2."""
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    conv = TFSameConv2d(1, 1, 3, stride=2)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    grid = x[0, 0]
+    expected = torch.tensor(
+        [
+            [grid[0:3, 0:3].sum(), grid[0:3, 2:4].sum()],
+            [grid[2:4, 0:3].sum(), grid[2:4, 2:4].sum()],
+        ]
+    )
+    assert expected.tolist() == [[45.0, 39.0], [66.0, 50.0]]
+    assert torch.equal(conv(x)[0, 0], expected)
+    # PyTorch's symmetric padding=1 shifts every window up and left by one pixel.
+    symmetric = nn.functional.conv2d(x, conv.weight, stride=2, padding=1)
+    assert not torch.equal(symmetric, conv(x))
+
+
+def test_cifar_sact_strided_conv_pads_like_tf() -> None:
+    torch.manual_seed(0)
+    unit = CifarPreActUnit(16, 32, stride=2)
+    assert isinstance(unit.conv1, TFSameConv2d)
+    x = torch.randn(2, 16, 32, 32)
+    reference = nn.functional.conv2d(
+        nn.functional.pad(x, (0, 1, 0, 1)), unit.conv1.weight, stride=2, padding=0
+    )
+    out = unit.conv1(x)
+    assert out.shape == (2, 32, 16, 16)
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    assert not isinstance(CifarPreActUnit(16, 16).conv1, TFSameConv2d)  # stride 1: 1/1
+    he = CifarBasicUnit(16, 32, stride=2)  # the He variant keeps PyTorch's symmetric pad
+    assert not isinstance(he.conv1, TFSameConv2d) and he.conv1.padding == (1, 1)
 
 
 # --- validation ---------------------------------------------------------------------------------

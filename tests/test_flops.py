@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from halting_helpers import calibrate_bn
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -86,14 +87,14 @@ def test_convention_is_stated():
     ],
 )
 def test_fully_executed_model_agrees_with_fvcore(method, mode, execution):
-    model = build(method, 14)
+    model = build(method, 14, halting_bias_init=-30.0)
     generator = torch.Generator().manual_seed(0)
     spec = EvalSpec(mode, execution, generator=generator)
     accountant = FlopAccountant(model, (32, 32))
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         out = model(images, spec)
-    # Untrained halting branches (bias -3) never halt: every unit of every block ran.
+    # Halting biases of -30 never halt: every unit of every block ran.
     for block, counts in zip(model.backbone.blocks, out.units_executed, strict=True):
         assert (counts == len(block)).all()
     total, _ = accountant.per_image(out)
@@ -103,24 +104,15 @@ def test_fully_executed_model_agrees_with_fvcore(method, mode, execution):
 
 
 # -- independent cross-check: what really ran, under FlopCounterMode --------------------------
-def _spread_halting(model: nn.Module, scale: float, bias: float) -> None:
-    """Make untrained image-level halting scores spread over (0, 1) across images."""
-    with torch.no_grad():
-        for branches in model.halting:
-            for branch in branches:
-                branch.fc.weight.mul_(scale)
-                branch.fc.bias.fill_(bias)
-
-
 @pytest.mark.parametrize(
     ("method", "mode", "bias"),
     [("act", "act", 0.0), ("pact", "deterministic", 0.0), ("pact", "sampled", -1.0)],
 )
 def test_early_exit_matches_flop_counter_mode(method, mode, bias):
-    model = build(method, 26)  # four units per block
-    _spread_halting(model, scale=40.0, bias=bias)
+    model = build(method, 26, halting_bias_init=bias)  # four units per block
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    calibrate_bn(model, images)  # halting scores that differ between images
     accountant = FlopAccountant(model, (32, 32))
-    images = torch.randn(8, 3, 32, 32)
     spec = EvalSpec(mode, "early_exit", generator=torch.Generator().manual_seed(3))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         out = model(images, spec)
@@ -236,12 +228,12 @@ def test_spatial_halting_evaluated_overrides_the_default():
 def test_fvcore_trace_of_an_early_exit_drops_the_halting_branches():
     """The pitfall the design avoids: traced whole, the halting branches (which only feed
     ``bool()`` decisions) vanish from fvcore's count; the accountant charges them."""
-    model = build("pact", 14)
+    model = build("pact", 14, halting_bias_init=-30.0)
     accountant = FlopAccountant(model, (32, 32))
     spec = EvalSpec("deterministic", "early_exit")
     with torch.no_grad():
         out = model(torch.randn(1, 3, 32, 32), spec)
-    assert [int(u) for u in out.units_executed] == [2, 2, 2]  # bias -3: no halting
+    assert [int(u) for u in out.units_executed] == [2, 2, 2]  # bias -30: no halting
     assert accountant.per_image(out)[0].item() == accountant.full_flops
     assert fvcore_flops(model, spec) == accountant.vanilla_flops < accountant.full_flops
 
@@ -254,3 +246,112 @@ def test_accountant_leaves_training_flags_alone(training, monkeypatch):
     before = {name: m.training for name, m in model.named_modules()}
     FlopAccountant(model, (32, 32))
     assert {name: m.training for name, m in model.named_modules()} == before
+
+
+# -- independent re-implementation of the SACT code's flopsometer on a real forward ------------
+def _dilate3x3(mask: torch.Tensor) -> torch.Tensor:
+    """``slim.max_pool2d(mask, [3, 3], stride=1, padding='SAME')`` of a 0/1 map ``[B, H, W]``:
+    1 where any of the 3x3 neighbours (inside the map) is 1."""
+    height, width = mask.shape[1:]
+    padded = nn.functional.pad(mask, (1, 1, 1, 1))
+    shifts = [padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)]
+    return torch.stack(shifts).amax(0)
+
+
+def _conv_flops(conv: nn.Conv2d, positions: torch.Tensor) -> torch.Tensor:
+    """``flopsometer.conv2d``: 2 * positions * C_out * k_h * k_w * C_in, biases ignored."""
+    c_out, c_in, k_h, k_w = conv.weight.shape
+    return 2 * positions * c_out * k_h * k_w * c_in
+
+
+def sact_code_flops(model: nn.Module, images: torch.Tensor, spec: EvalSpec):
+    """Per-image FLOPs of a CIFAR SACT forward by the SACT code's rule, and the pooled halting
+    FLOPs that the harness leaves out (see the test). Returns ``(flops, output, omitted)``.
+
+    The rule, from ``flopsometer.py``, ``cifar_model.residual``, ``resnet_act`` and
+    ``act.spatially_adaptive_computation_time``: each conv costs 2 * counted positions *
+    C_out * k * k * C_in. Unit 1 of a block (``residual_mask=None``) and the stem and logits
+    count every position; a later unit counts ``conv1`` on the 3x3-dilated residual mask and
+    ``conv2`` on the mask itself; the halting branch after unit u < L counts its 3x3 conv on
+    unit u's mask (all positions for unit 1) and its pooled 1x1 conv (2 * C) always. Every unit
+    is called in the code (no early stop), so a unit that the model skipped because the whole
+    batch had halted counts as called with an all-zero mask.
+
+    The masks are the ones the model's units really received (recorded by hooks), so nothing
+    of the harness's accounting (``units_executed``, ``DILATED_CONVS``, fvcore) is used.
+    """
+    calls: dict[tuple[int, int], torch.Tensor | None] = {}
+    hooks = []
+    for b, block in enumerate(model.backbone.blocks):
+        for u, unit in enumerate(block):
+
+            def record(module, args, output, key=(b, u)):
+                mask = args[1] if len(args) > 1 else None
+                calls[key] = None if mask is None else mask[:, 0].detach().clone()
+
+            hooks.append(unit.register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            out = model(images, spec)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    batch = images.shape[0]
+    total = torch.zeros(batch, dtype=torch.int64)
+    omitted = torch.zeros(batch, dtype=torch.int64)
+    total += _conv_flops(model.backbone.stem.conv, images.shape[2] * images.shape[3])
+    size = images.shape[2]
+    for b, block in enumerate(model.backbone.blocks):
+        size = size // block[0].stride
+        everywhere = torch.ones(batch, size, size)
+        for u, unit in enumerate(block):
+            if u == 0:
+                assert calls[(b, 0)] is None  # the first unit is dense
+                mask = everywhere
+                dilated = everywhere
+            else:
+                mask = calls.get((b, u), torch.zeros(batch, size, size))  # skipped: all zero
+                assert mask is not None
+                dilated = _dilate3x3(mask)
+            total += _conv_flops(unit.conv1, dilated.sum((1, 2)).long())
+            total += _conv_flops(unit.conv2, mask.sum((1, 2)).long())
+            if u < len(block) - 1:
+                branch = model.halting[b][u]
+                total += _conv_flops(branch.local_conv, mask.sum((1, 2)).long())
+                pooled = 2 * branch.global_fc.weight.numel()  # 1x1 conv on the pooled map
+                total += pooled
+                # The harness charges the pooled term only where the branch ran at some
+                # position of the image (methods/sact/README.md, "Deviations").
+                omitted += pooled * (mask.flatten(1).amax(1) == 0).long()
+    total += 2 * model.backbone.head.fc.weight.numel()
+    return total, out, omitted
+
+
+@pytest.mark.parametrize(
+    ("method", "mode", "bias"),
+    [
+        ("sact", "act", 0.0),
+        ("spatial_pact", "deterministic", -1.0),
+        ("spatial_pact", "sampled", -2.0),
+    ],
+)
+def test_spatial_accounting_equals_the_sact_code_flopsometer(method, mode, bias):
+    """A real SACT ResNet-32 forward in which positions really halt, charged by an independent
+    re-implementation of the SACT code's FLOP counter: the same FLOPs to the unit, once the one
+    documented difference (the pooled halting term of a unit no position of the image ran) is
+    put back."""
+    model = build(method, 32, halting_bias_init=bias)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    calibrate_bn(model, images)
+    spec = EvalSpec(mode, "masked", generator=torch.Generator().manual_seed(1))
+    expected, out, omitted = sact_code_flops(model, images, spec)
+    spreads = []
+    for counts in out.units_executed:  # halting really happens, at different units
+        assert counts.min() < 5
+        spreads.append(int(counts.max() - counts.min()))
+    assert max(spreads) >= 2
+    total, _ = FlopAccountant(model, (32, 32)).per_image(out)
+    assert total.dtype == torch.float64 and (total == total.round()).all()
+    assert (total.long() + omitted).tolist() == expected.tolist()
+    assert (expected < 137_725_184).all()  # less than vanilla ResNet-32
+    assert omitted.max() <= 2 * (16 + 32 + 64) * 3  # at most units 2..4 of each block

@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from baselines import TORCH_HALTING
 from harness.contract import AdaptiveModel, EvalSpec, ModelOutput
 from harness.errors import ConfigError
 from methods.common.branches import ImageHalting, SpatialHalting
@@ -68,8 +69,14 @@ class HaltingResNet(AdaptiveModel):
         branch_cls = SpatialHalting if self.spatial else ImageHalting
         if self.spatial:
             self._check_spatial_backbone(backbone)
+        # The backbone says how its halting branches are normalised and initialised (the SACT
+        # code builds them inside the model's arg scope); a backbone that does not say gets
+        # PyTorch's defaults.
+        conventions = getattr(backbone, "halting", TORCH_HALTING)
         self.halting = nn.ModuleList(
-            nn.ModuleList(branch_cls(channels, bias_init) for _ in range(len(block) - 1))
+            nn.ModuleList(
+                branch_cls(channels, bias_init, conventions) for _ in range(len(block) - 1)
+            )
             for channels, block in zip(backbone.block_channels, backbone.blocks, strict=True)
         )
 
