@@ -19,7 +19,7 @@ from methods.pact import (
     log_prior,
     log_prior_table,
 )
-from methods.pact.model import build_pact, build_spatial_pact
+from methods.pact.model import PACTResNet, build_pact, build_spatial_pact
 
 # -- closed forms ------------------------------------------------------------------------------
 
@@ -181,19 +181,45 @@ def test_deterministic_is_first_unit_above_threshold(pact_model):
     torch.testing.assert_close(result.state, expected)
 
 
-@pytest.mark.parametrize("fixture", ["pact_model", "spatial_model"])
-def test_low_temperature_relaxed_matches_hard_on_same_noise(fixture, request):
-    model = request.getfixturevalue(fixture)
-    x = images(seed=4, batch=8)
+def relaxed_and_sampled_at_low_temperature(model, x, seed=7):
+    """The ``stochastic`` (relaxed) and ``sampled`` forwards at T = 1e-6 on the same noise."""
     old = model.temperature.item()
     model.temperature.fill_(1e-6)
     try:
         with torch.no_grad():
-            relaxed = model(x, EvalSpec("stochastic", "masked", generator=gen(7)))
-            hard = model(x, EvalSpec("sampled", "masked", generator=gen(7)))
+            relaxed = model(x, EvalSpec("stochastic", "masked", generator=gen(seed)))
+            hard = model(x, EvalSpec("sampled", "masked", generator=gen(seed)))
     finally:
         model.temperature.fill_(old)
-    torch.testing.assert_close(relaxed.logits, hard.logits, rtol=1e-4, atol=1e-5)
+    return relaxed, hard
+
+
+def test_low_temperature_relaxed_matches_hard_on_same_noise(pact_model):
+    relaxed, hard = relaxed_and_sampled_at_low_temperature(pact_model, images(seed=4, batch=8))
+    torch.testing.assert_close(relaxed.logits, hard.logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [20, 32, 110])
+def test_spatial_relaxed_follows_the_masked_trajectory(depth):
+    """At T -> 0 the relaxed forward (training, ``stochastic``) is the hard ``sampled`` forward.
+
+    With 3 or more units per block, a position that halts keeps its value while its neighbours
+    go on; the relaxed forward must freeze it too (its survival gates the residual), or the 3x3
+    convs of later units see different neighbours (before the fix: logit gaps of 0.71, 1.4 and
+    18 at depth 20, 32 and 110 on this set-up).
+    """
+    torch.manual_seed(0)
+    model = spread(build_spatial_pact(ModelSpec("cifar10", depth, "sact"), PACTConfig()))
+    relaxed, hard = relaxed_and_sampled_at_low_temperature(model, images(seed=4, batch=4))
+    num_units = (depth - 2) // 6
+    spreads = []
+    for counts in hard.units_executed:
+        assert counts.min() < num_units  # some positions halt before the last unit
+        assert counts.min() < counts.max()  # and positions differ
+        spreads.append(int(counts.max() - counts.min()))
+    # A frozen position with a neighbour running >= 2 more units: where the trajectories differ.
+    assert max(spreads) >= 2
+    torch.testing.assert_close(relaxed.logits, hard.logits, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["stochastic", "sampled"])
@@ -268,3 +294,61 @@ def test_spatial_pact_counts_are_per_position(spatial_model):
     assert shapes == [(3, 32, 32), (3, 16, 16), (3, 8, 8)]
     counts = torch.cat([u.flatten() for u in out.units_executed])
     assert counts.min() >= 1 and counts.max() <= 2 and counts.min() < counts.max()
+
+
+# -- the deterministic rule on a toy block -----------------------------------------------------
+
+
+class ToyUnit(torch.nn.Module):
+    """Returns a fixed state [B, 1, 1, 1] whatever its input."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x, residual_mask=None):
+        return torch.full_like(x, self.value)
+
+
+class ToyHalting(torch.nn.Module):
+    """A fixed halting probability for every image."""
+
+    def __init__(self, proba: float):
+        super().__init__()
+        self.logit = math.log(proba) - math.log1p(-proba)
+
+    def forward(self, x):
+        return torch.full((x.shape[0],), self.logit)
+
+
+class ToyBackbone(torch.nn.Module):
+    def __init__(self, units):
+        super().__init__()
+        self.stem = torch.nn.Identity()
+        self.blocks = torch.nn.ModuleList([torch.nn.ModuleList(units)])
+        self.head = torch.nn.Identity()
+        self.block_channels = [1]
+
+
+@pytest.mark.parametrize(
+    ("h", "rule_n", "mode_n"),
+    [
+        # The review's example: no h^l > 0.5, so the rule runs all 3 units, while
+        # q(N) = (0.4, 0.24, 0.36) has its mode at N = 1.
+        ((0.4, 0.4), 3, 1),
+        ((0.6, 0.2), 1, 1),
+        ((0.3, 0.9), 2, 2),
+    ],
+)
+def test_deterministic_is_first_z_mode_one_not_the_mode_of_q_of_n(h, rule_n, mode_n):
+    """``deterministic`` halts at the first unit whose z-mode is 1 (h^l > 0.5), which is not
+    argmax_n q(N = n) in general."""
+    model = PACTResNet(ToyBackbone([ToyUnit(v) for v in (1.0, 2.0, 3.0)]), PACTConfig())
+    model.halting[0] = torch.nn.ModuleList(ToyHalting(p) for p in h)
+    x = torch.zeros(2, 1, 1, 1)
+    for execution in ("early_exit", "masked"):
+        result = model.run_block(0, x, EvalSpec("deterministic", execution, 0.5))
+        assert result.units.tolist() == [rule_n, rule_n]
+        assert result.state.flatten().tolist() == [float(rule_n)] * 2
+    q = halting_distribution(torch.tensor([h], dtype=torch.float64))
+    assert int(q.argmax(1)) + 1 == mode_n

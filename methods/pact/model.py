@@ -1,17 +1,30 @@
 """PACT and spatial PACT: discrete halting variables, Concrete training, three eval modes.
 
+A reconstruction: the PACT paper's method section was not available, so the prior, the objective,
+the relaxation, the temperature schedule and the evaluation rules below are this project's
+choices (each a knob; see README.md, "What is ours, not the paper's").
+
 Training (and the ``stochastic`` mode) is the relaxed forward: every unit runs, binary Concrete
 samples z~^l = sigmoid((logit h^l + logistic noise) / T) give stick-breaking weights
-w^l = z~^l prod_{j<l} (1 - z~^j) (z~^L = 1), and the block output is sum_l w^l x^l. The loss is
-cross-entropy (a one-sample estimate of -E_q log p(y|x,z)) plus the closed form -E_q[log p(N)]
-per block (:mod:`methods.pact.prior`), averaged over the batch (and positions).
+w^l = z~^l s^{l-1} with the survival s^{l-1} = prod_{j<l} (1 - z~^j) (z~^L = 1), and the block
+output is sum_l w^l x^l. The loss is cross-entropy (a one-sample estimate of -E_q log p(y|x,z))
+plus the closed form -E_q[log p(N)] per block (:mod:`methods.pact.prior`), averaged over the batch
+(and positions).
 
-``deterministic`` halts at the first unit with h^l > threshold (the mode of q at 0.5) and
-``sampled`` at the first hard sample z^l = 1 (z^l = [logit h^l + noise > 0], the same noise the
-relaxed forward uses); both keep only the current state, x^N. Executions: ``early_exit`` (halted
-samples leave the batch; their final states are set aside, no accumulator) and ``masked`` (every
-unit on the whole batch, halted samples or positions frozen in place). Spatial PACT applies all of
-this per position with the SACT halting branch; its hard modes run masked.
+``deterministic`` halts at the first unit whose halting variable has mode 1 under q, i.e. the
+first h^l > threshold (0.5 by default). That is the mode of the factorised q(z), *not* the mode
+argmax_n q(N = n) of the halting step: for h = (0.4, 0.4) the rule runs all three units while
+q(N) = (0.4, 0.24, 0.36) peaks at N = 1. It is the rule that allows an early exit (the decision
+at unit l needs only h^1..h^l). ``sampled`` halts at the first hard sample z^l = 1
+(z^l = [logit h^l + noise > 0], the same noise the relaxed forward uses). Both keep only the
+current state, x^N. Executions: ``early_exit`` (halted samples leave the batch; their final states
+are set aside, no accumulator) and ``masked`` (every unit on the whole batch, halted samples or
+positions frozen in place).
+
+Spatial PACT applies all of this per position with the SACT halting branch; its hard modes run
+masked (a halted position keeps its value, SACT's rule). Its relaxed forward follows the same
+masked trajectory: the relaxed survival s^{l-1} is the residual mask of unit l, so at T -> 0 the
+relaxed forward is the ``sampled`` forward on the same noise.
 """
 
 from __future__ import annotations
@@ -83,7 +96,13 @@ class PACTResNet(HaltingResNet):
         out = survive = noise = None
         logits = []
         for l, unit in enumerate(units):
-            x = unit(x)
+            if l > 0 and self.spatial:
+                # Spatial: follow the hard modes' masked trajectory. The relaxed survival
+                # s^{l-1} = prod_{j<l} (1 - z~^j) gates the residual, so a position whose
+                # survival is ~0 keeps its value as a halted position does (SACT's rule).
+                x = unit(x, survive.unsqueeze(1))
+            else:
+                x = unit(x)
             if l == 0:
                 noise = self._noise(x, len(branches), generator)
                 survive = x.new_ones(x.shape[:1] + (x.shape[2:] if self.spatial else ()))
