@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from halting_helpers import calibrate_bn
 from torch import nn
 
 from harness.contract import EvalSpec, ModelSpec
@@ -56,19 +57,29 @@ def test_cpu_never_reads_cuda_statistics(monkeypatch):
     assert report.device == "cpu"
 
 
-def _model(method: str, depth: int = 14):
+def _model(method: str, depth: int = 14, **config):
     spec = get_method(method)
     torch.manual_seed(0)
-    return spec.build(ModelSpec(depth=depth), spec.config_cls()).eval()
+    return spec.build(ModelSpec(depth=depth), spec.config_cls(**config)).eval()
+
+
+def _halting_model(method: str, depth: int, images: torch.Tensor):
+    """A model whose images/positions really halt at different units: halting bias 0 and BN
+    running statistics of ``images`` (see ``halting_helpers``)."""
+    return calibrate_bn(_model(method, depth, halting_bias_init=0.0), images)
 
 
 def _peak(model, images, mode: str, execution: str):
+    return _peak_and_output(model, images, mode, execution)[0]
+
+
+def _peak_and_output(model, images, mode: str, execution: str):
     def run():
         generator = torch.Generator().manual_seed(0)
         return model(images, EvalSpec(mode, execution, generator=generator))
 
     with torch.no_grad():
-        return measure_peak_memory(run, model, images)[0]
+        return measure_peak_memory(run, model, images)
 
 
 @pytest.mark.parametrize(
@@ -84,19 +95,48 @@ def test_cpu_peak_is_identical_run_to_run(mode, execution):
 
 
 def test_deterministic_pact_needs_less_memory_than_act_and_stochastic():
-    images = torch.randn(16, 3, 32, 32)
-    pact, act = _model("pact"), _model("act")
-    deterministic = _peak(pact, images, "deterministic", "early_exit").activation_bytes
+    """ResNet-20 (3 units per block), batch 16, images that halt at different units."""
+    batch = 16
+    images = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    resnet = _model("resnet", 20)
+    with torch.no_grad():
+        vanilla = measure_peak_memory(lambda: resnet(images), resnet, images)[0].activation_bytes
+    pact, act = _halting_model("pact", 20, images), _halting_model("act", 20, images)
+    report, out = _peak_and_output(pact, images, "deterministic", "early_exit")
+    deterministic = report.activation_bytes
+    units = torch.stack(out.units_executed, 1)
+    assert (units < 3).any() and (units != units[0]).any()  # early exits really happen
     deterministic_masked = _peak(pact, images, "deterministic", "masked").activation_bytes
+    sampled = _peak(pact, images, "sampled", "early_exit").activation_bytes
     stochastic = _peak(pact, images, "stochastic", "masked").activation_bytes
-    act_early = _peak(act, images, "act", "early_exit").activation_bytes
+    act_report, act_out = _peak_and_output(act, images, "act", "early_exit")
+    act_units = torch.stack(act_out.units_executed, 1)
+    assert (act_units < 3).any() and (act_units != act_units[0]).any()
+    act_early = act_report.activation_bytes
     act_masked = _peak(act, images, "act", "masked").activation_bytes
-    state = 16 * 16 * 32 * 32 * F32  # one block-1 state of the batch
-    # ACT keeps its accumulator sum_l p^l x^l and the relaxed PACT forward its weighted sum: about
-    # one state more than the hard PACT modes, which keep only x^N (minus small halting tensors).
+    state = batch * 16 * 32 * 32 * F32  # one block-1 state of the batch
+    # The hard PACT modes keep only x^N: the vanilla network's peak plus per-sample bookkeeping
+    # (halting logits, indices, N). ACT keeps its accumulator sum_l p^l x^l and the relaxed PACT
+    # forward its weighted sum: about one state more.
+    assert vanilla <= deterministic <= vanilla + 64 * batch
+    assert sampled <= vanilla + 64 * batch
     assert deterministic + state // 2 < act_early
     assert deterministic + state // 2 < stochastic
     assert deterministic_masked < act_masked
+
+
+def test_spatial_deterministic_pact_needs_less_memory_than_sact():
+    """Masked spatial executions of ResNet-20 with positions halting at different units."""
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    spatial, sact = _halting_model("spatial_pact", 20, images), _halting_model("sact", 20, images)
+    report, out = _peak_and_output(spatial, images, "deterministic", "masked")
+    assert all(u.min() < 3 and u.min() < u.max() for u in out.units_executed)
+    sact_report, sact_out = _peak_and_output(sact, images, "act", "masked")
+    assert all(u.min() < 3 and u.min() < u.max() for u in sact_out.units_executed)
+    stochastic = _peak(spatial, images, "stochastic", "masked").activation_bytes
+    state = 8 * 16 * 32 * 32 * F32
+    assert report.activation_bytes + state // 2 < sact_report.activation_bytes
+    assert report.activation_bytes + state // 2 < stochastic
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -111,12 +151,16 @@ def test_cuda_peak_from_allocator():
 
 
 def test_resnet110_batch128_memory_table():
-    """The memory claim at full size: CIFAR ResNet-110, batch 128, CPU (exact bytes)."""
-    images = torch.randn(128, 3, 32, 32)
-    resnet, act, pact = _model("resnet", 110), _model("act", 110), _model("pact", 110)
+    """The memory claim at full size: CIFAR ResNet-110, batch 128, CPU (exact bytes), with
+    images that halt at different units."""
+    images = torch.randn(128, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    resnet = _model("resnet", 110)
+    act, pact = _halting_model("act", 110, images), _halting_model("pact", 110, images)
     with torch.no_grad():
         vanilla = measure_peak_memory(lambda: resnet(images), resnet, images)[0]
-    deterministic = _peak(pact, images, "deterministic", "early_exit")
+    deterministic, out = _peak_and_output(pact, images, "deterministic", "early_exit")
+    units = torch.stack(out.units_executed, 1)
+    assert (units < 18).any() and (units != units[0]).any()
     table = {
         "act": _peak(act, images, "act", "early_exit"),
         "stochastic": _peak(pact, images, "stochastic", "masked"),
@@ -127,3 +171,4 @@ def test_resnet110_batch128_memory_table():
     assert deterministic.peak_bytes < table["stochastic"].peak_bytes
     assert table["sampled"].peak_bytes < table["stochastic"].peak_bytes
     assert vanilla.activation_bytes <= deterministic.activation_bytes
+    assert deterministic.activation_bytes <= vanilla.activation_bytes + 64 * 128
