@@ -110,7 +110,7 @@ class ResNetBackbone(nn.Module):
         head: final state -> logits (includes any final BN/activation, pooling, classifier).
         block_channels: output channels of each block.
         num_classes, dataset, variant, depth: what :func:`baselines.build_backbone` was given.
-        halting: how halting branches attached to this backbone are built
+        halting_conventions: how halting branches attached to this backbone are built
             (:class:`HaltingConventions`).
     """
 
@@ -124,10 +124,10 @@ class ResNetBackbone(nn.Module):
         dataset: str,
         variant: str,
         depth: int,
-        halting: HaltingConventions = TORCH_HALTING,
+        halting_conventions: HaltingConventions = TORCH_HALTING,
     ):
         super().__init__()
-        self.halting = halting
+        self.halting_conventions = halting_conventions
         self.stem = stem
         self.blocks = nn.ModuleList(nn.ModuleList(units) for units in blocks)
         self.head = head

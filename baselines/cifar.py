@@ -106,7 +106,7 @@ def build_cifar_resnet(
         dataset="cifar10",
         variant=variant,
         depth=depth,
-        halting=SACT_CIFAR_HALTING if variant == "sact" else TORCH_HALTING,
+        halting_conventions=SACT_CIFAR_HALTING if variant == "sact" else TORCH_HALTING,
     )
     if variant == "sact":
         init_tf_variance_scaling(model)

@@ -106,7 +106,7 @@ def build_imagenet_resnet(depth: int, variant: str, num_classes: int) -> ResNetB
         dataset="imagenet",
         variant=variant,
         depth=depth,
-        halting=SACT_IMAGENET_HALTING if variant == "sact" else TORCH_HALTING,
+        halting_conventions=SACT_IMAGENET_HALTING if variant == "sact" else TORCH_HALTING,
     )
     if variant == "sact":
         init_tf_variance_scaling(model)

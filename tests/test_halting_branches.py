@@ -122,7 +122,7 @@ def test_methods_take_the_conventions_from_the_backbone(method, variant, name) -
     conventions, eps, momentum, slope, _ = CONVENTIONS[name]
     spec = get_method(method)
     model = spec.build(ModelSpec("cifar10", 14, variant), spec.config_cls())
-    assert model.backbone.halting == conventions
+    assert model.backbone.halting_conventions == conventions
     for branches in model.halting_branches():
         for branch in branches:
             acts = [m for m in branch.modules() if isinstance(m, nn.LeakyReLU)]
@@ -133,7 +133,7 @@ def test_methods_take_the_conventions_from_the_backbone(method, variant, name) -
 
 def test_backbones_name_their_halting_conventions() -> None:
     with torch.device("meta"):
-        assert build_backbone("cifar10", 8, "sact").halting == SACT_CIFAR_HALTING
-        assert build_backbone("cifar10", 8, "he").halting == TORCH_HALTING
-        assert build_backbone("imagenet", 50, "sact").halting == SACT_IMAGENET_HALTING
-        assert build_backbone("imagenet", 50, "torchvision").halting == TORCH_HALTING
+        assert build_backbone("cifar10", 8, "sact").halting_conventions == SACT_CIFAR_HALTING
+        assert build_backbone("cifar10", 8, "he").halting_conventions == TORCH_HALTING
+        assert build_backbone("imagenet", 50, "sact").halting_conventions == SACT_IMAGENET_HALTING
+        assert build_backbone("imagenet", 50, "torchvision").halting_conventions == TORCH_HALTING

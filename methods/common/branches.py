@@ -5,9 +5,9 @@ logits keeps PACT's Concrete relaxation and thresholds numerically exact.
 
 The SACT code builds the branches inside the backbone's TF-slim arg scope, so their batch norm
 (decay, epsilon), the activation after it and the weight init are the backbone's: the backbone
-supplies them as :class:`baselines.HaltingConventions` (``backbone.halting``). For the ``sact``
-CIFAR model that is BN (decay 0.9, eps 1e-3) -> leaky ReLU 0.1 -> conv/linear with TF
-variance-scaling init; for the ``sact`` ImageNet model BN (decay 0.997, eps 1e-5) with no
+supplies them as :class:`baselines.HaltingConventions` (``backbone.halting_conventions``). For
+the ``sact`` CIFAR model that is BN (decay 0.9, eps 1e-3) -> leaky ReLU 0.1 -> conv/linear with
+TF variance-scaling init; for the ``sact`` ImageNet model BN (decay 0.997, eps 1e-5) with no
 activation; for ``he``/``torchvision`` PyTorch's BN and init defaults and no activation.
 """
 

@@ -72,7 +72,7 @@ class HaltingResNet(AdaptiveModel):
         # The backbone says how its halting branches are normalised and initialised (the SACT
         # code builds them inside the model's arg scope); a backbone that does not say gets
         # PyTorch's defaults.
-        conventions = getattr(backbone, "halting", TORCH_HALTING)
+        conventions = getattr(backbone, "halting_conventions", TORCH_HALTING)
         self.halting = nn.ModuleList(
             nn.ModuleList(
                 branch_cls(channels, bias_init, conventions) for _ in range(len(block) - 1)
