@@ -352,3 +352,17 @@ def test_deterministic_is_first_z_mode_one_not_the_mode_of_q_of_n(h, rule_n, mod
         assert result.state.flatten().tolist() == [float(rule_n)] * 2
     q = halting_distribution(torch.tensor([h], dtype=torch.float64))
     assert int(q.argmax(1)) + 1 == mode_n
+
+
+def test_spatial_training_forward_backpropagates_through_the_masked_trajectory():
+    torch.manual_seed(2)
+    model = build_spatial_pact(ModelSpec("cifar10", 20, "sact"), PACTConfig(lambda_=0.1))
+    model.train()
+    out = model(images(batch=4))
+    loss = model.loss(out, torch.randint(0, 10, (4,)))["loss"]
+    loss.backward()
+    assert math.isfinite(loss.item())
+    for branches in model.halting_branches():
+        for branch in branches:
+            assert branch.local_conv.weight.grad.abs().sum() > 0
+            assert branch.global_fc.weight.grad.abs().sum() > 0
