@@ -7,7 +7,7 @@ DATA_ROOT ?= $(or $(PACT_DATA_ROOT),data/cifar10)
 PRESET ?= cpu-mini
 DOWNLOAD ?= 0
 
-.PHONY: run test lint format install clean-venv
+.PHONY: run test test-fast lint format install clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,18 @@ run: $(BIN)/.installed
 	$(BIN)/pact-harness grid --preset $(PRESET) --data-root $(DATA_ROOT) \
 		$(if $(filter 1,$(DOWNLOAD)),--download,) --resume
 
-test: $(BIN)/.installed
-	$(BIN)/ruff check .
+# The full suite (CI runs it): lint, format check, the import layers, every test.
+test: lint
 	$(BIN)/pytest -q
+
+# The edit loop: lint and the tests not marked slow or ray (a minute or two).
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow and not ray"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format .

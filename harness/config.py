@@ -21,13 +21,28 @@ from typing import Any
 
 import yaml
 
-from harness.contract import ModelSpec
-from harness.errors import ConfigError
+from harness.contract import EXECUTIONS, ModelSpec
+from harness.errors import ConfigError, check_choice
 
 DATASETS = ("cifar10", "imagenet")
 DATA_FORMATS = ("auto", "torchvision", "npz", "imagefolder")
 NORMALIZATIONS = ("per_channel", "per_image")
 DEVICES = ("auto", "cpu", "cuda")
+PROGRESS = ("auto", "on", "off")
+#: ``eval.execution``: ``auto`` (each mode's fastest exact execution) or a named one.
+EVAL_EXECUTIONS = ("auto", *EXECUTIONS)
+
+#: Config fields that do not change what is trained or measured, so a run (or a study) may
+#: resume with other values: where the data lives and how it is fed, the device, progress bars.
+#: ``eval`` is left out of a *run's* identity too (see :func:`config_identity`): a finished run
+#: is re-evaluated with other eval settings rather than refused.
+RUNTIME_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("data", "root"),
+    ("data", "num_workers"),
+    ("data", "download"),
+    ("device",),
+    ("progress",),
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,10 @@ class DataConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     subset_seed: int = 0
+    # A class-balanced validation split carved from the training set (chosen by val_seed
+    # before train_subset picks from the rest); evaluated every epoch and at the end.
+    val_subset: int | None = None
+    val_seed: int = 0
     augment: bool = True
     normalization: str = "per_channel"
     crop_padding: int = 4  # pad-and-crop augmentation; the SACT code pads 32 -> 36 (2)
@@ -63,7 +82,7 @@ class OptimConfig:
     lr_drops: tuple[float, ...] = (0.6, 0.75, 0.9)
     lr_decay: float = 0.1
     nesterov: bool = False
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # of the task loss (the SACT ImageNet recipe uses 0.1)
 
 
 @dataclass(frozen=True)
@@ -92,11 +111,15 @@ class RunConfig:
     device: str = "auto"
     channels_last: bool = False
     progress: str = "auto"  # auto: bars only on a terminal; "on"/"off"
-    test_crash_at_epoch: int | None = None  # test-only: raise once after this epoch (fault tests)
+
+
+def config_key(field_name: str) -> str:
+    """The key of a dataclass field in files and flags: ``lambda_`` is written ``lambda``."""
+    return field_name.rstrip("_")
 
 
 def _key(f: dataclasses.Field) -> str:
-    return f.name.rstrip("_")
+    return config_key(f.name)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -238,34 +261,33 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file; a clear error if it is missing or not a mapping."""
+def load_yaml(path: str | Path, what: str = "--config", error: type = ConfigError) -> dict:
+    """Read a YAML mapping with ``safe_load`` (the one YAML reader of the harness).
+
+    ``what`` names the file's role in the message (``--config``, ``preset``, ``study.yaml``);
+    ``error`` is the exception raised for a missing, unreadable or non-mapping file.
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
-        raise ConfigError(f"--config: cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--config: {path} is not valid YAML: {err}") from None
+        raise error(f"{what}: cannot read {path}: {err.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise error(f"{what}: {path} is not valid YAML: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"--config: {path} must hold a mapping of config keys")
+        raise error(f"{what}: {path} must hold a mapping of keys")
     return dict(data)
-
-
-def _check_choice(value: Any, allowed: tuple, name: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not allowed; allowed values: {', '.join(allowed)}")
 
 
 def validate_run_config(cfg: RunConfig) -> None:
     """Method-independent range checks; raise ``ConfigError`` naming the field."""
-    _check_choice(cfg.model.dataset, DATASETS, "model.dataset")
-    _check_choice(cfg.data.format, DATA_FORMATS, "data.format")
-    _check_choice(cfg.data.normalization, NORMALIZATIONS, "data.normalization")
-    _check_choice(cfg.device, DEVICES, "device")
-    _check_choice(cfg.progress, ("auto", "on", "off"), "progress")
+    check_choice("model.dataset", cfg.model.dataset, DATASETS)
+    check_choice("data.format", cfg.data.format, DATA_FORMATS)
+    check_choice("data.normalization", cfg.data.normalization, NORMALIZATIONS)
+    check_choice("device", cfg.device, DEVICES)
+    check_choice("progress", cfg.progress, PROGRESS)
     positive = {
         "optim.epochs": cfg.optim.epochs,
         "optim.batch_size": cfg.optim.batch_size,
@@ -289,12 +311,99 @@ def validate_run_config(cfg: RunConfig) -> None:
         )
     if cfg.data.crop_padding < 0:
         raise ConfigError(f"data.crop_padding={cfg.data.crop_padding} must be >= 0")
-    for name in ("train_subset", "test_subset"):
+    for name in ("train_subset", "test_subset", "val_subset"):
         value = getattr(cfg.data, name)
         if value is not None and value < 1:
             raise ConfigError(f"data.{name}={value} must be a positive integer (or unset)")
     if any(not 0 < t < 1 for t in cfg.eval.thresholds) or not cfg.eval.thresholds:
         raise ConfigError(f"eval.thresholds={list(cfg.eval.thresholds)} must be values in (0, 1)")
-    _check_choice(
-        cfg.eval.execution, ("auto", "masked", "early_exit", "gathered"), "eval.execution"
-    )
+    check_choice("eval.execution", cfg.eval.execution, EVAL_EXECUTIONS)
+    if not 0.0 <= cfg.optim.label_smoothing < 1.0:
+        raise ConfigError(f"optim.label_smoothing={cfg.optim.label_smoothing} must be in [0, 1)")
+
+
+# ------------------------------------------------------------------------------ identity
+def config_identity(config: RunConfig | Mapping[str, Any], keep_eval: bool = False) -> dict:
+    """The part of a config that determines what is trained (and, with ``keep_eval``, what is
+    measured): the config tree without :data:`RUNTIME_FIELDS` (and without ``eval``)."""
+    tree = to_dict(config) if dataclasses.is_dataclass(config) else to_dict(dict(config))
+    paths = RUNTIME_FIELDS if keep_eval else (*RUNTIME_FIELDS, ("eval",))
+    for path in paths:
+        node = tree
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return tree
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}`` (lists stay values)."""
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def config_diff(old: Any, new: Any, labels: tuple[str, str] = ("stored", "now")) -> list[str]:
+    """``key: old (stored) != new (now)`` for every dotted key whose values differ."""
+    a, b = flatten(old), flatten(new)
+    return [
+        f"{key}: {a.get(key)!r} ({labels[0]}) != {b.get(key)!r} ({labels[1]})"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]
+
+
+# ------------------------------------------------------------------- configs from flags
+def method_name_as_key(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``method: act`` -> ``method: {name: act}``: a plain name would otherwise be replaced by
+    (or refuse to merge with) a later layer's ``method.tau``."""
+    tree = dict(tree)
+    if isinstance(tree.get("method"), str):
+        tree["method"] = {"name": tree["method"]}
+    return tree
+
+
+def _set_pairs(pairs: list[str]) -> list[str]:
+    """``--set method=act`` -> ``--set method.name=act`` (see :func:`method_name_as_key`)."""
+    return [
+        "method.name=" + pair.split("=", 1)[1]
+        if "=" in pair and pair.split("=", 1)[0].strip() == "method"
+        else pair
+        for pair in pairs
+    ]
+
+
+def run_config_from_tree(tree: Mapping[str, Any]) -> RunConfig:
+    """Accept ``method: {name: act, tau: ...}`` (from dotted keys) as the method's section."""
+    tree = dict(tree)
+    method = tree.get("method")
+    if isinstance(method, Mapping):
+        method = dict(method)
+        name = method.pop("name", None)
+        tree["method_config"] = deep_merge(tree.get("method_config", {}), method)
+        if name is not None:
+            tree["method"] = name
+        else:
+            tree.pop("method")
+    return from_dict(RunConfig, tree)
+
+
+def build_run_config(
+    flags: Mapping[str, Any],
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Defaults < ``config_file`` < ``flags`` (dotted key -> value; None: not given) <
+    ``overrides`` (``--set key=value`` pairs)."""
+    tree: dict[str, Any] = method_name_as_key(load_yaml(config_file)) if config_file else {}
+    given: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is not None:
+            set_dotted(given, key, value)
+    tree = deep_merge(tree, given)
+    tree = deep_merge(tree, parse_overrides(_set_pairs(list(overrides or []))))
+    return run_config_from_tree(tree)

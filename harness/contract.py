@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from harness.errors import ConfigError, check_choice
+
 #: Executions of a deterministic evaluation. ``masked`` runs every unit on the whole batch and
 #: masks (the reference); ``early_exit`` removes halted samples from the batch as it goes;
 #: ``gathered`` runs only active positions (spatial methods).
@@ -81,12 +83,16 @@ class AdaptiveModel(nn.Module, ABC):
     def forward(self, images: torch.Tensor, spec: EvalSpec | None = None) -> ModelOutput:
         """Run the network; ``spec=None`` is the training forward pass."""
 
-    def loss(self, output: ModelOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(
+        self, output: ModelOutput, targets: torch.Tensor, label_smoothing: float = 0.0
+    ) -> dict[str, torch.Tensor]:
         """Return the training objective as a dict; ``loss`` (scalar) is required.
 
-        The default is cross-entropy plus every auxiliary loss; other entries are for logging.
+        The default is cross-entropy (with ``label_smoothing``, the run's
+        ``optim.label_smoothing``) plus every auxiliary loss; other entries are for logging.
         """
-        terms = {"task_loss": nn.functional.cross_entropy(output.logits, targets)}
+        task = nn.functional.cross_entropy(output.logits, targets, label_smoothing=label_smoothing)
+        terms = {"task_loss": task}
         terms.update(output.aux_losses)
         terms["loss"] = sum(terms.values())
         return terms
@@ -106,6 +112,17 @@ class AdaptiveModel(nn.Module, ABC):
     def finetune_skip_prefixes(self) -> tuple[str, ...]:
         """State-dict key prefixes left fresh when initialising from a vanilla checkpoint."""
         return ()
+
+
+def check_eval_spec(model: AdaptiveModel, spec: EvalSpec) -> None:
+    """Refuse a mode the model lacks, an execution the mode does not offer, a bad threshold."""
+    name = type(model).__name__
+    check_choice(f"eval mode ({name})", spec.mode, model.eval_modes)
+    check_choice(
+        f"execution of mode {spec.mode!r}", spec.execution, model.executions_for(spec.mode)
+    )
+    if not 0.0 < spec.threshold < 1.0:
+        raise ConfigError(f"threshold={spec.threshold} must be in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Errors the harness raises for bad input.
+"""Errors the harness raises for bad input, and the one helper that checks a closed choice.
 
 Every error here is meant to reach the user as one line: the CLI prints ``str(err)`` and exits
 non-zero, before any run directory is written. Name the offending field and the allowed values.
@@ -19,3 +19,10 @@ class DataError(HarnessError):
 
 class CheckpointError(HarnessError):
     """A checkpoint is missing, unreadable or belongs to another configuration."""
+
+
+def check_choice(name: str, value: object, allowed: tuple | list) -> None:
+    """Raise ``ConfigError`` unless ``value`` is one of ``allowed`` (the one wording for it)."""
+    if value not in allowed:
+        shown = ", ".join(str(a) for a in allowed)
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed values: {shown}")

@@ -12,17 +12,20 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
 from harness.config import EvalConfig
-from harness.contract import AdaptiveModel, EvalSpec, ModelOutput
-from harness.errors import ConfigError
+from harness.contract import EXECUTIONS, AdaptiveModel, EvalSpec, ModelOutput
+from harness.errors import ConfigError, check_choice
 from harness.progress import progress_bar
+from harness.stats import per_image_mean, sample_std
+from harness.store import atomic_write_bytes
 
 
 class FlopCounter(Protocol):
@@ -47,12 +50,6 @@ class PassStats:
     flops: torch.Tensor | None  # [N]
     flops_per_block: torch.Tensor | None  # [N, blocks]
     ponder_map: torch.Tensor | None = None  # [M, H_in, W_in], spatial methods, first M images
-
-
-def per_image_mean(value: torch.Tensor) -> torch.Tensor:
-    """Reduce a per-sample ``[B]`` or per-position ``[B, H, W]`` tensor to ``[B]`` (float64)."""
-    value = value.detach().to(torch.float64)
-    return value.flatten(1).mean(1) if value.dim() > 1 else value
 
 
 def _stack_blocks(values: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
@@ -108,13 +105,6 @@ def evaluate(
     return PassStats(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 
 
-def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def summarize(passes: list[PassStats], vanilla_flops: float | None) -> dict[str, Any]:
     """Result-row fields from one or more repeats of the same evaluation."""
     accuracies = [p.correct.double().mean().item() for p in passes]
@@ -124,7 +114,7 @@ def summarize(passes: list[PassStats], vanilla_flops: float | None) -> dict[str,
         "num_images": int(passes[0].correct.numel()),
         "repeats": len(passes),
         "accuracy": sum(accuracies) / len(accuracies),
-        "accuracy_std": _std(accuracies),
+        "accuracy_std": sample_std(accuracies),
         "loss": sum(p.loss.double().mean().item() for p in passes) / len(passes),
         "units_executed_mean": units.sum(1).mean().item() if units.numel() else math.nan,
         "units_executed_std": units.sum(1).std().item() if units.shape[0] > 1 else 0.0,
@@ -142,30 +132,59 @@ def summarize(passes: list[PassStats], vanilla_flops: float | None) -> dict[str,
     return row
 
 
-def plan_evaluations(model: AdaptiveModel, cfg: EvalConfig) -> list[EvalSpec]:
-    """Expand the eval config into specs (one per mode x threshold), checking names up front."""
-    modes = cfg.modes or model.eval_modes
-    unknown = [m for m in modes if m not in model.eval_modes]
-    if unknown:
-        raise ConfigError(
-            f"eval.modes: unknown mode {unknown[0]!r} for {type(model).__name__}; "
-            f"allowed values: {', '.join(model.eval_modes)}"
-        )
+#: The names of the planning inputs in messages: config keys (train) or flags (profile).
+EVAL_FIELDS = {
+    "modes": "eval.modes",
+    "execution": "eval.execution",
+    "thresholds": "eval.thresholds",
+}
+
+
+def plan_specs(
+    model: AdaptiveModel,
+    modes: Sequence[str] = (),
+    executions: str | Sequence[str] = "auto",
+    thresholds: Sequence[float] = (0.5,),
+    fields: Mapping[str, str] = EVAL_FIELDS,
+) -> list[EvalSpec]:
+    """One spec per (mode, execution, threshold), checking every name up front.
+
+    ``modes`` empty means every mode of the model. ``executions`` is ``auto`` (each mode's
+    fastest exact execution), ``all`` (every execution the mode offers) or names (per mode, the
+    listed ones it offers). Thresholds apply to the model's threshold modes. ``fields`` names the
+    inputs in error messages.
+    """
+    name = type(model).__name__
+    modes = tuple(modes) or model.eval_modes
+    for mode in modes:
+        check_choice(f"{fields['modes']} ({name})", mode, model.eval_modes)
+    executions = (executions,) if isinstance(executions, str) else tuple(executions)
+    for execution in executions:
+        check_choice(fields["execution"], execution, ("auto", "all", *EXECUTIONS))
+    if not thresholds or any(not 0.0 < t < 1.0 for t in thresholds):
+        raise ConfigError(f"{fields['thresholds']}={list(thresholds)} must be values in (0, 1)")
     specs = []
     for mode in modes:
         offered = model.executions_for(mode)
-        if cfg.execution == "auto":
-            execution = offered[0]
-        elif cfg.execution in offered:
-            execution = cfg.execution
+        if "all" in executions:
+            chosen = offered
+        elif "auto" in executions:
+            chosen = offered[:1]
         else:
-            raise ConfigError(
-                f"eval.execution={cfg.execution!r} is not offered for mode {mode!r}; "
-                f"allowed values: auto, {', '.join(offered)}"
-            )
-        thresholds = cfg.thresholds if mode in model.threshold_modes else (0.5,)
-        specs.extend(EvalSpec(mode, execution, threshold=t) for t in thresholds)
+            chosen = tuple(e for e in offered if e in executions)
+            if not chosen:
+                raise ConfigError(
+                    f"{fields['execution']}: none of {', '.join(executions)} is offered for "
+                    f"mode {mode!r} of {name}; allowed values: auto, {', '.join(offered)}"
+                )
+        mode_thresholds = thresholds if mode in model.threshold_modes else (0.5,)
+        specs.extend(EvalSpec(mode, e, t) for e in chosen for t in mode_thresholds)
     return specs
+
+
+def plan_evaluations(model: AdaptiveModel, cfg: EvalConfig) -> list[EvalSpec]:
+    """The specs of a run's evaluation config (one execution per mode x threshold)."""
+    return plan_specs(model, cfg.modes, cfg.execution, cfg.thresholds)
 
 
 def evaluate_modes(
@@ -228,10 +247,6 @@ def write_per_image(stats: PassStats, mode: str, path) -> None:
     Arrays: ``units`` and ``ponder`` ``[N, blocks]`` (spatial: mean over positions), ``correct``
     ``[N]``, ``eval_mode``, and for spatial methods ``ponder_map`` ``[M, H, W]``.
     """
-    import numpy as np
-
-    from harness.store import atomic_write_bytes
-
     arrays = {
         name: getattr(stats, name).numpy()
         for name in ("units", "ponder", "correct", "ponder_map")
@@ -241,15 +256,3 @@ def write_per_image(stats: PassStats, mode: str, path) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def export_per_image(
-    model: AdaptiveModel,
-    loader: Iterable,
-    spec: EvalSpec,
-    device: torch.device,
-    path,
-    max_maps: int = PER_IMAGE_MAPS,
-) -> None:
-    """One evaluation pass with ``spec``, saved per image (:func:`write_per_image`)."""
-    write_per_image(evaluate(model, loader, spec, device, max_maps=max_maps), spec.mode, path)

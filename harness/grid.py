@@ -2,7 +2,8 @@
 
 :mod:`harness.study` plans, checks and records a study (its folder layout, its tables, the
 outcome) without Ray; this module runs the trials on Ray Tune: the trial trainable, the Ray
-session and cluster checks, the progress callback, the launch, the driver and the CLI.
+session and cluster checks, the progress callback, the launch and the driver
+(:func:`run_grid`); ``harness.cli.grid`` is its command line.
 
 Fault tolerance has two layers. Within a launch, every epoch ends with ``tune.report`` and a
 Tune checkpoint of the run directory; a failed trial is retried ``max_failures`` times
@@ -19,25 +20,23 @@ This is the only module that imports ray; it does so lazily, so the CLI stays fa
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from harness import store
 from harness.errors import ConfigError, HarnessError
-from harness.presets import Trial, list_presets
+from harness.presets import Trial
 from harness.study import (
-    DEFAULT_PRESET,
     RAY_DIR,
     STUDY_FILE,
     TRIALS_DIR,
@@ -54,7 +53,10 @@ from harness.study import (
     study_lock,
     study_record,
 )
+from harness.train import run_trial
 
+#: Environment variables with this prefix are passed on to every trial.
+FORWARDED_ENV_PREFIX = "PACT_HARNESS_"
 #: Environment defaults that keep Ray's output readable (a user's own values win).
 RAY_ENV_DEFAULTS = {
     # Reporting every epoch with a checkpoint otherwise triggers "Experiment state snapshotting
@@ -84,10 +86,7 @@ def grid_trial(
 ) -> None:
     """The Tune function trainable: one trial, reporting every epoch with a checkpoint."""
     import ray
-    import torch
     from ray import tune
-
-    from harness.train import run_trial
 
     trial = trials[config["trial"]]
     run_dir = Path(study_dir) / TRIALS_DIR / trial.name
@@ -177,6 +176,11 @@ def ray_session(address: str | None, verbose: bool = False) -> Iterator[str]:
     kwargs: dict[str, Any] = dict(
         log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING
     )
+    # The harness's own environment variables (``PACT_HARNESS_*``, e.g. the fault-injection
+    # switch of harness.train) reach the trials: Ray workers do not inherit the driver's.
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
+    if forwarded:
+        kwargs["runtime_env"] = {"env_vars": forwarded}
     if address:
         _check_reachable(address)
         try:
@@ -430,79 +434,3 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
         else:
             print(f"study {study.preset.name}: all {len(study.trials)} trials finished before")
         return conclude_study(study, records, time.monotonic() - tic)
-
-
-# ---------------------------------------------------------------------------------------- CLI
-
-
-def cmd_grid(args: argparse.Namespace) -> int:
-    """``pact-harness grid``: 0 when every trial finished, 1 on failed trials, 130 when
-    interrupted (resume with ``--resume``)."""
-    if args.list_presets:
-        for name, description in list_presets().items():
-            print(f"{name:<16} {description}")
-        return 0
-    options = GridOptions(
-        preset=args.preset,
-        overrides=args.set or [],
-        out=args.out,
-        data_root=args.data_root,
-        address=args.address,
-        resume=args.resume,
-        download=args.download,
-        dry_run=args.dry_run,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent,
-        max_failures=args.max_failures,
-        verbose=args.verbose,
-        argv=list(getattr(args, "argv", None) or sys.argv),
-    )
-    outcome = run_grid(options)
-    if outcome is None:
-        return 0
-    if outcome.failed:
-        return 1
-    return 130 if outcome.unfinished else 0
-
-
-def add_parser(sub) -> None:
-    """Add the ``grid`` subcommand."""
-    p = sub.add_parser(
-        "grid",
-        help="run a study (methods x time penalty x depth x seed) on Ray Tune",
-        description="Run a preset's grid of trials on Ray Tune, locally or on a cluster. "
-        "Interrupted studies continue with --resume.",
-    )
-    p.add_argument(
-        "--preset",
-        default=DEFAULT_PRESET,
-        help=f"preset name (see --list-presets) or a preset .yaml path (default {DEFAULT_PRESET})",
-    )
-    p.add_argument("--list-presets", action="store_true", help="list shipped presets and exit")
-    p.add_argument("--address", help="join an existing Ray cluster (host:port or auto)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the study in --out (finished trials are kept); starts it if --out is new",
-    )
-    p.add_argument("--data-root", help="dataset folder (else the preset's, else $PACT_DATA_ROOT)")
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="fetch CIFAR-10 into --data-root first if no dataset is there (needs network)",
-    )
-    p.add_argument("--out", help="study folder (default runs/grid/<preset>)")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a config key of every trial (optim.epochs=1) or a preset key "
-        "(seeds=[0,1], methods.act.tau=[0.01], methods.pact=null)",
-    )
-    p.add_argument("--dry-run", action="store_true", help="print the trials and exit")
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (fractions allowed)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions allowed)")
-    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
-    p.add_argument("--max-failures", type=int, help="retries of a failed trial")
-    p.set_defaults(func=cmd_grid)

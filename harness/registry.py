@@ -22,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 from importlib.metadata import entry_points
 
+from harness.config import config_key
 from harness.contract import MethodSpec
 from harness.errors import ConfigError
 
@@ -79,3 +80,8 @@ def get_method(name: str) -> MethodSpec:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "(none)"
         raise ConfigError(f"unknown method {name!r}; registered methods: {known}") from None
+
+
+def time_penalty_key(spec: MethodSpec) -> str | None:
+    """The config key (as in files and flags) of the method's time penalty; None if vanilla."""
+    return config_key(spec.time_penalty_field) if spec.time_penalty_field else None

@@ -17,7 +17,6 @@ Every table carries the FLOP convention of :mod:`harness.costs.flops`.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,6 +41,15 @@ GROUP_KEYS = [
     "execution",
     "split",
 ]
+
+
+def is_vanilla(frame: pd.DataFrame) -> pd.Series:
+    """Rows of non-adaptive methods: their method declares no time penalty (the harness names
+    no method; a plug-in's plain backbone is vanilla by the same rule)."""
+    names = (
+        frame["time_penalty_name"] if "time_penalty_name" in frame else pd.Series("", frame.index)
+    )
+    return names.isna() | (names.astype(str).str.strip() == "")
 
 
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
@@ -153,7 +161,7 @@ def plot_accuracy_vs_flops(table: pd.DataFrame, out: Path) -> list[Path]:
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     data = table[table["split"] == "test"] if "split" in table else table
-    vanilla_all = data[data["method"] == "resnet"]
+    vanilla_all = data[is_vanilla(data)]
     budget = [k for k in ("num_train", "epochs") if k in data]
     if vanilla_all.empty:
         groups = []
@@ -183,7 +191,7 @@ def plot_accuracy_vs_flops(table: pd.DataFrame, out: Path) -> list[Path]:
                 xytext=(4, -10),
                 fontsize=7,
             )
-    adaptive = data[data["method"] != "resnet"]
+    adaptive = data[~is_vanilla(data)]
     palette = sns.color_palette("tab10")
     for i, ((method, mode, depth), group) in enumerate(
         adaptive.groupby(["method", "eval_mode", "depth"], sort=True)
@@ -248,6 +256,10 @@ def load_per_image(paths: Iterable[str | Path]) -> list[tuple[str, dict]]:
     for file in dict.fromkeys(found):
         summary_file = file.parent / SUMMARY_FILE
         record = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        results_file = file.parent / RESULTS_FILE
+        if "time_penalty_name" not in record and results_file.exists():
+            first = pd.read_csv(results_file, nrows=1, keep_default_na=False)
+            record.update({k: v for k, v in first.iloc[0].items() if k not in record})
         arrays = dict(np.load(file))
         penalty = record.get("time_penalty_name")
         label = f"{record.get('method', file.parent.name)} d{record.get('depth', '?')}"
@@ -256,13 +268,14 @@ def load_per_image(paths: Iterable[str | Path]) -> list[tuple[str, dict]]:
         label += f" ({arrays['eval_mode']})"
         if record.get("num_train") is not None:
             label += f", {record['num_train']} imgs"
+        arrays["adaptive"] = bool(penalty)
         runs.append((label, arrays))
     return runs
 
 
 def plot_units_histogram(runs: list[tuple[str, dict]], out: Path) -> list[Path]:
     """Histogram over test images of the units executed (summed over blocks) per run."""
-    adaptive = [(label, a) for label, a in runs if a["units"].size and "resnet" not in label]
+    adaptive = [(label, a) for label, a in runs if a["units"].size and a["adaptive"]]
     if not adaptive:
         return []
     import matplotlib
@@ -342,18 +355,3 @@ def make_report(inputs: list[str | Path], out: str | Path) -> list[Path]:
     written += plot_units_histogram(runs, out)
     written += plot_ponder_maps(runs, out)
     return written
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """CLI: ``pact-harness report INPUT... --out DIR``."""
-    for path in make_report(args.inputs, args.out):
-        print(path)
-    return 0
-
-
-def add_parser(sub) -> None:
-    """Register the ``report`` subcommand."""
-    p = sub.add_parser("report", help="tables and figures from results.csv files")
-    p.add_argument("inputs", nargs="+", help="results.csv files, run or study directories")
-    p.add_argument("--out", default="report", help="output folder (default: ./report)")
-    p.set_defaults(func=cmd_report)

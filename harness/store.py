@@ -33,6 +33,8 @@ from typing import Any, BinaryIO
 
 import torch
 
+from harness.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
@@ -113,6 +115,19 @@ def _atomic_binary(path: str | Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable_file(path: str | Path, flag: str) -> None:
+    """Before any work: ``path`` must be a file (or not yet exist) in a writable directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file path")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: the directory {existing} is not writable")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

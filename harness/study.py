@@ -31,12 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import pandas as pd
+import torch
 
 from harness import store
-from harness.config import parse_overrides, set_dotted
-from harness.errors import ConfigError, HarnessError
+from harness.config import config_diff, config_identity, load_yaml, parse_overrides, set_dotted
+from harness.data import detect_format, load_torchvision_cifar10, resolve_data_root
+from harness.errors import ConfigError, DataError, HarnessError
+from harness.evaluate import plan_evaluations
 from harness.presets import PRESET_DIR, Preset, Trial, expand, load_preset
+from harness.registry import get_method
+from harness.runs import build_model, init_from_run, trial_columns
 
 STUDY_FILE = "study.yaml"
 TRIALS_DIR = "trials"
@@ -44,15 +49,6 @@ TRIALS_TABLE = "trials.csv"
 RAY_DIR = "ray"
 LOCK_FILE = ".lock"
 DEFAULT_PRESET = "cpu-mini"
-#: Config fields that do not change what a trial computes: a study may resume with other values.
-RUNTIME_FIELDS = (
-    ("data", "root"),
-    ("data", "num_workers"),
-    ("data", "download"),
-    ("device",),
-    ("progress",),
-    ("test_crash_at_epoch",),
-)
 #: Run-directory files mirrored into every Tune checkpoint (the checkpoint itself last).
 CHECKPOINTED_FILES = (
     store.CONFIG_FILE,
@@ -167,8 +163,6 @@ def plan_study(options: GridOptions) -> Study:
 def _data_root(base: Mapping[str, Any], data_root: str | None, download: bool) -> str:
     """The data root (flag, else the preset's, else $PACT_DATA_ROOT) as an absolute path, checked
     now: trials run in Ray workers, whose working directory and environment are not the user's."""
-    from harness.data import detect_format, resolve_data_root
-
     root = resolve_data_root(data_root or (base.get("data") or {}).get("root"))
     if not download:
         detect_format(root)  # a clear DataError now rather than in every trial
@@ -177,9 +171,6 @@ def _data_root(base: Mapping[str, Any], data_root: str | None, download: bool) -
 
 def fetch_data(study: Study) -> None:
     """``--download``: fetch CIFAR-10 into the data root unless a dataset is already there."""
-    from harness.data import detect_format, load_torchvision_cifar10
-    from harness.errors import DataError
-
     root = Path(study.trials[0].config["data"]["root"])
     try:
         detect_format(root)
@@ -195,9 +186,6 @@ def _check_trials(trials: list[Trial]) -> None:
     """Build each distinct model once and do what its trial will do before training: plan the
     evaluation modes and load the ``init_from`` weights (bad depths, variants, modes and
     initialising runs fail here, not in every trial)."""
-    from harness.evaluate import plan_evaluations
-    from harness.train import build_model, init_from_run
-
     seen: set[str] = set()
     for trial in trials:
         keys = ("method", "method_config", "model", "eval")
@@ -234,25 +222,6 @@ def _check_resources_request(preset: Preset, trials: list[Trial]) -> None:
 # ----------------------------------------------------------------------------- study identity
 
 
-def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    tree = json.loads(json.dumps(config))
-    for path in RUNTIME_FIELDS:
-        node = tree
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    return tree
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): tree}
-
-
 def study_record(study: Study) -> dict[str, Any]:
     """The content of ``study.yaml``."""
     return {
@@ -270,18 +239,16 @@ def study_differences(stored: Mapping[str, Any], study: Study) -> list[str]:
     out = []
     if stored.get("preset") != study.preset.name:
         out.append(f"preset {stored.get('preset')!r} (stored) != {study.preset.name!r} (now)")
-    old = {t["name"]: _identity(t["config"]) for t in stored.get("trials", [])}
-    new = {t.name: _identity(t.config) for t in study.trials}
+    old = {t["name"]: config_identity(t["config"], True) for t in stored.get("trials", [])}
+    new = {t.name: config_identity(t.config, True) for t in study.trials}
     if only := sorted(set(old) - set(new)):
         out.append(f"{len(only)} trial(s) only in the stored study ({', '.join(only[:3])})")
     if only := sorted(set(new) - set(old)):
         out.append(f"{len(only)} trial(s) not in the stored study ({', '.join(only[:3])})")
     for name in sorted(set(old) & set(new)):
-        a, b = _flatten(old[name]), _flatten(new[name])
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.append(f"trial {name}: {key}: {a.get(key)!r} (stored) != {b.get(key)!r} (now)")
-                break
+        differences = config_diff(old[name], new[name])
+        if differences:
+            out.append(f"trial {name}: {differences[0]}")
     return out
 
 
@@ -304,10 +271,7 @@ def check_study_folder(study: Study, resume: bool) -> bool:
                 "choose an empty or new folder"
             )
         return False
-    try:
-        stored = yaml.safe_load(record.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--out {folder}: {STUDY_FILE} is not valid YAML: {err}") from None
+    stored = load_yaml(record, f"--out {folder}: {STUDY_FILE}")
     differences = study_differences(stored, study)
     if differences:
         raise ConfigError(
@@ -345,8 +309,6 @@ def study_lock(folder: Path) -> Iterator[None]:
 
 def gather_results(study: Study) -> Path | None:
     """Write ``results.csv``: the rows of every finished trial, each trial once (atomic)."""
-    import pandas as pd
-
     frames = [
         pd.read_csv(study.run_dir(name) / store.RESULTS_FILE, keep_default_na=False, na_values=[""])
         for name in study.finished()
@@ -364,11 +326,6 @@ def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) ->
     ``launch`` holds what this launch learnt per trial (status, node_id, failures, error); trials
     not run now keep the values of the previous table.
     """
-    import pandas as pd
-
-    from harness.registry import get_method
-    from harness.train import trial_columns
-
     path = study.folder / TRIALS_TABLE
     previous: dict[str, dict[str, Any]] = {}
     if path.is_file():
@@ -397,8 +354,6 @@ def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) ->
 
 def checkpoint_epoch(folder: Path) -> int:
     """The epoch of ``folder/checkpoint.pt`` (0 if missing or unreadable); reads no weights."""
-    import torch
-
     path = folder / store.CHECKPOINT_FILE
     if not path.is_file():
         return 0

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,30 +26,43 @@ import yaml
 from torch import nn
 
 from harness import store
-from harness.config import RunConfig, from_dict, to_dict, validate_run_config
+from harness.config import (
+    RunConfig,
+    config_diff,
+    config_identity,
+    from_dict,
+    to_dict,
+    validate_run_config,
+)
 from harness.contract import AdaptiveModel, MethodSpec
-from harness.data import DataBundle, build_data, resolve_data_root
+from harness.costs.flops import FlopAccountant
+from harness.costs.measure import add_cost_columns
+from harness.data import DataBundle, resolve_data_root
 from harness.errors import CheckpointError, ConfigError
-from harness.evaluate import evaluate_modes, plan_evaluations
+from harness.evaluate import evaluate, evaluate_modes, plan_evaluations
 from harness.progress import progress_bar, want_progress
-from harness.registry import get_method
+from harness.runs import (
+    build_model,
+    build_run_data,
+    init_from_run,
+    load_checkpoint,
+    read_run_config,
+    resolve_device,
+    resolve_method,
+    trial_columns,
+)
+from harness.stats import per_image_mean
 
 log = logging.getLogger(__name__)
 
-#: Config fields that do not change what is trained, so a run may resume with other values.
-RUNTIME_FIELDS = {
-    ("progress",),
-    ("test_crash_at_epoch",),
-    ("device",),
-    ("data", "root"),
-    ("data", "num_workers"),
-    ("data", "download"),
-    ("eval",),
-}
+#: Fault-injection tests set this environment variable to an epoch number: the run then raises
+#: :class:`InjectedCrash` right after checkpointing that epoch (once: a resumed run has passed
+#: it). It is not part of the run configuration, so no config file or result records it.
+CRASH_ENV = "PACT_HARNESS_CRASH_AT_EPOCH"
 
 
 class InjectedCrash(RuntimeError):
-    """Raised by the test-only ``test_crash_at_epoch`` knob to simulate a failing trial."""
+    """Raised when ``$PACT_HARNESS_CRASH_AT_EPOCH`` asks for a crash (fault-injection tests)."""
 
 
 @dataclass
@@ -61,58 +75,6 @@ class PreparedRun:
     model: AdaptiveModel
     data: DataBundle
     device: torch.device
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but no CUDA device is available; allowed: auto, cpu")
-    return torch.device(name)
-
-
-def resolve_method(cfg: RunConfig) -> tuple[MethodSpec, Any, RunConfig]:
-    """Look up the method and fill its config defaults into ``cfg.method_config``."""
-    spec = get_method(cfg.method)
-    method_config = from_dict(spec.config_cls, cfg.method_config, "method")
-    check = getattr(method_config, "validate", None)
-    if callable(check):
-        check()
-    cfg = dataclasses.replace(cfg, method_config=to_dict(method_config))
-    return spec, method_config, cfg
-
-
-def build_model(cfg: RunConfig, num_classes: int | None = None) -> tuple[MethodSpec, Any, Any]:
-    """Resolve the method and build its model for ``cfg.model`` (``num_classes`` from data)."""
-    spec, method_config, cfg = resolve_method(cfg)
-    model_spec = cfg.model
-    if num_classes is not None and model_spec.num_classes is None:
-        model_spec = dataclasses.replace(model_spec, num_classes=num_classes)
-    model = spec.build(model_spec, method_config)
-    return spec, method_config, model
-
-
-def build_run_data(cfg: RunConfig, root: Path, **overrides: Any) -> DataBundle:
-    """The run's data as its config describes it; ``overrides`` replace ``build_data`` arguments."""
-    arguments: dict[str, Any] = {
-        "fmt": cfg.data.format,
-        "train_subset": cfg.data.train_subset,
-        "test_subset": cfg.data.test_subset,
-        "subset_seed": cfg.data.subset_seed,
-        "batch_size": cfg.optim.batch_size,
-        "eval_batch_size": cfg.eval.batch_size,
-        "seed": cfg.seed,
-        "augment": cfg.data.augment,
-        "normalization": cfg.data.normalization,
-        "crop_padding": cfg.data.crop_padding,
-        "download": cfg.data.download,
-        "verify_checksums": cfg.data.verify_checksums,
-        "num_workers": cfg.data.num_workers,
-        "channels_last": cfg.channels_last,
-    }
-    arguments.update(overrides)
-    return build_data(cfg.model.dataset, root, **arguments)
 
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
@@ -132,26 +94,6 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     return PreparedRun(cfg, spec, method_config, model, data, device)
-
-
-def config_identity(cfg: RunConfig) -> dict[str, Any]:
-    """The part of the config that determines the trained weights (for resume checks)."""
-    tree = to_dict(cfg)
-    for path in RUNTIME_FIELDS:
-        node = tree
-        for key in path[:-1]:
-            node = node[key]
-        node.pop(path[-1], None)
-    return tree
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} (checkpoint) != {b!r} (now)"]
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -187,6 +129,7 @@ def train_one_epoch(
     device: torch.device,
     progress: bool = False,
     desc: str = "train",
+    label_smoothing: float = 0.0,
 ) -> dict[str, float]:
     """One pass over the training loader; returns the mean of every logged loss term."""
     model.train()
@@ -197,7 +140,7 @@ def train_one_epoch(
     for images, labels in bar:
         images, labels = images.to(device), labels.to(device)
         output = model(images)
-        terms = model.loss(output, labels)
+        terms = model.loss(output, labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -209,17 +152,30 @@ def train_one_epoch(
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value.item() * batch
         if output.units_executed:
-            units = sum(
-                u.double().flatten(1).mean(1).sum().item()
-                if u.dim() > 1
-                else u.double().sum().item()
-                for u in output.units_executed
-            )
+            units = sum(per_image_mean(u).sum().item() for u in output.units_executed)
             sums["units_executed"] = sums.get("units_executed", 0.0) + units
     metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
     metrics["train_accuracy"] = correct / max(count, 1)
     metrics["lr"] = lr  # of the epoch's last step
     return metrics
+
+
+def validate(prepared: PreparedRun) -> dict[str, float]:
+    """Accuracy and loss on the validation split (``data.val_subset``) in the default mode;
+    empty without one. Random modes draw from their own seeded generator, so validating never
+    changes the training randomness."""
+    loader = prepared.data.val_loader
+    if loader is None:
+        return {}
+    spec = plan_evaluations(prepared.model, prepared.cfg.eval)[0]
+    if spec.mode in prepared.model.random_modes:
+        generator = torch.Generator(device=prepared.device).manual_seed(prepared.cfg.eval.seed)
+        spec = dataclasses.replace(spec, generator=generator)
+    stats = evaluate(prepared.model, loader, spec, prepared.device)
+    return {
+        "val_accuracy": stats.correct.double().mean().item(),
+        "val_loss": stats.loss.double().mean().item(),
+    }
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -233,16 +189,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``); CheckpointError if unreadable."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {err}"
-        ) from None
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
@@ -270,7 +216,7 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
             pass  # a key that no longer exists: the diff below names it
     else:
         reference = config_identity(read_run_config(run_dir))
-    differences = _diff(reference, config_identity(cfg))
+    differences = config_diff(reference, config_identity(cfg), ("checkpoint", "now"))
     if differences:
         raise CheckpointError(
             f"run directory {run_dir} holds a run of another configuration ("
@@ -278,15 +224,6 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
             + "); use a different --out or the same settings"
         )
     return checkpoint
-
-
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The resolved configuration stored in a run directory (CheckpointError if unreadable)."""
-    path = run_dir / store.CONFIG_FILE
-    try:
-        return from_dict(RunConfig, yaml.safe_load(path.read_text()))
-    except (OSError, yaml.YAMLError, ConfigError) as err:
-        raise CheckpointError(f"cannot read the run configuration {path}: {err}") from None
 
 
 def trim_metrics(path: Path, epochs_done: int) -> None:
@@ -298,57 +235,107 @@ def trim_metrics(path: Path, epochs_done: int) -> None:
         store.atomic_write_text(path, text)
 
 
-def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[str]:
-    """Copy weights from another run's checkpoint, leaving the halting branches fresh.
-
-    The source must have the same backbone (dataset, depth, variant); returns the keys left fresh.
-    """
-    config_file = source / store.CONFIG_FILE
-    ckpt_path = source / store.CHECKPOINT_FILE
-    if not config_file.exists() or not ckpt_path.exists():
-        raise CheckpointError(f"--init-from {source}: no run with a checkpoint there")
-    other = read_run_config(source)
-    for name in ("dataset", "depth", "variant"):
-        mine, theirs = getattr(cfg.model, name), getattr(other.model, name)
-        if mine != theirs:
-            raise CheckpointError(
-                f"--init-from {source}: its model.{name}={theirs!r} differs from this run's "
-                f"{mine!r}; initialise from a run with the same backbone"
-            )
-    state = load_checkpoint(ckpt_path)["model"]
-    skip = model.finetune_skip_prefixes()
-    wanted = {
-        k: v for k, v in state.items() if not k.startswith(skip) and k.startswith("backbone.")
-    }
-    missing, _ = model.load_state_dict(wanted, strict=False)
-    # Only backbone keys must come from the source; the method's own parameters and buffers
-    # (halting branches, PACT's temperature) are fresh by design.
-    unexpected_fresh = [k for k in missing if k.startswith("backbone.") and not k.startswith(skip)]
-    if unexpected_fresh:
-        raise CheckpointError(
-            f"--init-from {source}: backbone weights missing from its checkpoint: "
-            + ", ".join(unexpected_fresh[:3])
-        )
-    return sorted(missing)
-
-
-def trial_columns(cfg: RunConfig, spec: MethodSpec, trial_id: str) -> dict[str, Any]:
-    """The per-trial columns of every result row."""
-    field = spec.time_penalty_field
-    return {
-        "trial_id": trial_id,
-        "method": cfg.method,
-        "variant": cfg.model.variant,
-        "dataset": cfg.model.dataset,
-        "depth": cfg.model.depth,
-        "time_penalty_name": field.rstrip("_") if field else "",
-        "time_penalty": float(cfg.method_config[field.rstrip("_")]) if field else 0.0,
-        "seed": cfg.seed,
-        "eval_batch_size": cfg.eval.batch_size,
-    }
-
-
 EpochCallback = Callable[[int, dict[str, Any], Path], None]
+
+
+@dataclass
+class TrainingState:
+    """Where the epoch loop starts: optimizer and schedule (restored or fresh), epochs done."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    start_epoch: int = 0
+    train_seconds: float = 0.0
+
+
+def restore_or_start(
+    prepared: PreparedRun,
+    run_dir: Path,
+    resume: dict[str, Any] | None,
+    init_from: str | Path | None,
+    argv: list[str] | None,
+) -> TrainingState:
+    """Resume from ``resume`` (a checkpoint), or start fresh: write the config and provenance,
+    optionally copy backbone weights from ``init_from``, seed the RNG."""
+    cfg, model, device = prepared.cfg, prepared.model, prepared.device
+    fresh_keys: list[str] = []
+    if init_from is not None and resume is None:
+        fresh_keys = init_from_run(model, Path(init_from).resolve(), cfg)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, len(prepared.data.train_loader))
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        _set_rng_state(resume["rng"], device)
+        trim_metrics(run_dir / store.METRICS_FILE, resume["epoch"])
+        return TrainingState(optimizer, scheduler, resume["epoch"], resume["train_seconds"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(cfg)))
+    provenance = store.collect_provenance(cfg.seed, device, argv)
+    provenance["init_from"] = str(init_from) if init_from else None
+    provenance["fresh_parameters"] = fresh_keys
+    store.atomic_write_json(run_dir / store.PROVENANCE_FILE, provenance)
+    torch.manual_seed(cfg.seed)
+    return TrainingState(optimizer, scheduler)
+
+
+def _crash_epoch() -> int | None:
+    value = os.environ.get(CRASH_ENV)
+    return int(value) if value else None
+
+
+def train_epochs(
+    prepared: PreparedRun,
+    run_dir: Path,
+    state: TrainingState,
+    on_epoch_end: EpochCallback | None = None,
+) -> float:
+    """The epoch loop from ``state.start_epoch``: train, log, checkpoint; returns the seconds
+    spent training (resumed runs included)."""
+    cfg, model, device = prepared.cfg, prepared.model, prepared.device
+    progress = want_progress(cfg.progress)
+    crash_at = _crash_epoch()
+    train_seconds = state.train_seconds
+    for epoch in range(state.start_epoch, cfg.optim.epochs):
+        epoch_logs = model.on_epoch_start(epoch, cfg.optim.epochs)
+        prepared.data.train_loader.set_epoch(epoch)
+        tic = time.perf_counter()
+        metrics = train_one_epoch(
+            model,
+            prepared.data.train_loader,
+            state.optimizer,
+            state.scheduler,
+            device,
+            progress,
+            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+            label_smoothing=cfg.optim.label_smoothing,
+        )
+        train_seconds += time.perf_counter() - tic
+        metrics.update(epoch_logs)
+        metrics.update(validate(prepared))
+        metrics.update(epoch=epoch + 1, train_seconds=train_seconds)
+        # Metrics first, then the checkpoint: a crash in between leaves a line for an epoch the
+        # checkpoint lacks, which the resumed run drops (see ``trim_metrics``) and redoes.
+        store.append_jsonl(run_dir / store.METRICS_FILE, metrics)
+        store.atomic_torch_save(
+            run_dir / store.CHECKPOINT_FILE,
+            {
+                "model": model.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+                "rng": _rng_state(device),
+                "epoch": epoch + 1,
+                "train_seconds": train_seconds,
+                "config_identity": config_identity(cfg),
+            },
+        )
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, metrics, run_dir)
+        if crash_at is not None and epoch + 1 == crash_at:
+            raise InjectedCrash(f"{CRASH_ENV}={crash_at}: injected crash after epoch {crash_at}")
+    return train_seconds
 
 
 def run_trial(
@@ -363,80 +350,30 @@ def run_trial(
     """Train (or resume) and evaluate one run; returns ``summary.json``'s content."""
     run_dir = Path(run_dir).resolve()
     prepared = prepare_run(cfg)
-    cfg, model, device = prepared.cfg, prepared.model, prepared.device
-    resume = check_run_dir(run_dir, cfg)
-    summary_path = run_dir / store.SUMMARY_FILE
-    if resume is not None and resume["epoch"] >= cfg.optim.epochs:
-        evaluated = summary_path.exists() and (run_dir / store.PER_IMAGE_FILE).exists()
-        if evaluated and read_run_config(run_dir).eval == cfg.eval:
-            log.info("run %s is already finished", run_dir)
-            return json.loads(summary_path.read_text())
-        # Trained, but not evaluated (or evaluated with other eval settings): evaluate only.
-        model.load_state_dict(resume["model"])
-        store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(cfg)))
-        return finish_run(prepared, run_dir, resume["train_seconds"], evaluation_hook)
-    fresh_keys: list[str] = []
-    if init_from is not None and resume is None:
-        fresh_keys = init_from_run(model, Path(init_from).resolve(), cfg)
-
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, len(prepared.data.train_loader))
-    start_epoch, train_seconds = 0, 0.0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        _set_rng_state(resume["rng"], device)
-        start_epoch, train_seconds = resume["epoch"], resume["train_seconds"]
-        trim_metrics(run_dir / store.METRICS_FILE, start_epoch)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(cfg)))
-        provenance = store.collect_provenance(cfg.seed, device, argv)
-        provenance["init_from"] = str(init_from) if init_from else None
-        provenance["fresh_parameters"] = fresh_keys
-        store.atomic_write_json(run_dir / store.PROVENANCE_FILE, provenance)
-        torch.manual_seed(cfg.seed)
-
-    progress = want_progress(cfg.progress)
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        epoch_logs = model.on_epoch_start(epoch, cfg.optim.epochs)
-        prepared.data.train_loader.set_epoch(epoch)
-        tic = time.perf_counter()
-        metrics = train_one_epoch(
-            model,
-            prepared.data.train_loader,
-            optimizer,
-            scheduler,
-            device,
-            progress,
-            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-        )
-        train_seconds += time.perf_counter() - tic
-        metrics.update(epoch_logs)
-        metrics.update(epoch=epoch + 1, train_seconds=train_seconds)
-        # Metrics first, then the checkpoint: a crash in between leaves a line for an epoch the
-        # checkpoint lacks, which the resumed run drops (see ``trim_metrics``) and redoes.
-        store.append_jsonl(run_dir / store.METRICS_FILE, metrics)
-        store.atomic_torch_save(
-            run_dir / store.CHECKPOINT_FILE,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(device),
-                "epoch": epoch + 1,
-                "train_seconds": train_seconds,
-                "config_identity": config_identity(cfg),
-            },
-        )
-        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, metrics, run_dir)
-        if cfg.test_crash_at_epoch is not None and epoch + 1 == cfg.test_crash_at_epoch:
-            raise InjectedCrash(f"test_crash_at_epoch={cfg.test_crash_at_epoch}: injected crash")
-
+    resume = check_run_dir(run_dir, prepared.cfg)
+    if resume is not None and resume["epoch"] >= prepared.cfg.optim.epochs:
+        return _finished_run(prepared, run_dir, resume, evaluation_hook)
+    state = restore_or_start(prepared, run_dir, resume, init_from, argv)
+    train_seconds = train_epochs(prepared, run_dir, state, on_epoch_end)
     return finish_run(prepared, run_dir, train_seconds, evaluation_hook)
+
+
+def _finished_run(
+    prepared: PreparedRun,
+    run_dir: Path,
+    checkpoint: dict[str, Any],
+    evaluation_hook: Callable[[PreparedRun, list[dict]], None] | None,
+) -> dict[str, Any]:
+    """A run trained to the end: its summary, or (if not yet evaluated, or evaluated with other
+    eval settings) a fresh evaluation of its checkpoint."""
+    summary_path = run_dir / store.SUMMARY_FILE
+    evaluated = summary_path.exists() and (run_dir / store.PER_IMAGE_FILE).exists()
+    if evaluated and read_run_config(run_dir).eval == prepared.cfg.eval:
+        log.info("run %s is already finished", run_dir)
+        return json.loads(summary_path.read_text())
+    prepared.model.load_state_dict(checkpoint["model"])
+    store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(prepared.cfg)))
+    return finish_run(prepared, run_dir, checkpoint["train_seconds"], evaluation_hook)
 
 
 def finish_run(
@@ -446,9 +383,6 @@ def finish_run(
     evaluation_hook: Callable[[PreparedRun, list[dict]], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every mode, write ``results.csv`` and ``summary.json``."""
-    from harness.costs.flops import FlopAccountant
-    from harness.profile import add_cost_columns
-
     cfg, model = prepared.cfg, prepared.model
     flop_counter = FlopAccountant(model, image_size=prepared.data.image_size)
     rows = evaluate_modes(
@@ -460,10 +394,29 @@ def finish_run(
         want_progress(cfg.progress),
         per_image_path=run_dir / store.PER_IMAGE_FILE,
     )
+    # Peak memory and time per row, on the first test batch (the evaluation's batch size).
+    first = next(iter(prepared.data.test_loader), None)
+    images = first[0].to(prepared.device) if first is not None else None
+    add_cost_columns(model, images, rows, cfg.eval.seed)
+    if prepared.data.val_loader is not None:
+        val_rows = evaluate_modes(
+            model,
+            prepared.data.val_loader,
+            cfg.eval,
+            prepared.device,
+            flop_counter,
+            want_progress(cfg.progress),
+            split="val",
+        )
+        cost_keys = ("peak_memory_bytes", "peak_memory_device", "seconds_per_batch")
+        cost_keys += ("cost_batch_size", "activation_peak_bytes")
+        for val_row, test_row in zip(val_rows, rows, strict=True):  # the same plan, in order
+            val_row.update({k: test_row[k] for k in cost_keys if k in test_row})
+        rows = rows + val_rows
     columns = trial_columns(cfg, prepared.spec, run_dir.name)
     columns.update(epochs=cfg.optim.epochs, num_train=prepared.data.num_train)
+    columns.update(num_val=prepared.data.num_val)
     rows = [{**columns, **row} for row in rows]
-    add_cost_columns(prepared, rows)  # peak memory and time per row, at the eval batch size
     if evaluation_hook is not None:
         evaluation_hook(prepared, rows)
     store.write_results_csv(run_dir / store.RESULTS_FILE, rows)
@@ -485,6 +438,9 @@ def finish_run(
         "num_test": prepared.data.num_test,
         "flops_per_image_mean": main.get("flops_per_image_mean"),
     }
+    if prepared.data.val_loader is not None:
+        val_main = next(r for r in rows if r["split"] == "val")
+        summary.update(val_accuracy=val_main["accuracy"], num_val=prepared.data.num_val)
     # Any model that reports executed units (ACT at depth 8 too: one unit, no branches).
     if not math.isnan(main["units_executed_mean"]):
         summary["units_executed_mean"] = main["units_executed_mean"]

@@ -129,21 +129,33 @@ BAD_FLAGS = {
         ["unknown config key 'method.tau'", "allowed keys in method: (none)"],
     ),
     "bad tau for act": (["--method", "act", "--tau", "-1"], ["method.tau=-1.0 must be >= 0"]),
+    "tau for a lambda method": (
+        ["--method", "pact", "--tau", "0.1"],
+        ["--tau: method 'pact' names its time penalty 'lambda'", "use --lambda or --time-penalty"],
+    ),
+    "time penalty for a vanilla method": (
+        ["--method", "resnet", "--time-penalty", "0.1"],
+        ["--time-penalty: method 'resnet' has no time penalty"],
+    ),
+    "two time-penalty flags": (
+        ["--method", "act", "--tau", "0.1", "--time-penalty", "0.2"],
+        ["both set the time penalty; give one"],
+    ),
     "bad tau via --set": (
         ["--method", "act", "--set", "method.tau=-1"],
         ["method.tau=-1.0 must be >= 0"],
     ),
     "unknown eval mode": (
         ["--eval-modes", "bogus"],
-        ["eval.modes: unknown mode 'bogus'", "allowed values: standard"],
+        ["eval.modes (PlainResNet)='bogus' is not allowed", "allowed values: standard"],
     ),
     "eval mode of another method": (
         ["--method", "pact", "--eval-modes", "act"],
-        ["unknown mode 'act'", "allowed values: deterministic, stochastic, sampled"],
+        ["eval.modes (PACTResNet)='act'", "allowed values: deterministic, stochastic, sampled"],
     ),
     "unknown execution": (
         ["--method", "pact", "--depth", "14", "--set", "eval.execution=gathered"],
-        ["eval.execution='gathered' is not offered", "allowed values: auto, early_exit, masked"],
+        ["eval.execution: none of gathered is offered", "allowed values: auto, early_exit, masked"],
     ),
     "threshold out of range": (
         ["--thresholds", "1.5"],

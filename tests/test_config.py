@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cli import build_run_config, make_parser
+from harness.cli import make_parser
+from harness.cli.train import config_from_args
 from harness.config import (
     DataConfig,
     EvalConfig,
@@ -21,13 +22,13 @@ from harness.config import (
     validate_run_config,
 )
 from harness.errors import ConfigError
-from harness.train import resolve_method
+from harness.runs import resolve_method
 from methods.pact import PACTConfig
 
 
 def cli_config(*argv: str) -> RunConfig:
     """The RunConfig the ``train`` subcommand builds from ``argv`` (nothing is run)."""
-    return build_run_config(make_parser().parse_args(["train", *argv]))
+    return config_from_args(make_parser().parse_args(["train", *argv]))
 
 
 # -- from_dict / to_dict -----------------------------------------------------------------------
@@ -159,6 +160,33 @@ def test_method_flag_and_time_penalty_flags_combine():
     cfg = cli_config("--method", "pact", "--lambda", "0.05")
     assert (cfg.method, cfg.method_config) == ("pact", {"lambda": 0.05})
     assert resolve_method(cfg)[1].lambda_ == 0.05
+
+
+@pytest.mark.parametrize(
+    ("method", "flag", "key"),
+    [
+        ("act", "--time-penalty", "tau"),
+        ("pact", "--time-penalty", "lambda"),
+        ("sact", "--tau", "tau"),
+    ],
+)
+def test_time_penalty_flag_lands_in_the_methods_declared_field(method, flag, key):
+    cfg = cli_config("--method", method, flag, "0.25")
+    assert cfg.method_config == {key: 0.25}
+    # --set still wins over the flag (defaults < file < flags < --set)
+    cfg = cli_config("--method", method, flag, "0.25", "--set", f"method.{key}=0.5")
+    assert cfg.method_config == {key: 0.5}
+
+
+def test_default_run_dir_is_named_by_the_methods_time_penalty():
+    from harness.cli.train import default_run_dir
+
+    assert str(default_run_dir(cli_config("--method", "pact", "--time-penalty", "0.03"))) == (
+        "runs/pact_cifar10_d32_lambda0.03_s0"
+    )
+    assert str(default_run_dir(cli_config("--method", "resnet", "--seed", "2"))) == (
+        "runs/resnet_cifar10_d32_s2"
+    )
 
 
 def test_set_method_name_then_method_fields():

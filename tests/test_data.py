@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.config import DataConfig
 from harness.data import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -18,12 +19,25 @@ from harness.data import (
     ArrayDataset,
     ArrayLoader,
     balanced_subset,
-    build_data,
     normalize,
     random_crop_flip,
     resolve_data_root,
 )
+from harness.data import (
+    build_data as build_data_from_config,
+)
 from harness.errors import ConfigError, DataError
+
+LOADER_ARGUMENTS = ("batch_size", "eval_batch_size", "seed", "channels_last")
+
+
+def build_data(dataset, root, **kwargs):
+    """``build_data`` with DataConfig fields as keywords (``fmt`` is ``data.format``)."""
+    loader = {k: kwargs.pop(k) for k in LOADER_ARGUMENTS if k in kwargs}
+    if "fmt" in kwargs:
+        kwargs["format"] = kwargs.pop("fmt")
+    return build_data_from_config(dataset, DataConfig(root=str(root), **kwargs), **loader)
+
 
 MEAN = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
@@ -475,14 +489,14 @@ def test_resolve_data_root(monkeypatch, tmp_path):
     ("kwargs", "field"),
     [
         ({"dataset": "mnist"}, "dataset='mnist'.*cifar10, imagenet"),
-        ({"fmt": "hdf5"}, "fmt='hdf5'.*auto, torchvision, npz, imagefolder"),
+        ({"fmt": "hdf5"}, "format='hdf5'.*auto, torchvision, npz, imagefolder"),
         ({"normalization": "zca"}, "normalization='zca'.*per_channel, per_image"),
         ({"batch_size": 0}, "batch_size=0.*>= 1"),
         ({"eval_batch_size": 0}, "eval_batch_size=0.*>= 1 or None"),
         ({"train_subset": 2.5}, "train_subset=2.5"),
         ({"num_workers": -1}, "num_workers=-1.*>= 0"),
         ({"augment": "yes"}, "augment='yes'.*True or False"),
-        ({"dataset": "imagenet", "fmt": "torchvision"}, "fmt='torchvision'.*imagenet"),
+        ({"dataset": "imagenet", "fmt": "torchvision"}, "format='torchvision'.*imagenet"),
         ({"batch_size": 256}, "batch_size=256 exceeds the 200 training images"),
     ],
 )
@@ -490,3 +504,32 @@ def test_bad_arguments_name_the_field(npz_root, kwargs, field):
     arguments = {"dataset": "cifar10"} | kwargs
     with pytest.raises(ConfigError, match=field):
         build_data(arguments.pop("dataset"), npz_root, **arguments)
+
+
+def _image_keys(loader) -> set[bytes]:
+    return {image.numpy().tobytes() for images, _ in loader for image in images}
+
+
+def test_validation_split_is_balanced_disjoint_and_chosen_by_its_own_seed(npz_root):
+    bundle = build_data("cifar10", npz_root, batch_size=10, augment=False, val_subset=30)
+    val_labels = torch.cat([labels for _, labels in bundle.val_loader])
+    assert bundle.num_val == 30 and bundle.num_train == 170
+    assert torch.bincount(val_labels, minlength=10).tolist() == [3] * 10  # class-balanced
+    train_keys = _image_keys(
+        build_data("cifar10", npz_root, batch_size=170, augment=False, val_subset=30).train_loader
+    )
+    assert not train_keys & _image_keys(bundle.val_loader)  # never trained on
+    # train_subset picks from what is left, and other subset seeds never move the val split
+    other = build_data(
+        "cifar10", npz_root, batch_size=10, val_subset=30, train_subset=50, subset_seed=3
+    )
+    assert other.num_train == 50
+    assert _image_keys(other.val_loader) == _image_keys(bundle.val_loader)
+    moved = build_data("cifar10", npz_root, batch_size=10, val_subset=30, val_seed=1)
+    assert _image_keys(moved.val_loader) != _image_keys(bundle.val_loader)
+    assert build_data("cifar10", npz_root, batch_size=10).val_loader is None
+
+
+def test_validation_split_too_large_names_the_field(npz_root):
+    with pytest.raises(ConfigError, match="data.val_subset=500 is out of range"):
+        build_data("cifar10", npz_root, batch_size=10, val_subset=500)

@@ -37,7 +37,7 @@ from harness.study import (
     restore_run_dir,
     study_record,
 )
-from harness.train import InjectedCrash, run_trial
+from harness.train import CRASH_ENV, InjectedCrash, run_trial
 
 #: The smoke preset's base, for the small presets the tests write.
 TINY_BASE = load_preset("smoke").base
@@ -159,7 +159,7 @@ def test_dry_run_lists_the_trials_and_writes_nothing(capsys, tmp_path: Path, tin
         (["--gpus-per-trial", "1"], "resources.gpu=1 but the trials run with device=cpu"),
         (["--cpus-per-trial", "0"], "resources.cpu=0 must be > 0"),
         (["--set", "device=cuda"], "device=cuda but resources.gpu=0"),
-        (["--set", "eval.modes=[sampled]"], "eval.modes: unknown mode 'sampled' for ACTResNet"),
+        (["--set", "eval.modes=[sampled]"], "eval.modes (ACTResNet)='sampled' is not allowed"),
         (["--set", "init_from=/no/such/run"], "/no/such/run: no run with a checkpoint there"),
         (["--preset", "paper-imagenet"], "pass --set init_from=RUN_DIR"),
     ],
@@ -254,14 +254,18 @@ def test_download_happens_once_in_the_driver_and_only_if_needed(tmp_path, tiny_n
 # -- Tune checkpoint restore (no cluster) -----------------------------------------------------
 
 
-def test_a_lost_run_directory_resumes_from_the_tune_checkpoint_copy(tmp_path, tiny_npz_root):
+def test_a_lost_run_directory_resumes_from_the_tune_checkpoint_copy(
+    tmp_path, tiny_npz_root, monkeypatch
+):
+    monkeypatch.setenv(CRASH_ENV, "1")
     trial = expand(load_preset(str(write_preset(tmp_path))))[0]
     cfg = trial.run_config
     data = dataclasses.replace(cfg.data, root=str(tiny_npz_root))
-    cfg = dataclasses.replace(cfg, data=data, test_crash_at_epoch=1)
+    cfg = dataclasses.replace(cfg, data=data)
     run_dir, tune_copy = tmp_path / "run", tmp_path / "tune_checkpoint"
     with pytest.raises(InjectedCrash):
         run_trial(cfg, run_dir)
+    monkeypatch.delenv(CRASH_ENV)
     run_dir.rename(tune_copy)  # what Tune persisted after epoch 1; the node lost the run dir
     assert restore_run_dir(tune_copy, run_dir) is True
     assert restore_run_dir(tune_copy, run_dir) is False  # already as new
@@ -319,9 +323,10 @@ def test_smoke_study_fills_the_table_with_every_trial_and_mode(
 
 @pytest.mark.ray
 def test_crashed_trial_retries_from_its_checkpoint_and_finishes(
-    ray_cluster, tmp_path, tiny_npz_root
+    ray_cluster, tmp_path, tiny_npz_root, monkeypatch
 ):
-    preset = write_preset(tmp_path, base={**TINY_BASE, "test_crash_at_epoch": 1})
+    monkeypatch.setenv(CRASH_ENV, "1")  # forwarded to the trials (PACT_HARNESS_*)
+    preset = write_preset(tmp_path)
     outcome = run_grid(
         GridOptions(
             preset=str(preset),
@@ -341,9 +346,10 @@ def test_crashed_trial_retries_from_its_checkpoint_and_finishes(
 
 @pytest.mark.ray
 def test_a_trial_out_of_retries_fails_the_study_and_resume_finishes_it(
-    ray_cluster, capsys, tmp_path, tiny_npz_root
+    ray_cluster, capsys, tmp_path, tiny_npz_root, monkeypatch
 ):
-    preset = write_preset(tmp_path, base={**TINY_BASE, "test_crash_at_epoch": 1})
+    monkeypatch.setenv(CRASH_ENV, "1")  # forwarded to the trials (PACT_HARNESS_*)
+    preset = write_preset(tmp_path)
     options = GridOptions(
         preset=str(preset),
         out=str(tmp_path / "study"),

@@ -150,6 +150,7 @@ def test_cuda_peak_from_allocator():
     assert report.activation_bytes >= 64 * 1024 * F32
 
 
+@pytest.mark.slow
 def test_resnet110_batch128_memory_table():
     """The memory claim at full size: CIFAR ResNet-110, batch 128, CPU (exact bytes), with
     images that halt at different units."""

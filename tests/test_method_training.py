@@ -12,7 +12,7 @@ import torch
 
 from harness import store
 from harness.cli import main
-from harness.train import load_checkpoint
+from harness.runs import load_checkpoint
 
 
 def train(tiny_args, out: Path, method: str, *extra: str) -> dict:
@@ -23,6 +23,7 @@ def train(tiny_args, out: Path, method: str, *extra: str) -> dict:
     return json.loads((out / store.SUMMARY_FILE).read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "flag", "small", "large"),
     [("act", "--tau", "0.0", "1.0"), ("pact", "--lambda", "0.0", "1.0")],

@@ -13,12 +13,25 @@ import torch
 from harness import store
 from harness.cli import main
 from harness.contract import EvalSpec, ModelSpec
-from harness.costs.timing import time_calls
+from harness.costs.timing import time_interleaved
 from harness.errors import ConfigError
-from harness.profile import ROW_KEYS, format_table, plan_specs
+from harness.evaluate import plan_specs
+from harness.profile import PROFILE_FIELDS, format_table
 from harness.registry import get_method
 
 FAST = ["--device", "cpu", "--warmup", "0", "--repeats", "1"]
+#: Keys every profile row holds (the --out JSON and the table read them).
+ROW_KEYS = (
+    "method",
+    "depth",
+    "eval_mode",
+    "execution",
+    "batch_size",
+    "flops_per_image_mean",
+    "flops_per_image_std",
+    "peak_memory_bytes",
+    "seconds_per_batch",
+)
 
 
 def test_profile_architecture_writes_json_rows(tmp_path, capsys):
@@ -72,20 +85,26 @@ def test_plan_specs_modes_and_executions():
         EvalSpec("deterministic", "masked", 0.3),
         EvalSpec("deterministic", "masked", 0.7),
     ]
-    with pytest.raises(ConfigError, match="unknown mode 'act'"):
+    with pytest.raises(ConfigError, match=r"eval.modes \(PACTResNet\)='act' is not allowed"):
         plan_specs(model, ["act"])
-    with pytest.raises(ConfigError, match="not offered|none of"):
+    with pytest.raises(ConfigError, match="none of early_exit is offered"):
         plan_specs(model, ["stochastic"], ["early_exit"])
-    with pytest.raises(ConfigError, match="unknown execution"):
+    with pytest.raises(ConfigError, match="eval.execution='fast' is not allowed"):
         plan_specs(model, executions=["fast"])
+    with pytest.raises(ConfigError, match="--thresholds=.*in \\(0, 1\\)"):
+        plan_specs(model, thresholds=(1.5,), fields={**PROFILE_FIELDS})
 
 
-def test_time_calls_median():
-    ticks = iter([0.0])
-    report = time_calls(lambda: next(ticks, None), torch.device("cpu"), warmup=1, repeats=3)
-    assert report.seconds_per_batch >= 0 and len(report.seconds) == 3 and report.warmup == 1
+def test_time_interleaved_alternates_and_takes_the_median():
+    calls: list[str] = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    reports = time_interleaved(runs, torch.device("cpu"), warmup=1, repeats=3)
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three interleaved repeats
+    for report in reports.values():
+        assert len(report.seconds) == 3 and report.warmup == 1
+        assert report.seconds_per_batch == sorted(report.seconds)[1]
     with pytest.raises(ConfigError):
-        time_calls(lambda: None, torch.device("cpu"), repeats=0)
+        time_interleaved(runs, torch.device("cpu"), repeats=0)
 
 
 def test_format_table_handles_missing_values():
@@ -97,11 +116,11 @@ def test_format_table_handles_missing_values():
     ("argv", "message"),
     [
         (["--method", "nope", "--depth", "8"], "unknown method 'nope'"),
-        (["--method", "pact", "--depth", "8", "--modes", "act"], "unknown mode 'act'"),
+        (["--method", "pact", "--depth", "8", "--modes", "act"], "--modes (PACTResNet)='act'"),
         (["--method", "resnet", "--depth", "8", "--batch-sizes", "0"], "batch size 0"),
         (["--method", "resnet", "--depth", "8", "--batch-sizes", "2,-1"], "batch size -1"),
         (["--method", "resnet", "--depth", "9"], "depth=9"),
-        (["--method", "resnet", "--depth", "8", "--executions", "fast"], "unknown execution"),
+        (["--method", "resnet", "--depth", "8", "--executions", "fast"], "--executions='fast'"),
         (["--method", "act", "--set", "method.nope=1"], "method.nope"),
         ([], "give --run"),
     ],

@@ -119,12 +119,14 @@ def test_bad_input(tmp_path):
         make_report([tmp_path / "empty"], tmp_path / "out")
 
 
-def test_export_per_image_sums_resized_block_maps(tmp_path):
+def test_per_image_export_sums_resized_block_maps(tmp_path):
+    """The production path: evaluate_modes writes the default mode's first pass per image."""
     import numpy as np
     import torch
 
+    from harness.config import EvalConfig
     from harness.contract import EvalSpec, ModelSpec
-    from harness.evaluate import export_per_image
+    from harness.evaluate import PER_IMAGE_MAPS, evaluate_modes
     from methods.pact import PACTConfig
     from methods.pact.model import build_spatial_pact
 
@@ -133,9 +135,15 @@ def test_export_per_image_sums_resized_block_maps(tmp_path):
     gen = torch.Generator().manual_seed(1)
     loader = [(torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,))) for _ in "ab"]
     spec = EvalSpec("deterministic", "masked", 0.5)
-    export_per_image(model, loader, spec, torch.device("cpu"), tmp_path / "p.npz", max_maps=5)
+    eval_cfg = EvalConfig(modes=("deterministic",), execution="masked", repeats=1)
+    rows = evaluate_modes(
+        model, loader, eval_cfg, torch.device("cpu"), per_image_path=tmp_path / "p.npz"
+    )
+    assert [r["eval_mode"] for r in rows] == ["deterministic"]
     arrays = np.load(tmp_path / "p.npz")
-    assert arrays["units"].shape == (8, 3) and arrays["ponder_map"].shape == (5, 32, 32)
+    assert PER_IMAGE_MAPS >= 8  # every image of this loader gets its map
+    assert arrays["units"].shape == (8, 3) and arrays["ponder_map"].shape == (8, 32, 32)
+    assert str(arrays["eval_mode"]) == "deterministic"
     with torch.no_grad():
         out = model(loader[0][0], spec)
     # block maps are 32x32, 16x16, 8x8: nearest upsampling repeats each value 1, 2x2, 4x4 times

@@ -19,15 +19,16 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from harness import store
 from harness.cli import main
-from harness.config import RunConfig, from_dict, to_dict
+from harness.config import DataConfig, RunConfig, from_dict, to_dict
 from harness.contract import ModelSpec
 from harness.data import CIFAR10_CLASSES, CIFAR10_MEAN, build_data
 from harness.registry import get_method
+from harness.runs import resolve_method
 from harness.train import (
+    CRASH_ENV,
     InjectedCrash,
     make_optimizer,
     make_scheduler,
-    resolve_method,
     run_trial,
 )
 
@@ -127,7 +128,8 @@ def test_checkpoint_reproduces_the_reported_test_metrics(finished_run, tiny_npz_
     model = spec.build(cfg.model, from_dict(spec.config_cls, cfg.method_config))
     model.load_state_dict(load_checkpoint(run)["model"])  # strict: every key matches
     model.eval()
-    data = build_data("cifar10", tiny_npz_root, train_subset=64, test_subset=20, batch_size=32)
+    data_config = DataConfig(root=str(tiny_npz_root), train_subset=64, test_subset=20)
+    data = build_data("cifar10", data_config, batch_size=32)
     images, labels = (torch.cat(parts) for parts in zip(*data.test_loader, strict=True))
     with torch.no_grad():
         logits = model(images).logits
@@ -238,16 +240,18 @@ def test_training_steps_use_the_analytic_learning_rates(drops, expected, tiny_ar
     [("resnet", "8"), ("pact", "14")],  # PACT-14 draws Concrete noise from the global RNG
 )
 def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(
-    method, depth, tiny_args, tmp_path: Path
+    method, depth, tiny_args, tmp_path: Path, monkeypatch
 ):
     extra = ["--depth", depth, "--epochs", "2", "--repeats", "1"]
     straight = tmp_path / "straight"
     assert main(tiny_args(straight, *extra, method=method)) == 0
 
     crashed = tmp_path / "crashed"
-    argv = tiny_args(crashed, *extra, "--set", "test_crash_at_epoch=1", method=method)
+    argv = tiny_args(crashed, *extra, method=method)
+    monkeypatch.setenv(CRASH_ENV, "1")
     with pytest.raises(InjectedCrash):
         main(argv)
+    monkeypatch.delenv(CRASH_ENV)
     after_crash = load_checkpoint(crashed)
     assert after_crash["epoch"] == 1
     assert not (crashed / store.SUMMARY_FILE).exists()
@@ -336,6 +340,7 @@ def test_config_yaml_round_trips_to_the_resolved_config(tiny_args, tmp_path: Pat
 # -- the real CIFAR-10 copy -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_cifar10_subset_run(real_cifar10_root: Path, tmp_path: Path):
     """Loading, counts, class balance and row content (one short epoch proves no accuracy)."""
     cfg = from_dict(
@@ -383,3 +388,46 @@ def test_real_cifar10_subset_run(real_cifar10_root: Path, tmp_path: Path):
     assert math.isfinite(row["loss"]) and row["loss"] > 0
     metrics = store.read_jsonl(tmp_path / "real" / store.METRICS_FILE)
     assert [m["epoch"] for m in metrics] == [1]
+
+
+def test_label_smoothing_reaches_the_task_loss(tiny_args, tmp_path: Path):
+    """optim.label_smoothing: (1 - e) * CE + e * mean over classes of -log p (Szegedy et al.)."""
+    from harness.contract import ModelOutput
+
+    spec = get_method("resnet")
+    model = spec.build(ModelSpec(depth=8), spec.config_cls())
+    logits = torch.randn(5, 10, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 3, 9, 1, 1])
+    log_p = logits.log_softmax(1)
+    nll = -log_p[torch.arange(5), targets].mean()
+    uniform = -log_p.mean(1).mean()
+    terms = model.loss(ModelOutput(logits=logits), targets, label_smoothing=0.1)
+    assert terms["task_loss"].item() == pytest.approx((0.9 * nll + 0.1 * uniform).item(), rel=1e-6)
+    # and a run trained with it logs a different loss from one without
+    plain, smooth = tmp_path / "plain", tmp_path / "smooth"
+    assert main(tiny_args(plain, "--epochs", "1", "--repeats", "1")) == 0
+    argv = tiny_args(
+        smooth, "--epochs", "1", "--repeats", "1", "--set", "optim.label_smoothing=0.2"
+    )
+    assert main(argv) == 0
+    first = store.read_jsonl(plain / store.METRICS_FILE)[0]["train_task_loss"]
+    second = store.read_jsonl(smooth / store.METRICS_FILE)[0]["train_task_loss"]
+    assert first != second
+
+
+def test_a_validation_split_is_evaluated_every_epoch_and_reported_beside_test(
+    tiny_args, tmp_path: Path
+):
+    run = tmp_path / "val"
+    argv = tiny_args(run, "--epochs", "2", "--repeats", "1", "--set", "data.val_subset=40")
+    assert main(argv) == 0
+    metrics = store.read_jsonl(run / store.METRICS_FILE)
+    assert all(0.0 <= m["val_accuracy"] <= 1.0 and m["val_loss"] > 0 for m in metrics)
+    rows = pd.read_csv(run / store.RESULTS_FILE)
+    assert sorted(rows["split"]) == ["test", "val"]
+    val = rows[rows["split"] == "val"].iloc[0]
+    assert val["num_images"] == 40 and val["num_val"] == 40 and val["num_train"] == 64
+    summary = read_summary(run)
+    assert summary["val_accuracy"] == val["accuracy"] and summary["num_val"] == 40
+    # the final epoch's validation is the final evaluation of the default mode on val
+    assert metrics[-1]["val_accuracy"] == val["accuracy"]

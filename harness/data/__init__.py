@@ -26,20 +26,20 @@ and re-exports the public names of both.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import Subset
 
+from harness.config import DATA_FORMATS as FORMATS
+from harness.config import DATASETS, NORMALIZATIONS, DataConfig
 from harness.data.loaders import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    NORMALIZATIONS,
     ArrayLoader,
     BatchLoader,
     FolderLoader,
@@ -53,8 +53,6 @@ from harness.data.readers import (
     CIFAR10_CLASSES,
     CIFAR10_FOLDER,
     DATA_ROOT_ENV,
-    DATASETS,
-    FORMATS,
     LAYOUTS,
     ArrayDataset,
     _check_root,
@@ -66,7 +64,7 @@ from harness.data.readers import (
     load_torchvision_cifar10,
     resolve_data_root,
 )
-from harness.errors import ConfigError, DataError
+from harness.errors import ConfigError, DataError, check_choice
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -109,14 +107,11 @@ class DataBundle:
     num_test: int
     format: str
     classes: tuple[str, ...] = ()
+    val_loader: BatchLoader | None = None  # data.val_subset: held out of the training set
+    num_val: int = 0
 
 
 # ------------------------------------------------------------------------------- entry point
-
-
-def _check_choice(field: str, value: object, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{field}={value!r} is not allowed: choose one of {', '.join(allowed)}")
 
 
 def _check_int(field: str, value: object, minimum: int, optional: bool = False) -> None:
@@ -127,31 +122,53 @@ def _check_int(field: str, value: object, minimum: int, optional: bool = False) 
         raise ConfigError(f"{field}={value!r} is not allowed: need an integer >= {minimum}{extra}")
 
 
-def _check_arguments(args: dict[str, Any]) -> None:
-    _check_choice("dataset", args["dataset"], DATASETS)
-    _check_choice("fmt", args["fmt"], FORMATS)
-    _check_choice("normalization", args["normalization"], NORMALIZATIONS)
-    for field in ("batch_size", "eval_batch_size", "train_subset", "test_subset"):
-        _check_int(field, args[field], 1, optional=field != "batch_size")
-    for field in ("seed", "subset_seed", "num_workers", "crop_padding"):
-        _check_int(field, args[field], 0)
-    for field in ("augment", "download", "channels_last", "verify_checksums"):
-        if not isinstance(args[field], bool):
-            raise ConfigError(f"{field}={args[field]!r} is not allowed: need True or False")
-    if args["dataset"] == "imagenet" and args["fmt"] == "torchvision":
+def _check_arguments(dataset: str, data: DataConfig, loader: dict[str, Any]) -> None:
+    check_choice("dataset", dataset, DATASETS)
+    check_choice("data.format", data.format, FORMATS)
+    check_choice("data.normalization", data.normalization, NORMALIZATIONS)
+    for field in ("train_subset", "test_subset", "val_subset"):
+        _check_int(f"data.{field}", getattr(data, field), 1, optional=True)
+    for field in ("subset_seed", "val_seed", "num_workers", "crop_padding"):
+        _check_int(f"data.{field}", getattr(data, field), 0)
+    for field in ("augment", "download", "verify_checksums"):
+        if not isinstance(getattr(data, field), bool):
+            raise ConfigError(f"data.{field}={getattr(data, field)!r}: need True or False")
+    _check_int("batch_size", loader["batch_size"], 1)
+    _check_int("eval_batch_size", loader["eval_batch_size"], 1, optional=True)
+    _check_int("seed", loader["seed"], 0)
+    if dataset == "imagenet" and data.format == "torchvision":
         raise ConfigError(
-            "fmt='torchvision' reads CIFAR-10's python batches only: for "
-            "dataset='imagenet' use fmt 'imagefolder', 'npz' or 'auto'"
+            "data.format='torchvision' reads CIFAR-10's python batches only: for "
+            "dataset='imagenet' use format 'imagefolder', 'npz' or 'auto'"
         )
+
+
+def _take(dataset: Any, indices: Any) -> Any:
+    if isinstance(dataset, ArrayDataset):
+        return dataset.subset(indices)
+    return Subset(dataset, torch.as_tensor(indices).tolist())
 
 
 def _subset(dataset: Any, labels: Any, n: int | None, seed: int, field: str) -> Any:
     if n is None:
         return dataset
-    indices = balanced_subset(labels, n, seed=seed, field=field)
-    if isinstance(dataset, ArrayDataset):
-        return dataset.subset(indices)
-    return Subset(dataset, indices.tolist())
+    return _take(dataset, balanced_subset(labels, n, seed=seed, field=field))
+
+
+def _carve_validation(train: Any, labels: Any, data: DataConfig) -> tuple[Any, Any, Any]:
+    """(train without the validation images, their labels, the validation split)."""
+    if data.val_subset is None:
+        return train, labels, None
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    val_indices = balanced_subset(
+        labels, data.val_subset, seed=data.val_seed, field="data.val_subset"
+    )
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val_indices] = False
+    rest = torch.nonzero(keep).flatten()
+    if len(rest) == 0:
+        raise ConfigError(f"data.val_subset={data.val_subset} leaves no training images")
+    return _take(train, rest), labels[rest], _take(train, val_indices)
 
 
 def _resolve_format(root: Path, dataset: str, fmt: str, download: bool) -> str:
@@ -173,9 +190,10 @@ class _Splits:
     test: Any
     classes: tuple[str, ...]
     image_size: tuple[int, int]
+    val: Any = None
 
 
-def _load_splits(root: Path, dataset: str, fmt: str, args: dict[str, Any]) -> _Splits:
+def _load_splits(root: Path, dataset: str, fmt: str, data: DataConfig) -> _Splits:
     """Both splits, subsetted; ``ArrayDataset`` for in-memory formats, torch datasets otherwise."""
     if fmt == "imagefolder":
         train, test, classes = _load_folders(root)
@@ -185,56 +203,51 @@ def _load_splits(root: Path, dataset: str, fmt: str, args: dict[str, Any]) -> _S
             train, test = load_npz(root)
         else:
             train, test = load_torchvision_cifar10(
-                root, download=args["download"], verify_checksums=args["verify_checksums"]
+                root, download=data.download, verify_checksums=data.verify_checksums
             )
         train_labels, test_labels, classes = train.labels, test.labels, train.classes
         if dataset == "cifar10" and classes == tuple(str(i) for i in range(10)):
             classes = CIFAR10_CLASSES  # an npz without names, in CIFAR-10's label order
             train, test = (ArrayDataset(s.images, s.labels, classes) for s in (train, test))
-    train = _subset(train, train_labels, args["train_subset"], args["subset_seed"], "train_subset")
-    test = _subset(test, test_labels, args["test_subset"], args["subset_seed"], "test_subset")
+    train, train_labels, val = _carve_validation(train, train_labels, data)
+    seed = data.subset_seed
+    train = _subset(train, train_labels, data.train_subset, seed, "data.train_subset")
+    test = _subset(test, test_labels, data.test_subset, seed, "data.test_subset")
     if isinstance(train, ArrayDataset):
         size = train.image_size
     else:
         size = (224, 224) if dataset == "imagenet" else _native_size(train)
-    return _Splits(train, test, classes, size)
+    return _Splits(train, test, classes, size, val)
 
 
 def build_data(
     dataset: str,
-    data_root: str | os.PathLike[str],
+    data: DataConfig,
     *,
-    fmt: str = "auto",
-    train_subset: int | None = None,
-    test_subset: int | None = None,
-    subset_seed: int = 0,
     batch_size: int = 128,
     eval_batch_size: int | None = None,
     seed: int = 0,
-    augment: bool = True,
-    normalization: str = "per_channel",
-    download: bool = False,
-    num_workers: int = 0,
     channels_last: bool = False,
-    verify_checksums: bool = True,
-    crop_padding: int = 4,
 ) -> DataBundle:
-    """Load ``dataset`` ("cifar10" or "imagenet") from ``data_root`` and build its two loaders.
+    """Load ``dataset`` ("cifar10" or "imagenet") as ``data`` describes and build its loaders.
 
-    ``fmt`` is the root's layout ("auto" detects it). Subsets are class balanced and chosen by
-    ``subset_seed`` alone, so every training ``seed`` sees the same images. The train loader
-    shuffles, augments (if ``augment``) and drops the last partial batch; the test loader keeps
-    dataset order and every item. ``crop_padding`` is the pad of the CIFAR random crop (the SACT
-    code padded by 2; 4 is the usual choice). ``num_workers`` applies to image folders only
-    (in-memory batches are assembled in the main process). ``verify_checksums=False`` accepts
-    CIFAR-10 batches that are not the official files. ``download`` fetches missing CIFAR-10
-    batches through torchvision (network needed).
+    ``data.root`` must be set (see :func:`resolve_data_root`); ``data.format`` is the root's
+    layout ("auto" detects it). Subsets are class balanced and chosen by ``data.subset_seed``
+    alone, so every training ``seed`` sees the same images. The train loader shuffles (by
+    ``seed`` and epoch), augments (if ``data.augment``) and drops the last partial batch; the
+    test loader keeps dataset order and every item. ``data.crop_padding`` is the pad of the CIFAR
+    random crop (the SACT code pads by 2). ``data.num_workers`` applies to image folders only
+    (in-memory batches are assembled in the main process). ``data.download`` fetches missing
+    CIFAR-10 batches through torchvision (network needed).
     """
-    args = dict(locals())  # every argument, by name, for validation and the helpers
-    _check_arguments(args)
-    root = Path(data_root).expanduser().resolve()
-    found = _resolve_format(root, dataset, fmt, download)
-    splits = _load_splits(root, dataset, found, args)
+    _check_arguments(
+        dataset, data, {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "seed": seed}
+    )
+    if data.root is None:
+        raise ConfigError("data.root is not set: give --data-root DIR or set $PACT_DATA_ROOT")
+    root = Path(data.root).expanduser().resolve()
+    found = _resolve_format(root, dataset, data.format, data.download)
+    splits = _load_splits(root, dataset, found, data)
     if len(splits.train) < batch_size:
         raise ConfigError(
             f"batch_size={batch_size} exceeds the {len(splits.train)} training images and the "
@@ -245,33 +258,49 @@ def build_data(
         (IMAGENET_MEAN, IMAGENET_STD) if dataset == "imagenet" else (CIFAR10_MEAN, CIFAR10_STD)
     )
     common: dict[str, Any] = dict(
-        normalization=normalization, mean=mean, std=std, seed=seed, channels_last=channels_last
+        normalization=data.normalization,
+        mean=mean,
+        std=std,
+        seed=seed,
+        channels_last=channels_last,
     )
     eval_batch_size = eval_batch_size or batch_size
     train_loader: BatchLoader
     test_loader: BatchLoader
     if found == "imagefolder":
-        train_tf, eval_tf = _folder_transforms(dataset, splits.image_size, augment, crop_padding)
-        workers = dict(num_workers=num_workers, **common)
+        train_tf, eval_tf = _folder_transforms(
+            dataset, splits.image_size, data.augment, data.crop_padding
+        )
+        workers = dict(num_workers=data.num_workers, **common)
         train_loader = FolderLoader(
             splits.train, train_tf, batch_size, shuffle=True, drop_last=True, **workers
         )
         test_loader = FolderLoader(
             splits.test, eval_tf, eval_batch_size, shuffle=False, drop_last=False, **workers
         )
+        val_loader = None
+        if splits.val is not None:
+            val_loader = FolderLoader(
+                splits.val, eval_tf, eval_batch_size, shuffle=False, drop_last=False, **workers
+            )
     else:
         train_loader = ArrayLoader(
             splits.train,
             batch_size,
             shuffle=True,
             drop_last=True,
-            augment=augment,
-            crop_padding=crop_padding,
+            augment=data.augment,
+            crop_padding=data.crop_padding,
             **common,
         )
         test_loader = ArrayLoader(
             splits.test, eval_batch_size, shuffle=False, drop_last=False, augment=False, **common
         )
+        val_loader = None
+        if splits.val is not None:
+            val_loader = ArrayLoader(
+                splits.val, eval_batch_size, shuffle=False, drop_last=False, augment=False, **common
+            )
     return DataBundle(
         train_loader=train_loader,
         test_loader=test_loader,
@@ -281,4 +310,6 @@ def build_data(
         num_test=len(splits.test),
         format=found,
         classes=splits.classes,
+        val_loader=val_loader,
+        num_val=0 if splits.val is None else len(splits.val),
     )

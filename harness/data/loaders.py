@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from harness.config import NORMALIZATIONS
 from harness.data.readers import ArrayDataset
-from harness.errors import ConfigError
-
-NORMALIZATIONS = ("per_channel", "per_image")
+from harness.errors import ConfigError, check_choice
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -124,7 +123,8 @@ def normalize(
         image_mean = flat.mean(dim=1).view(-1, 1, 1, 1)
         image_std = flat.std(dim=1, correction=0).clamp_min(min_std).view(-1, 1, 1, 1)
         return (images - image_mean) / image_std
-    raise ConfigError(f"normalization={mode!r} is not allowed: choose one of {NORMALIZATIONS}")
+    check_choice("normalization", mode, NORMALIZATIONS)
+    raise AssertionError(f"normalization {mode!r} is allowed but not implemented")
 
 
 def _model_input(

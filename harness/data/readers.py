@@ -23,8 +23,6 @@ from torch.utils.data import Dataset, Subset
 
 from harness.errors import DataError
 
-DATASETS = ("cifar10", "imagenet")
-FORMATS = ("auto", "torchvision", "npz", "imagefolder")
 DATA_ROOT_ENV = "PACT_DATA_ROOT"
 
 CIFAR10_CLASSES = (

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from baselines import TORCH_HALTING
-from harness.contract import AdaptiveModel, EvalSpec, ModelOutput
+from harness.contract import AdaptiveModel, EvalSpec, ModelOutput, check_eval_spec
 from harness.errors import ConfigError
 from methods.common.branches import ImageHalting, SpatialHalting
 
@@ -107,22 +107,9 @@ class HaltingResNet(AdaptiveModel):
         return ("halting.",)
 
     def check_spec(self, spec: EvalSpec | None) -> None:
-        """Refuse an unknown mode or an execution the mode does not offer."""
-        if spec is None:
-            return
-        if spec.mode not in self.eval_modes:
-            raise ConfigError(
-                f"unknown eval mode {spec.mode!r} for {type(self).__name__}; "
-                f"allowed values: {', '.join(self.eval_modes)}"
-            )
-        offered = self.executions_for(spec.mode)
-        if spec.execution not in offered:
-            raise ConfigError(
-                f"execution {spec.execution!r} is not offered for mode {spec.mode!r}; "
-                f"allowed values: {', '.join(offered)}"
-            )
-        if not 0.0 < spec.threshold < 1.0:
-            raise ConfigError(f"threshold={spec.threshold} must be in (0, 1)")
+        """Refuse an unknown mode, an execution the mode does not offer, a bad threshold."""
+        if spec is not None:
+            check_eval_spec(self, spec)
 
     def run_block(
         self, b: int, x: torch.Tensor | list[torch.Tensor], spec: EvalSpec | None

@@ -1,7 +1,7 @@
 """Study presets: YAML files that describe a grid of training runs, and their expansion.
 
-A preset is a readable file in this folder (``smoke.yaml``, ``cpu-mini.yaml``, ...) or any YAML
-path with the same keys::
+A preset is a readable file shipped in ``harness/preset_files/`` (``smoke.yaml``,
+``cpu-mini.yaml``, ...) or any YAML path with the same keys::
 
     name: smoke                     # the preset's name (a file here must be called NAME.yaml)
     description: one paragraph      # what the study is for and what it costs
@@ -14,6 +14,9 @@ path with the same keys::
       "*": {}                       # every other registered method, at its defaults
       sact: search_space            # the method's own default search space (MethodSpec)
       spatial_pact: null            # leave a method out (wins over patterns)
+      # a list of entries: variants of one method (an ablation); each variant's trials are
+      # named by its fixed config fields too (pact_d20_lambda0.01_priorbernoulli_s0)
+      # pact: [{lambda: [0.01]}, {lambda: [0.01], config: {prior: bernoulli}}]
     depths: [14]                    # backbone depths of the method trials
     seeds: [0]
     vanilla_depths: [8, 14]         # extra trials of the vanilla method (the depth series)
@@ -45,13 +48,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.config import RunConfig, deep_merge, from_dict, to_dict, validate_run_config
+from harness.config import (
+    RunConfig,
+    config_key,
+    deep_merge,
+    from_dict,
+    load_yaml,
+    to_dict,
+    validate_run_config,
+)
 from harness.errors import ConfigError
-from harness.registry import get_method, list_methods
+from harness.registry import get_method, list_methods, time_penalty_key
+from harness.runs import resolve_method
 
-PRESET_DIR = Path(__file__).resolve().parent
+PRESET_DIR = Path(__file__).resolve().parent / "preset_files"
 
 #: Top-level keys of a preset file; every other key is an error.
 PRESET_KEYS = (
@@ -94,15 +104,15 @@ class Preset:
     """A parsed preset (see the module docstring for the meaning of each field)."""
 
     name: str
-    description: str
-    base: dict[str, Any]
-    methods: dict[str, Any]
-    depths: tuple[int, ...]
-    seeds: tuple[int, ...]
+    description: str = ""
+    base: Mapping[str, Any] = field(default_factory=dict)
+    methods: Mapping[str, Any] = field(default_factory=dict)
+    depths: tuple[int, ...] = ()
+    seeds: tuple[int, ...] = ()
     vanilla_depths: tuple[int, ...] = ()
     vanilla_method: str = "resnet"
     init_from: str | None = None
-    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    resources: Mapping[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     max_concurrent: int | None = None
     max_failures: int = 2
     source: str = ""
@@ -118,15 +128,7 @@ def list_presets() -> dict[str, str]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"--preset: cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--preset: {path} is not valid YAML: {err}") from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"--preset: {path} must hold a mapping of preset keys")
-    return dict(data)
+    return load_yaml(path, "--preset")
 
 
 def preset_path(name_or_path: str) -> Path:
@@ -169,16 +171,12 @@ def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
     return grid, base
 
 
-def _int_list(value: Any, where: str, minimum: int) -> tuple[int, ...]:
-    items = value if isinstance(value, (list, tuple)) else [value]
-    out = []
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
+def _check_ints(values: tuple[int, ...], where: str, minimum: int) -> None:
+    for item in values:
+        if item < minimum:
             raise ConfigError(f"{where}: expected integers >= {minimum}, got {item!r}")
-        out.append(item)
-    if len(set(out)) != len(out):
-        raise ConfigError(f"{where}: repeated values in {out}")
-    return tuple(out)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where}: repeated values in {list(values)}")
 
 
 def _resources(value: Any) -> dict[str, float]:
@@ -202,7 +200,9 @@ def _resources(value: Any) -> dict[str, float]:
 
 
 def parse_preset(tree: Mapping[str, Any], source: str = "") -> Preset:
-    """Check a preset mapping's keys and types; method-level checks happen at expansion."""
+    """Check a preset mapping: keys and types through :func:`~harness.config.from_dict`, then
+    what types cannot say (ranges, no method or seed settings in ``base``). Method-level checks
+    happen at expansion."""
     unknown = sorted(set(tree) - set(PRESET_KEYS))
     if unknown:
         raise ConfigError(
@@ -211,52 +211,42 @@ def parse_preset(tree: Mapping[str, Any], source: str = "") -> Preset:
     for key in ("name", "methods", "depths", "seeds"):
         if tree.get(key) is None:
             raise ConfigError(f"preset {source or '(unnamed)'} lacks the required key {key!r}")
-    base = tree.get("base") or {}
-    if not isinstance(base, Mapping):
-        raise ConfigError("base: expected a mapping of RunConfig keys")
+    values = {
+        k: v for k, v in tree.items() if v is not None or k in ("init_from", "max_concurrent")
+    }
+    values.setdefault("resources", {})
+    preset = from_dict(Preset, values)
+    preset = dataclasses.replace(
+        preset,
+        description=preset.description.strip(),
+        base=copy.deepcopy(dict(preset.base)),
+        methods=copy.deepcopy(dict(preset.methods)),
+        resources=_resources(preset.resources),
+        source=source,
+    )
     for key in ("method", "method_config"):
-        if key in base:
+        if key in preset.base:
             raise ConfigError(
                 f"base.{key}: method settings differ per method; put them under "
                 "methods.<name>.config"
             )
-    model = base.get("model")
-    if "seed" in base or (isinstance(model, Mapping) and "depth" in model):
+    model = preset.base.get("model")
+    if "seed" in preset.base or (isinstance(model, Mapping) and "depth" in model):
         raise ConfigError("base: give depths and seeds in the preset's depths: and seeds: lists")
-    seeds = _int_list(tree["seeds"], "seeds", 0)
-    if not seeds:
+    _check_ints(preset.seeds, "seeds", 0)
+    _check_ints(preset.depths, "depths", 1)
+    _check_ints(preset.vanilla_depths, "vanilla_depths", 1)
+    if not preset.seeds:
         raise ConfigError("seeds: give at least one seed")
-    methods = tree["methods"]
-    if not isinstance(methods, Mapping) or not methods:
+    if not preset.methods:
         raise ConfigError("methods: expected a mapping of method name -> grid")
-    max_concurrent = tree.get("max_concurrent")
-    if max_concurrent is not None and (
-        isinstance(max_concurrent, bool)
-        or not isinstance(max_concurrent, int)
-        or max_concurrent < 1
-    ):
-        raise ConfigError(f"max_concurrent={max_concurrent!r} must be a positive integer or null")
-    max_failures = tree.get("max_failures", 2)
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
-        raise ConfigError(f"max_failures={max_failures!r} must be an integer >= 0")
-    init_from = tree.get("init_from")
-    if init_from is not None and not isinstance(init_from, str):
-        raise ConfigError(f"init_from={init_from!r} must be a run directory path or null")
-    return Preset(
-        name=str(tree["name"]),
-        description=str(tree.get("description", "")).strip(),
-        base=copy.deepcopy(dict(base)),
-        methods=copy.deepcopy(dict(methods)),
-        depths=_int_list(tree["depths"], "depths", 1),
-        seeds=seeds,
-        vanilla_depths=_int_list(tree.get("vanilla_depths") or [], "vanilla_depths", 1),
-        vanilla_method=str(tree.get("vanilla_method", "resnet")),
-        init_from=init_from,
-        resources=_resources(tree.get("resources", {})),
-        max_concurrent=max_concurrent,
-        max_failures=max_failures,
-        source=source,
-    )
+    if preset.max_concurrent is not None and preset.max_concurrent < 1:
+        raise ConfigError(
+            f"max_concurrent={preset.max_concurrent!r} must be a positive integer or null"
+        )
+    if preset.max_failures < 0:
+        raise ConfigError(f"max_failures={preset.max_failures!r} must be an integer >= 0")
+    return preset
 
 
 def load_preset(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> Preset:
@@ -301,7 +291,7 @@ def _method_entries(preset: Preset) -> list[tuple[str, Any]]:
 
 def _field_names(spec) -> dict[str, str]:
     """Config key (no trailing underscore) -> dataclass field name."""
-    return {f.name.rstrip("_"): f.name for f in dataclasses.fields(spec.config_cls)}
+    return {config_key(f.name): f.name for f in dataclasses.fields(spec.config_cls)}
 
 
 def _method_axes(method: str, entry: Any) -> tuple[dict[str, list[Any]], dict[str, Any]]:
@@ -309,7 +299,7 @@ def _method_axes(method: str, entry: Any) -> tuple[dict[str, list[Any]], dict[st
     spec = get_method(method)
     where = f"methods.{method}"
     if entry == SEARCH_SPACE:
-        entry = {k.rstrip("_"): list(v) for k, v in spec.search_space.items()}
+        entry = {config_key(k): list(v) for k, v in spec.search_space.items()}
     if not isinstance(entry, Mapping):
         raise ConfigError(
             f"{where}: expected a mapping of field -> values, {SEARCH_SPACE!r} or null, "
@@ -359,25 +349,13 @@ def expand(preset: Preset) -> list[Trial]:
     """Every trial of the preset, in a fixed order: method entries in file order, then depth,
     then grid point, then seed; the vanilla depth series last. Configs are resolved (method
     defaults filled in) and validated; nothing is trained or written."""
-    # Imported here: harness.train pulls in torch and the data stack.
-    from harness.train import resolve_method
-
     planned: list[tuple[str, str, dict, int, int]] = []
     for method, entry in _method_entries(preset):
-        axes, fixed = _method_axes(method, entry)
-        spec = get_method(method)
-        penalty = (spec.time_penalty_field or "").rstrip("_")
-        for depth in preset.depths:
-            for values in itertools.product(*axes.values()):
-                point = dict(zip(axes, values, strict=True))
-                config = {**fixed, **point}
-                shown = dict(point)
-                if penalty and penalty not in shown:
-                    # Name every adaptive trial by its time penalty, default or not.
-                    shown = {penalty: _default_penalty(spec, fixed, penalty), **shown}
-                for seed in preset.seeds:
-                    name = trial_name(method, depth, shown, seed)
-                    planned.append((name, method, config, depth, seed))
+        # A list of entries: variants of one method (an ablation), each named by its fixed
+        # fields too, so that the variants' trials never share a name.
+        variants = entry if isinstance(entry, list) else [entry]
+        for variant in variants:
+            planned += _plan_entry(preset, method, variant, name_fixed=isinstance(entry, list))
     for depth in preset.vanilla_depths:
         for seed in preset.seeds:
             name = trial_name(preset.vanilla_method, depth, {}, seed)
@@ -402,6 +380,28 @@ def expand(preset: Preset) -> list[Trial]:
             continue  # e.g. the vanilla method listed under methods and in vanilla_depths
         trials[name] = trial
     return list(trials.values())
+
+
+def _plan_entry(
+    preset: Preset, method: str, entry: Any, name_fixed: bool
+) -> list[tuple[str, str, dict, int, int]]:
+    """(name, method, method config, depth, seed) of every trial of one method entry."""
+    axes, fixed = _method_axes(method, entry)
+    spec = get_method(method)
+    penalty = time_penalty_key(spec)
+    planned = []
+    for depth in preset.depths:
+        for values in itertools.product(*axes.values()):
+            point = dict(zip(axes, values, strict=True))
+            config = {**fixed, **point}
+            shown = {**point, **fixed} if name_fixed else dict(point)
+            if penalty and penalty not in shown:
+                # Name every adaptive trial by its time penalty, default or not.
+                shown = {penalty: _default_penalty(spec, fixed, penalty), **shown}
+            for seed in preset.seeds:
+                name = trial_name(method, depth, shown, seed)
+                planned.append((name, method, config, depth, seed))
+    return planned
 
 
 def _default_penalty(spec, fixed: Mapping[str, Any], key: str) -> Any:

@@ -1,0 +1,81 @@
+"""``pact-harness grid``: run a preset's study on Ray Tune (:mod:`harness.grid`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.cli.flags import add_set_flag
+from harness.grid import run_grid
+from harness.presets import list_presets
+from harness.study import DEFAULT_PRESET, GridOptions
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    """0 when every trial finished, 1 on failed trials, 130 when interrupted (``--resume``)."""
+    if args.list_presets:
+        for name, description in list_presets().items():
+            print(f"{name:<16} {description}")
+        return 0
+    options = GridOptions(
+        preset=args.preset,
+        overrides=args.set or [],
+        out=args.out,
+        data_root=args.data_root,
+        address=args.address,
+        resume=args.resume,
+        download=args.download,
+        dry_run=args.dry_run,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures,
+        verbose=args.verbose,
+        argv=list(getattr(args, "argv", None) or sys.argv),
+    )
+    outcome = run_grid(options)
+    if outcome is None:
+        return 0
+    if outcome.failed:
+        return 1
+    return 130 if outcome.unfinished else 0
+
+
+def add_parser(sub) -> None:
+    """Add the ``grid`` subcommand."""
+    p = sub.add_parser(
+        "grid",
+        help="run a study (methods x time penalty x depth x seed) on Ray Tune",
+        description="Run a preset's grid of trials on Ray Tune, locally or on a cluster. "
+        "Interrupted studies continue with --resume.",
+    )
+    p.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help=f"preset name (see --list-presets) or a preset .yaml path (default {DEFAULT_PRESET})",
+    )
+    p.add_argument("--list-presets", action="store_true", help="list shipped presets and exit")
+    p.add_argument("--address", help="join an existing Ray cluster (host:port or auto)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the study in --out (finished trials are kept); starts it if --out is new",
+    )
+    p.add_argument("--data-root", help="dataset folder (else the preset's, else $PACT_DATA_ROOT)")
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch CIFAR-10 into --data-root first if no dataset is there (needs network)",
+    )
+    p.add_argument("--out", help="study folder (default runs/grid/<preset>)")
+    add_set_flag(
+        p,
+        "override a config key of every trial (optim.epochs=1) or a preset key "
+        "(seeds=[0,1], methods.act.tau=[0.01], methods.pact=null)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (fractions allowed)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions allowed)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--max-failures", type=int, help="retries of a failed trial")
+    p.set_defaults(func=cmd_grid)

@@ -1,0 +1,22 @@
+"""``pact-harness report``: tables and figures from stored results (:mod:`harness.report`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.report import make_report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``pact-harness report INPUT... --out DIR``: print every written path."""
+    for path in make_report(args.inputs, args.out):
+        print(path)
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Add the ``report`` subcommand."""
+    p = sub.add_parser("report", help="tables and figures from results.csv files")
+    p.add_argument("inputs", nargs="+", help="results.csv files, run or study directories")
+    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+    p.set_defaults(func=cmd_report)

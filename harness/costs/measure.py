@@ -1,0 +1,130 @@
+"""One measured evaluation pass: FLOPs, peak memory and time of the same call, as a row.
+
+:func:`measure_pass` warms up, measures the peak memory of one pass (keeping its output for the
+FLOP count) and times repeats, optionally interleaved with the plain backbone;
+:func:`cost_row` turns that into the row fields that ``profile`` prints and that
+:func:`add_cost_columns` adds to a trained run's result rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from harness.contract import AdaptiveModel, EvalSpec, ModelOutput
+from harness.costs import evaluating
+from harness.costs.flops import FlopAccountant
+from harness.costs.memory import MemoryReport, measure_peak_memory
+from harness.costs.timing import TimingReport, time_interleaved
+from harness.stats import per_image_mean, sample_std
+
+
+def measure_pass(
+    model: AdaptiveModel,
+    images: torch.Tensor,
+    spec: EvalSpec,
+    seed: int | None = None,
+    warmup: int = 2,
+    repeats: int = 5,
+    vanilla: bool = False,
+) -> tuple[MemoryReport, TimingReport, TimingReport | None, ModelOutput]:
+    """Warm up, measure peak memory of one pass (keeping its output), then time ``repeats``.
+
+    ``seed`` seeds a fresh generator for every call of a random mode, so every call makes the
+    same halting decisions. With ``vanilla``, the plain backbone (every unit, no halting) is
+    timed on the same images in turn with the pass: the third item, else None.
+    """
+
+    def run() -> ModelOutput:
+        call_spec = spec
+        if seed is not None:
+            generator = torch.Generator(device=images.device).manual_seed(seed)
+            call_spec = dataclasses.replace(spec, generator=generator)
+        return model(images, call_spec)
+
+    runs: dict[str, Callable[[], Any]] = {"pass": run}
+    if vanilla:
+        runs["vanilla"] = lambda: model.backbone(images)
+    with torch.no_grad(), evaluating(model):
+        for _ in range(warmup):
+            for call in runs.values():
+                call()
+        memory, output = measure_peak_memory(run, model, images)
+        timings = time_interleaved(runs, images.device, warmup=0, repeats=repeats)
+    timings = {k: dataclasses.replace(t, warmup=warmup) for k, t in timings.items()}
+    return memory, timings["pass"], timings.get("vanilla"), output
+
+
+def cost_row(
+    spec: EvalSpec,
+    model: AdaptiveModel,
+    flops: FlopAccountant,
+    memory: MemoryReport,
+    timing: TimingReport,
+    output: ModelOutput,
+    vanilla: TimingReport | None = None,
+) -> dict[str, Any]:
+    """Row fields of one measured pass (FLOPs from its executed-unit counts)."""
+    per_image, per_block = flops.per_image(output)
+    per_image = per_image.double()
+    mean = per_image.mean().item()
+    units = [per_image_mean(u) for u in output.units_executed]
+    row: dict[str, Any] = {
+        "eval_mode": spec.mode,
+        "execution": spec.execution,
+        "threshold": spec.threshold if spec.mode in model.threshold_modes else None,
+        "batch_size": int(output.logits.shape[0]),
+        "flops_per_image_mean": mean,
+        "flops_per_image_std": sample_std(per_image),
+        "flops_per_block": [round(v, 1) for v in per_block.double().mean(0).tolist()],
+        "vanilla_flops_per_image": flops.vanilla_flops,
+        "flops_fraction_of_vanilla": mean / flops.vanilla_flops,
+        "flop_speedup_vs_vanilla": flops.vanilla_flops / mean,
+        "units_executed_mean": torch.stack(units, 1).sum(1).mean().item() if units else None,
+        "peak_memory_bytes": memory.peak_bytes,
+        "peak_memory_device": memory.device,
+        "peak_memory_method": memory.method,
+        "parameter_bytes": memory.parameter_bytes,
+        "input_bytes": memory.input_bytes,
+        "activation_peak_bytes": memory.activation_bytes,
+        "peak_op": memory.peak_op,
+        "seconds_per_batch": timing.seconds_per_batch,
+        "seconds_per_image": timing.seconds_per_batch / output.logits.shape[0],
+        "timing_warmup": timing.warmup,
+        "timing_repeats": len(timing.seconds),
+        "threads": torch.get_num_threads() if timing.device == "cpu" else None,
+    }
+    if vanilla is not None:
+        row["vanilla_seconds_per_batch"] = vanilla.seconds_per_batch
+        row["time_speedup_vs_vanilla"] = vanilla.seconds_per_batch / timing.seconds_per_batch
+    return row
+
+
+def add_cost_columns(
+    model: AdaptiveModel,
+    images: torch.Tensor | None,
+    rows: list[dict[str, Any]],
+    random_seed: int,
+    warmup: int = 1,
+    repeats: int = 3,
+) -> None:
+    """Give a trained run's result rows ``peak_memory_bytes``, ``peak_memory_device``,
+    ``activation_peak_bytes`` and ``seconds_per_batch``, measured on ``images`` (the first test
+    batch: ``cost_batch_size``); random modes are seeded with ``random_seed``."""
+    if images is None:
+        return
+    for row in rows:
+        mode = row["eval_mode"]
+        threshold = row.get("threshold")
+        spec = EvalSpec(mode, row["execution"], 0.5 if threshold is None else float(threshold))
+        seed = random_seed if mode in model.random_modes else None
+        memory, timing, _, output = measure_pass(model, images, spec, seed, warmup, repeats)
+        del output
+        row["peak_memory_bytes"] = memory.peak_bytes
+        row["peak_memory_device"] = memory.device
+        row["seconds_per_batch"] = timing.seconds_per_batch
+        row["cost_batch_size"] = int(images.shape[0])
+        row["activation_peak_bytes"] = memory.activation_bytes

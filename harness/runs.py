@@ -1,0 +1,155 @@
+"""Core services around one run: resolve its method, build its model and data, read what a run
+directory holds, and the per-trial columns of its result rows.
+
+Every job (train, profile, study, report) uses these; none of them is a job itself. The run
+lifecycle (prepare, train, resume, evaluate) is :mod:`harness.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import store
+from harness.config import RunConfig, from_dict, load_yaml, to_dict
+from harness.contract import AdaptiveModel, MethodSpec
+from harness.data import DataBundle, build_data
+from harness.errors import CheckpointError, ConfigError
+from harness.registry import get_method, time_penalty_key
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA device is available; allowed: auto, cpu")
+    return torch.device(name)
+
+
+def resolve_method(cfg: RunConfig) -> tuple[MethodSpec, Any, RunConfig]:
+    """Look up the method and fill its config defaults into ``cfg.method_config``."""
+    spec = get_method(cfg.method)
+    method_config = from_dict(spec.config_cls, cfg.method_config, "method")
+    check = getattr(method_config, "validate", None)
+    if callable(check):
+        check()
+    cfg = dataclasses.replace(cfg, method_config=to_dict(method_config))
+    return spec, method_config, cfg
+
+
+def build_model(
+    cfg: RunConfig, num_classes: int | None = None
+) -> tuple[MethodSpec, Any, AdaptiveModel]:
+    """Resolve the method and build its model for ``cfg.model`` (``num_classes`` from data)."""
+    spec, method_config, cfg = resolve_method(cfg)
+    model_spec = cfg.model
+    if num_classes is not None and model_spec.num_classes is None:
+        model_spec = dataclasses.replace(model_spec, num_classes=num_classes)
+    model = spec.build(model_spec, method_config)
+    return spec, method_config, model
+
+
+def build_run_data(cfg: RunConfig, root: Path, **data_overrides: Any) -> DataBundle:
+    """The run's data as its config describes it, from ``root``.
+
+    ``data_overrides`` replace :class:`~harness.config.DataConfig` fields (profiling reads the
+    test split only: ``train_subset``, ``augment`` ...); ``eval_batch_size`` replaces the
+    evaluation batch size.
+    """
+    eval_batch_size = data_overrides.pop("eval_batch_size", cfg.eval.batch_size)
+    batch_size = data_overrides.pop("batch_size", cfg.optim.batch_size)
+    data = dataclasses.replace(cfg.data, root=str(root), **data_overrides)
+    return build_data(
+        cfg.model.dataset,
+        data,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        seed=cfg.seed,
+        channels_last=cfg.channels_last,
+    )
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``); CheckpointError if unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {err}"
+        ) from None
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved configuration stored in a run directory (CheckpointError if unreadable)."""
+    path = Path(run_dir) / store.CONFIG_FILE
+    try:
+        return from_dict(RunConfig, load_yaml(path, store.CONFIG_FILE, CheckpointError))
+    except ConfigError as err:
+        raise CheckpointError(f"cannot read the run configuration {path}: {err}") from None
+
+
+def load_run(run_dir: str | Path, flag: str = "--run") -> tuple[RunConfig, dict[str, Any]]:
+    """A trained run's resolved config and checkpoint; ``CheckpointError`` if either is missing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{flag} {run_dir}: no such run directory")
+    for name in (store.CONFIG_FILE, store.CHECKPOINT_FILE):
+        if not (run_dir / name).is_file():
+            raise CheckpointError(f"{flag} {run_dir}: no {name} there; give a trained run")
+    cfg = read_run_config(run_dir)
+    checkpoint = load_checkpoint(run_dir / store.CHECKPOINT_FILE)
+    if "model" not in checkpoint:
+        raise CheckpointError(f"{flag} {run_dir}: {store.CHECKPOINT_FILE} holds no model state")
+    return cfg, checkpoint
+
+
+def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[str]:
+    """Copy weights from another run's checkpoint, leaving the halting branches fresh.
+
+    The source must have the same backbone (dataset, depth, variant); returns the keys left fresh.
+    """
+    if not (source / store.CONFIG_FILE).exists() or not (source / store.CHECKPOINT_FILE).exists():
+        raise CheckpointError(f"--init-from {source}: no run with a checkpoint there")
+    other = read_run_config(source)
+    for name in ("dataset", "depth", "variant"):
+        mine, theirs = getattr(cfg.model, name), getattr(other.model, name)
+        if mine != theirs:
+            raise CheckpointError(
+                f"--init-from {source}: its model.{name}={theirs!r} differs from this run's "
+                f"{mine!r}; initialise from a run with the same backbone"
+            )
+    state = load_checkpoint(source / store.CHECKPOINT_FILE)["model"]
+    skip = model.finetune_skip_prefixes()
+    wanted = {
+        k: v for k, v in state.items() if not k.startswith(skip) and k.startswith("backbone.")
+    }
+    missing, _ = model.load_state_dict(wanted, strict=False)
+    # Only backbone keys must come from the source; the method's own parameters and buffers
+    # (halting branches, PACT's temperature) are fresh by design.
+    unexpected_fresh = [k for k in missing if k.startswith("backbone.") and not k.startswith(skip)]
+    if unexpected_fresh:
+        raise CheckpointError(
+            f"--init-from {source}: backbone weights missing from its checkpoint: "
+            + ", ".join(unexpected_fresh[:3])
+        )
+    return sorted(missing)
+
+
+def trial_columns(cfg: RunConfig, spec: MethodSpec, trial_id: str) -> dict[str, Any]:
+    """The per-trial columns of every result row (the time penalty named by the method)."""
+    key = time_penalty_key(spec)
+    return {
+        "trial_id": trial_id,
+        "method": cfg.method,
+        "variant": cfg.model.variant,
+        "dataset": cfg.model.dataset,
+        "depth": cfg.model.depth,
+        "time_penalty_name": key or "",
+        "time_penalty": float(cfg.method_config[key]) if key else 0.0,
+        "seed": cfg.seed,
+        "eval_batch_size": cfg.eval.batch_size,
+    }
