@@ -17,9 +17,14 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+STUDY ?= runs/grid/$(PRESET)
+
+# The main job: the grid (resumed if interrupted), then its report; prints where report.md is.
 run: $(BIN)/.installed
-	$(BIN)/pact-harness grid --preset $(PRESET) --data-root $(DATA_ROOT) \
+	$(BIN)/pact-harness grid --preset $(PRESET) --data-root $(DATA_ROOT) --out $(STUDY) \
 		$(if $(filter 1,$(DOWNLOAD)),--download,) --resume
+	$(BIN)/pact-harness report $(STUDY) --out $(STUDY)/report > /dev/null
+	@echo "report: $(STUDY)/report/report.md"
 
 # The full suite (CI runs it): lint, format check, the import layers, every test.
 test: lint

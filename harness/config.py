@@ -11,6 +11,8 @@ keywords carry a trailing underscore in code and are written without it in files
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import types
 import typing
@@ -335,6 +337,20 @@ def config_identity(config: RunConfig | Mapping[str, Any], keep_eval: bool = Fal
         if isinstance(node, dict):
             node.pop(path[-1], None)
     return tree
+
+
+def experiment_identity(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same experiment, so that they may be pooled as seeds: the whole
+    resolved config (evaluation settings included) except the seed and :data:`RUNTIME_FIELDS`."""
+    tree = config_identity(config, keep_eval=True)
+    tree.pop("seed", None)
+    return tree
+
+
+def experiment_id(identity: Mapping[str, Any]) -> str:
+    """A short stable hash of an :func:`experiment_identity` (12 hex digits)."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

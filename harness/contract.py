@@ -153,3 +153,5 @@ class MethodSpec:
     search_space: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     time_penalty_field: str | None = None
     description: str = ""
+    #: Display name in tables and figures (``PACT (reconstruction)``); empty: ``name``.
+    label: str = ""

@@ -50,6 +50,25 @@ class PassStats:
     flops: torch.Tensor | None  # [N]
     flops_per_block: torch.Tensor | None  # [N, blocks]
     ponder_map: torch.Tensor | None = None  # [M, H_in, W_in], spatial methods, first M images
+    thumbnails: torch.Tensor | None = None  # [M, h, w, 3] uint8, the images of ponder_map
+
+
+#: Longest side of the image thumbnails stored beside the ponder maps.
+THUMBNAIL_SIZE = 64
+
+
+def thumbnails(images: torch.Tensor) -> torch.Tensor:
+    """Displayable uint8 ``[M, h, w, 3]`` copies of (normalized) input images: each image
+    min-max scaled to 0..255, shrunk (area) so that its longer side is at most 64 pixels."""
+    images = images.detach().float().cpu()
+    scale = THUMBNAIL_SIZE / max(images.shape[-2:])
+    if scale < 1:
+        size = (round(images.shape[-2] * scale), round(images.shape[-1] * scale))
+        images = nn.functional.interpolate(images, size=size, mode="area")
+    low = images.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    high = images.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    scaled = (images - low) / (high - low).clamp_min(1e-12)
+    return (255 * scaled).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def _stack_blocks(values: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
@@ -101,6 +120,7 @@ def evaluate(
                 for p in spatial
             )
             parts["ponder_map"].append(summed[:, 0].cpu())
+            parts["thumbnails"].append(thumbnails(images[:take]))
             maps_kept += take
     return PassStats(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 
@@ -245,11 +265,12 @@ def write_per_image(stats: PassStats, mode: str, path) -> None:
     """Save one pass per image as ``npz`` (the report's histograms and maps read it).
 
     Arrays: ``units`` and ``ponder`` ``[N, blocks]`` (spatial: mean over positions), ``correct``
-    ``[N]``, ``eval_mode``, and for spatial methods ``ponder_map`` ``[M, H, W]``.
+    ``[N]``, ``eval_mode``, and for spatial methods ``ponder_map`` ``[M, H, W]`` with the
+    images it belongs to as ``thumbnails`` ``[M, h, w, 3]`` uint8.
     """
     arrays = {
         name: getattr(stats, name).numpy()
-        for name in ("units", "ponder", "correct", "ponder_map")
+        for name in ("units", "ponder", "correct", "ponder_map", "thumbnails")
         if getattr(stats, name) is not None
     }
     arrays["eval_mode"] = np.array(mode)

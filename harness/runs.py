@@ -8,13 +8,23 @@ lifecycle (prepare, train, resume, evaluate) is :mod:`harness.train`.
 from __future__ import annotations
 
 import dataclasses
+import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from harness import store
-from harness.config import RunConfig, from_dict, load_yaml, to_dict
+from harness.config import (
+    RunConfig,
+    experiment_id,
+    experiment_identity,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
 from harness.contract import AdaptiveModel, MethodSpec
 from harness.data import DataBundle, build_data
 from harness.errors import CheckpointError, ConfigError
@@ -153,3 +163,7 @@ def trial_columns(cfg: RunConfig, spec: MethodSpec, trial_id: str) -> dict[str, 
         "seed": cfg.seed,
         "eval_batch_size": cfg.eval.batch_size,
     }
+    identity = experiment_identity(cfg)
+        "experiment_id": experiment_id(identity),
+        "experiment_config": json.dumps(identity, sort_keys=True, separators=(",", ":")),
+        "method_label": spec.label or spec.name,

@@ -68,12 +68,13 @@ RESULT_COLUMNS: dict[str, str] = {
     "execution": "how the evaluation ran (masked, early_exit, gathered)",
     "threshold": "halting threshold of threshold modes (empty otherwise)",
     "repeats": "repeats averaged (random modes; 1 otherwise)",
-    "split": "test or train",
+    "split": "test or val (data.val_subset; choices are made on val)",
     "num_images": "images evaluated",
     "accuracy": "top-1 accuracy, fraction in [0, 1] (mean over repeats)",
     "accuracy_std": "std of accuracy over repeats (0 for a single repeat)",
     "loss": "mean cross-entropy, nats (mean over repeats)",
     "units_executed_mean": "units executed per image summed over blocks (spatial: mean over "
+    "experiment_id": "hash of experiment_config: rows with equal ids may be pooled as seeds",
     "positions per block, summed over blocks)",
     "units_executed_std": "std over images of the above",
     "units_per_block": "JSON list: mean units executed per block",
@@ -84,6 +85,7 @@ RESULT_COLUMNS: dict[str, str] = {
     "flops_per_block": "JSON list: mean FLOPs per image in each block",
     "peak_memory_bytes": "peak memory of one evaluation batch (see peak_memory_device)",
     "peak_memory_device": "cpu (live tensor storage, exact) or cuda (allocator peak)",
+    "num_val": "validation images carved from the training set (0: no validation split)",
     "eval_batch_size": "batch size of the evaluation pass",
     "seconds_per_batch": "median wall-clock seconds per evaluation batch after warm-up",
 }
@@ -106,6 +108,7 @@ def _atomic_binary(path: str | Path) -> Iterator[BinaryIO]:
     place when the block ends; on any error the temporary file is removed and ``path`` kept."""
     path = Path(path)
     fd, tmp = _temp_file(path)
+    "experiment_config": "JSON of the resolved config without seed and runtime fields",
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle

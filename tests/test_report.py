@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 
 import pandas as pd
 import pytest
 
 from harness.cli import main
+from harness.config import RunConfig, experiment_id, experiment_identity, to_dict
 from harness.errors import ConfigError
 from harness.report import aggregate, load_results, make_report
+
+
+def experiment(method: str, depth: int, **method_config) -> dict:
+    """The experiment columns a finished run writes (harness.runs.trial_columns)."""
+    config = to_dict(RunConfig(method=method, method_config=method_config))
+    config["model"]["depth"] = depth
+    identity = experiment_identity(config)
+    return {
+        "experiment_id": experiment_id(identity),
+        "experiment_config": json.dumps(identity, sort_keys=True),
+    }
 
 
 def rows():
@@ -26,6 +39,7 @@ def rows():
             {
                 **base,
                 "trial_id": f"act_s{seed}",
+                **experiment("act", 14, tau=0.01),
                 "method": "act",
                 "depth": 14,
                 "time_penalty_name": "tau",
@@ -43,6 +57,7 @@ def rows():
             {
                 **base,
                 "trial_id": f"resnet_d{depth}",
+                **experiment("resnet", depth),
                 "method": "resnet",
                 "depth": depth,
                 "time_penalty_name": None,
@@ -95,20 +110,25 @@ def test_files_written_through_the_cli(study, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", str(study), "--out", str(out)]) == 0
     for name in (
-        "table.md",
-        "table.tex",
-        "table.csv",
+        "paper_table.md",
+        "paper_table.tex",
+        "results_table.csv",
         "accuracy_vs_flops.png",
         "accuracy_vs_flops.pdf",
         "memory.png",
         "memory.pdf",
+        "report.md",
     ):
         assert (out / name).stat().st_size > 0, name
-    markdown = (out / "table.md").read_text()
-    assert "FLOPs convention" in markdown and "act" in markdown
-    assert "\\toprule" in (out / "table.tex").read_text()
+    markdown = (out / "paper_table.md").read_text()
+    assert "2 x multiply-accumulates" in markdown and "| act " in markdown
+    # ACT: 3 seeds -> mean 82.33 +- stdev 2.08; vanilla ResNet-14 FLOPs 1.3e8: ACT 84.6% of it
+    assert "82.33 ± 2.08" in markdown and "84.6" in markdown
+    assert "\\toprule" in (out / "paper_table.tex").read_text()
+    index = (out / "report.md").read_text()
+    assert "![accuracy_vs_flops](accuracy_vs_flops.png)" in index
     printed = capsys.readouterr().out
-    assert "accuracy_vs_flops.png" in printed
+    assert "report.md" in printed
 
 
 def test_bad_input(tmp_path):
@@ -152,6 +172,13 @@ def test_per_image_export_sums_resized_block_maps(tmp_path):
         for p in out.ponder_cost
     )
     np.testing.assert_allclose(arrays["ponder_map"][:4], expected.numpy(), rtol=1e-6)
+    # each map's image, min-max scaled to uint8 (an analytic check on the first image)
+    first = loader[0][0][0]
+    scaled = (first - first.min()) / (first.max() - first.min())
+    assert arrays["thumbnails"].shape == (8, 32, 32, 3) and arrays["thumbnails"].dtype == np.uint8
+    np.testing.assert_array_equal(
+        arrays["thumbnails"][0], (255 * scaled).round().byte().permute(1, 2, 0).numpy()
+    )
     units = torch.stack([u.double().flatten(1).mean(1) for u in out.units_executed], 1)
     np.testing.assert_allclose(arrays["units"][:4], units.numpy())
 
@@ -167,9 +194,71 @@ def test_units_histogram_and_ponder_maps_from_runs(study, tmp_path):
             ponder=rng.random((50, 3)),
             correct=rng.random(50) > 0.5,
             ponder_map=rng.random((6, 32, 32)),
+            thumbnails=rng.integers(0, 256, (6, 32, 32, 3)).astype(np.uint8),
             eval_mode=np.array("act"),
         )
     out = tmp_path / "report"
     written = {p.name for p in make_report([study], out)}
     assert {"units_histogram.png", "ponder_maps.png", "ponder_maps.pdf"} <= written
     assert (out / "ponder_maps.png").stat().st_size > 0
+
+
+def test_runs_that_differ_in_one_method_field_are_never_pooled(tmp_path):
+    """Same method, depth, penalty and seed; only PACT's prior differs: two rows, two
+    experiments, the differing field shown as a column."""
+    base = rows()[0] | {"method": "pact", "time_penalty_name": "lambda", "seed": 0}
+    a = base | {"trial_id": "x", **experiment("pact", 14, prior="truncated_geometric")}
+    b = base | {"trial_id": "x", **experiment("pact", 14, prior="bernoulli"), "accuracy": 0.5}
+    for folder, row in (("one", a), ("two", b)):  # the same run name under two folders
+        (tmp_path / folder).mkdir()
+        pd.DataFrame([row]).to_csv(tmp_path / folder / "results.csv", index=False)
+    table = aggregate(load_results([tmp_path / "one", tmp_path / "two"]))
+    assert len(table) == 2 and table["seeds"].tolist() == [1, 1]
+    assert sorted(table["method_config.prior"]) == ["bernoulli", "truncated_geometric"]
+    assert sorted(table["accuracy_mean"]) == [0.5, 0.8]
+
+
+def test_legacy_rows_take_their_experiment_from_the_stored_config(tmp_path):
+    """Tables written before rows carried experiment_config: the run's config.yaml decides;
+    without one, a run is reported alone and a warning says so."""
+    import yaml
+
+    for seed, lr in ((0, 0.1), (1, 0.05)):
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        row = {k: v for k, v in rows()[seed].items() if not k.startswith("experiment")}
+        pd.DataFrame([row | {"trial_id": run.name}]).to_csv(run / "results.csv", index=False)
+        config = to_dict(RunConfig(method="act", method_config={"tau": 0.01}, seed=seed))
+        config["optim"]["lr"] = lr
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    table = aggregate(load_results([tmp_path]))
+    assert len(table) == 2 and sorted(table["optim.lr"]) == ["0.05", "0.1"]
+
+
+def test_unusable_tables_are_skipped_with_a_warning_naming_them(study, tmp_path, capsys):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "results.csv").write_bytes(b"\x00\x01\x02binary\xff\xfe")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.csv").write_text("a,b\n1,2\n")
+    empty = tmp_path / "empty_table"
+    empty.mkdir()
+    (empty / "results.csv").write_text("")
+    frame = load_results([study, junk, other, empty])
+    assert len(frame) == len(rows())
+    err = capsys.readouterr().err
+    assert f"skipping {other / 'results.csv'}: lacks the column(s)" in err
+    assert f"skipping {junk / 'results.csv'}" in err and f"skipping {empty / 'results.csv'}" in err
+    with pytest.raises(ConfigError, match="none of the inputs holds a usable results table"):
+        load_results([other])
+
+
+def test_a_study_with_one_seed_and_no_vanilla_still_reports(tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    pd.DataFrame(rows()[:1]).to_csv(one / "results.csv", index=False)
+    written = {p.name for p in make_report([one], tmp_path / "out")}
+    assert {"paper_table.md", "accuracy_vs_flops.png", "report.md"} <= written
+    table = (tmp_path / "out" / "paper_table.md").read_text()
+    assert "80.00 ± 0.00" in table and "| -" in table  # no vanilla: % of vanilla unknown

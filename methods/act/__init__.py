@@ -16,6 +16,7 @@ SPEC = MethodSpec(
     search_space=SEARCH_SPACE,
     time_penalty_field="tau",
     description="Adaptive Computation Time per image (Graves 2016; Figurnov et al. 2017).",
+    label="ACT",
 )
 
 __all__ = ["ACTConfig", "ACTResNet", "SPEC", "act_halting", "act_step", "check_eps"]

@@ -20,6 +20,7 @@ PACT_SPEC = MethodSpec(
     search_space=SEARCH_SPACE,
     time_penalty_field="lambda_",
     description="Probabilistic ACT: discrete halting variables, prior on N, Concrete training.",
+    label="PACT (reconstruction)",
 )
 
 SPATIAL_PACT_SPEC = MethodSpec(
@@ -30,6 +31,7 @@ SPATIAL_PACT_SPEC = MethodSpec(
     search_space=SEARCH_SPACE,
     time_penalty_field="lambda_",
     description="Spatial PACT: PACT per position with the SACT halting branch and masking.",
+    label="spatial PACT (reconstruction)",
 )
 
 __all__ = [

@@ -43,3 +43,4 @@ SPEC = MethodSpec(
     time_penalty_field=None,
     description="Vanilla ResNet (no halting); the depth series of the trade-off plots.",
 )
+    label="ResNet",

@@ -12,6 +12,7 @@ SPEC = MethodSpec(
     search_space=SEARCH_SPACE,
     time_penalty_field="tau",
     description="Spatially Adaptive Computation Time: ACT per position (Figurnov et al. 2017).",
+    label="SACT",
 )
 
 __all__ = ["SACTConfig", "SACTResNet", "SPEC"]
