@@ -6,17 +6,31 @@ an ``nn.Module`` whose ``forward`` returns a :class:`ModelOutput`. The harness t
 counts FLOPs, profiles memory and runs grids through these hooks only; it never imports a method
 by name. Start a new method from ``methods/template/``.
 
-Shapes: ``B`` is the batch, ``L`` the number of residual units in a block, ``H, W`` the spatial
-size of a block's state. Image-level methods report per-sample counts ``[B]``; spatial methods
-report per-position counts ``[B, H, W]``.
+The contract, in four parts (the first three are checked when the method is registered, see
+:func:`harness.registry.check_spec`; a built backbone by :func:`check_backbone`):
+
+- :class:`MethodSpec`: the name, the config class, the model class, ``build`` and the time
+  penalty (one spelling rule: a *field name* of the config class).
+- :class:`MethodConfig`: the config class, a dataclass with a default for every field and a
+  ``validate()`` method.
+- :class:`AdaptiveModel`: the model class; ``forward``, ``executions_for`` and
+  ``decision_branches`` are required (abstract), ``loss``, ``on_epoch_start`` and
+  ``finetune_skip_prefixes`` are optional (their defaults fit a method without them).
+- :class:`Backbone`: what the harness reads from ``model.backbone`` (stem, blocks of units,
+  head, block channels); :class:`SpatialUnit` for the units spatial methods mask.
+
+Shapes: ``B`` is the batch, ``L`` the number of residual units in a block, ``C`` channels,
+``H, W`` the spatial size of a block's state. Image-level methods report per-sample counts
+``[B]``; spatial methods report per-position counts ``[B, H, W]``.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -46,47 +60,160 @@ class EvalSpec:
 
 @dataclass
 class ModelOutput:
-    """What every forward pass returns.
+    """What every forward pass returns: the logits and, for adaptive models, *which* units ran.
 
-    ``units_executed`` holds, per block, the number of residual units that really contribute to
-    each sample (``[B]``, int64) or position (``[B, H, W]``, int64): the FLOP accounting multiplies
-    these by per-unit costs. ``halting_evaluated`` holds, per block, how many halting branches
-    were evaluated (same shapes; absent means ``min(units_executed, L - 1)``).
-    ``ponder_cost`` holds the per-sample or per-position ponder cost per block (ACT's N + R,
-    PACT's expected N), for maps and logging. ``aux_losses`` are scalar terms, already weighted,
-    that :meth:`AdaptiveModel.loss` adds to the task loss.
+    ``units_ran`` holds, per block, a bool mask of the residual units that really ran: per
+    sample ``[B, L]`` (``L`` units in the block), or per position ``[B, L, H, W]`` for spatial
+    methods (``H, W``: the block's state size; ``spatial = True``). Any pattern is allowed: a
+    halting method runs a prefix (units 1..N), a gate (ConvNet-AIG, SkipNet, BlockDrop) skips
+    any unit. The FLOP accountant charges each unit that ran at its own cost.
+
+    ``branches_ran`` holds, per block, the same kind of mask for the model's decision branches
+    (:meth:`AdaptiveModel.decision_branches`: ``[B, K]`` or ``[B, K, H, W]`` for the block's
+    ``K`` branches): where each branch was evaluated. ``None`` means branch ``k`` ran exactly
+    where unit ``k`` ran (the halting convention: the branch after unit ``k`` decides whether
+    unit ``k + 1`` runs). A gate evaluated before its unit reports its own mask.
+
+    ``units_executed`` (derived, read-only) is the count per sample or position, ``[B]`` or
+    ``[B, H, W]``, for logs and maps. ``ponder_cost`` holds the per-sample or per-position
+    ponder cost per block (ACT's N + R, PACT's expected N; empty if the method has none).
+    ``aux_losses`` are scalar terms, already weighted, that :meth:`AdaptiveModel.loss` adds to
+    the task loss. Build masks for prefix patterns with :func:`prefix_mask`.
     """
 
     logits: torch.Tensor
-    units_executed: list[torch.Tensor] = field(default_factory=list)
-    halting_evaluated: list[torch.Tensor] | None = None
+    units_ran: list[torch.Tensor] = field(default_factory=list)
+    branches_ran: list[torch.Tensor] | None = None
     ponder_cost: list[torch.Tensor] = field(default_factory=list)
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    @property
+    def units_executed(self) -> list[torch.Tensor]:
+        """Per block, the number of units that ran per sample ``[B]`` or position ``[B, H, W]``."""
+        return [mask.sum(1) for mask in self.units_ran]
+
+
+def prefix_mask(counts: torch.Tensor, length: int) -> torch.Tensor:
+    """The mask of units ``1..N`` for per-sample ``[B]`` or per-position ``[B, H, W]`` counts
+    ``N``: bool ``[B, length]`` or ``[B, length, H, W]`` (unit ``l`` ran iff ``l < N``)."""
+    steps = torch.arange(length, device=counts.device)
+    if counts.dim() == 1:
+        return steps.unsqueeze(0) < counts.unsqueeze(1)
+    return steps.view(1, -1, *([1] * (counts.dim() - 1))) < counts.unsqueeze(1)
+
+
+class Backbone(Protocol):
+    """What the harness (FLOPs, memory, timing, ``--init-from``) reads from ``model.backbone``.
+
+    ``baselines.ResNetBackbone`` is the reference implementation; any ``nn.Module`` with these
+    attributes works. The backbone must be an attribute named ``backbone`` of the model, so that
+    its state-dict keys start with ``backbone.`` (``--init-from`` copies exactly those).
+
+    Attributes:
+        stem: images ``[B, 3, H_in, W_in]`` -> first state ``[B, C_0, H_0, W_0]``.
+        blocks: an ``nn.ModuleList`` of blocks, each an ``nn.ModuleList`` (or other iterable
+            module with ``len``) of residual units; ``blocks[i][j]`` is unit ``j`` of block ``i``
+            and maps ``[B, C, H, W]`` -> ``[B, block_channels[i], H', W']`` (the first unit of a
+            block may change channels and stride, the others keep the shape). FLOPs are counted
+            once per unit by calling it on one image.
+        head: final state ``[B, block_channels[-1], H, W]`` -> logits ``[B, num_classes]``
+            (final BN/activation, pooling and classifier included).
+        block_channels: output channels of each block (``len(block_channels) == len(blocks)``);
+            methods size their halting branches with it.
+
+    Calling the backbone, ``backbone(images) -> logits``, runs every unit densely (the vanilla
+    network the timing compares against). Optional attributes, read with ``getattr``:
+    ``dataset``, ``variant``, ``depth``, ``num_classes`` (part of the FLOP cache key) and
+    ``halting_conventions`` (how methods build halting branches; ``baselines``).
+    :func:`check_backbone` checks an instance (``isinstance`` cannot: ``nn.Module`` keeps its
+    submodules out of the instance dict).
+    """
+
+    stem: nn.Module
+    blocks: nn.ModuleList
+    head: nn.Module
+    block_channels: Sequence[int]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The vanilla forward pass: ``[B, 3, H_in, W_in]`` -> logits ``[B, num_classes]``."""
+        ...
+
+
+class SpatialUnit(Protocol):
+    """A residual unit that spatial methods (``spatial = True``) can mask per position.
+
+    ``unit(x, residual_mask)`` returns ``shortcut(x) + residual(x) * residual_mask`` with
+    ``residual_mask`` ``[B, 1, H_out, W_out]`` (``None``: dense). ``DILATED_CONVS`` names the conv
+    submodules whose output feeds a 3x3 conv (charged on the 3x3-dilated active set);
+    ``identity_shortcut`` is True when ``shortcut(x) is x``, so that a zero mask keeps the state.
+    """
+
+    DILATED_CONVS: tuple[str, ...]
+    identity_shortcut: bool
+
+    def __call__(self, x: torch.Tensor, residual_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, C_out, H_out, W_out]``, the residual gated by the mask."""
+        ...
+
+
+@runtime_checkable
+class MethodConfig(Protocol):
+    """A method's hyper-parameters: the type of :attr:`MethodSpec.config_cls`.
+
+    A dataclass (frozen by convention) whose every field has a default, the paper's value. The
+    harness builds it from the ``method`` section of a run config: a field ``lambda_`` is the
+    key ``method.lambda`` in files and flags (:func:`harness.config.config_key` drops a trailing
+    underscore); values are checked against the field annotations. Unknown keys are an error.
+    """
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the bad field (``method.tau=-1 must be >= 0``)."""
+        ...
+
 
 class AdaptiveModel(nn.Module, ABC):
-    """Base class of every model a method builds. Subclasses set the class attributes."""
+    """Base class of every model a method builds.
+
+    Subclasses set the class attributes and implement the three abstract hooks
+    (``forward``, ``executions_for``, ``decision_branches``): the harness cannot guess how a model
+    halts or what it costs. ``loss``, ``on_epoch_start`` and ``finetune_skip_prefixes`` are
+    optional hooks whose defaults suit a method that needs nothing special.
+    """
 
     #: Evaluation modes the model supports; the first is its default.
     eval_modes: ClassVar[tuple[str, ...]] = ("standard",)
-    #: Modes that draw random numbers (take a seed and a repeat count).
+    #: Modes that draw random numbers (take a seed and a repeat count); a subset of eval_modes.
     random_modes: ClassVar[tuple[str, ...]] = ()
-    #: Modes whose halting rule has a threshold parameter.
+    #: Modes whose halting rule has a threshold parameter; a subset of eval_modes.
     threshold_modes: ClassVar[tuple[str, ...]] = ()
-    #: True when units_executed is per position ``[B, H, W]`` rather than per sample ``[B]``.
+    #: True when units_executed is per position ``[B, H, W]`` rather than per sample ``[B]``
+    #: (the backbone's units must then be :class:`SpatialUnit`).
     spatial: ClassVar[bool] = False
 
-    #: The wrapped backbone (``stem``, ``blocks`` of units, ``head``; see ``baselines``).
-    backbone: nn.Module
+    #: The wrapped backbone (see :class:`Backbone`).
+    backbone: Backbone
 
     @abstractmethod
     def forward(self, images: torch.Tensor, spec: EvalSpec | None = None) -> ModelOutput:
-        """Run the network; ``spec=None`` is the training forward pass."""
+        """Required: images ``[B, 3, H, W]`` -> :class:`ModelOutput`; ``spec=None`` trains."""
+
+    @abstractmethod
+    def executions_for(self, mode: str) -> tuple[str, ...]:
+        """Required: executions (of :data:`EXECUTIONS`) exact for ``mode``; first = fastest."""
+
+    @abstractmethod
+    def decision_branches(self) -> list[list[nn.Module]]:
+        """Required: per block, the modules whose output decides which units run ([] if none).
+
+        ACT/PACT: the halting branch after each unit but the last; a gate method: the gate of
+        each unit it may skip. Their FLOPs are charged where ``ModelOutput.branches_ran`` says
+        they ran; each must run in the training forward (``spec=None``), where its input shape
+        is recorded for the count."""
 
     def loss(
         self, output: ModelOutput, targets: torch.Tensor, label_smoothing: float = 0.0
     ) -> dict[str, torch.Tensor]:
-        """Return the training objective as a dict; ``loss`` (scalar) is required.
+        """Optional: the training objective as a dict; ``loss`` (scalar) is required.
 
         The default is cross-entropy (with ``label_smoothing``, the run's
         ``optim.label_smoothing``) plus every auxiliary loss; other entries are for logging.
@@ -97,21 +224,47 @@ class AdaptiveModel(nn.Module, ABC):
         terms["loss"] = sum(terms.values())
         return terms
 
-    def executions_for(self, mode: str) -> tuple[str, ...]:
-        """Executions (of :data:`EXECUTIONS`) giving this mode's exact outputs; first = fastest."""
-        return ("masked",)
-
-    def halting_branches(self) -> list[list[nn.Module]]:
-        """Per block, the halting branch after each unit but the last (empty if none)."""
-        return [[] for _ in self.backbone.blocks]
-
     def on_epoch_start(self, epoch: int, num_epochs: int) -> dict[str, float]:
-        """Hook called before each training epoch (e.g. temperature annealing); returns logs."""
+        """Optional: called before each training epoch (e.g. annealing); returns logs."""
         return {}
 
     def finetune_skip_prefixes(self) -> tuple[str, ...]:
-        """State-dict key prefixes left fresh when initialising from a vanilla checkpoint."""
+        """Optional: state-dict key prefixes left fresh when initialising from a vanilla run."""
         return ()
+
+
+def check_backbone(backbone: Any, spatial: bool = False) -> None:
+    """Raise ``ConfigError`` naming the first way ``backbone`` misses :class:`Backbone`.
+
+    With ``spatial``, every unit must also be a :class:`SpatialUnit` (mask argument,
+    ``DILATED_CONVS``, ``identity_shortcut``).
+    """
+    name = type(backbone).__name__
+    for attr in ("stem", "blocks", "head", "block_channels"):
+        if not hasattr(backbone, attr):
+            raise ConfigError(f"backbone {name} has no {attr!r} (see harness.contract.Backbone)")
+    if not callable(backbone):
+        raise ConfigError(f"backbone {name} is not callable (backbone(images) -> logits)")
+    blocks, channels = backbone.blocks, list(backbone.block_channels)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ConfigError(f"backbone {name}: blocks is a {type(blocks).__name__}, not a ModuleList")
+    if len(channels) != len(blocks):
+        raise ConfigError(
+            f"backbone {name}: {len(channels)} block_channels for {len(blocks)} blocks"
+        )
+    for b, block in enumerate(blocks):
+        if not isinstance(block, nn.Module) or len(block) == 0:
+            raise ConfigError(f"backbone {name}: block {b} is not a non-empty module of units")
+        for u, unit in enumerate(block if spatial else ()):
+            missing = [a for a in ("DILATED_CONVS", "identity_shortcut") if not hasattr(unit, a)]
+            forward = getattr(unit, "forward", unit)
+            if "residual_mask" not in inspect.signature(forward).parameters:
+                missing.append("residual_mask argument")
+            if missing:
+                raise ConfigError(
+                    f"backbone {name}: unit {u} of block {b} ({type(unit).__name__}) is not a "
+                    f"SpatialUnit: no {', '.join(missing)}"
+                )
 
 
 def check_eval_spec(model: AdaptiveModel, spec: EvalSpec) -> None:
@@ -127,7 +280,12 @@ def check_eval_spec(model: AdaptiveModel, spec: EvalSpec) -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The backbone a run asks for (method-independent)."""
+    """The backbone a run asks for (method-independent).
+
+    ``dataset`` (``cifar10``: 32x32 inputs; ``imagenet``: 224x224), ``depth`` (CIFAR 6n+2,
+    ImageNet 50/101/152), ``variant`` (``sact``, ``he``, ...; see ``baselines``) and
+    ``num_classes`` (None: the dataset's, or the data's when a run knows it).
+    """
 
     dataset: str = "cifar10"
     depth: int = 32
@@ -139,11 +297,19 @@ class ModelSpec:
 class MethodSpec:
     """A registered method.
 
-    ``config_cls`` is a frozen dataclass of the method's hyper-parameters (its defaults are the
-    paper's); ``build(model_spec, method_config)`` returns an instance of ``model_cls`` (whose
-    class attributes tell the harness the modes and executions); ``search_space`` maps config
-    fields to the default grid of values; ``time_penalty_field`` names the field that trades
-    accuracy for compute (``tau``, ``lambda_``) or is None for a non-adaptive method.
+    ``name`` is the method's name (``--method``), equal to its entry-point name.
+    ``config_cls`` is a :class:`MethodConfig` dataclass of the method's hyper-parameters (its
+    defaults are the paper's); ``build(model_spec, method_config)`` returns an instance of
+    ``model_cls``, an :class:`AdaptiveModel` subclass whose class attributes tell the harness the
+    modes and executions.
+
+    One spelling rule: ``time_penalty_field`` and the keys of ``search_space`` are *field names*
+    of ``config_cls``, exactly as in the dataclass (``tau``, ``lambda_``). Files, flags, presets
+    and result columns use the derived *config key* (:func:`harness.config.config_key`: a
+    trailing underscore dropped, ``lambda``). Registration refuses any other spelling.
+    ``time_penalty_field`` names the field that trades accuracy for compute, or is None for a
+    non-adaptive method; ``search_space`` maps fields to the default grid of values;
+    ``label`` is the display name of reports (empty: ``name``).
     """
 
     name: str

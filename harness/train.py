@@ -41,6 +41,7 @@ from harness.data import DataBundle, resolve_data_root
 from harness.errors import CheckpointError, ConfigError
 from harness.evaluate import evaluate, evaluate_modes, plan_evaluations
 from harness.progress import progress_bar, want_progress
+from harness.registry import method_origin
 from harness.runs import (
     build_model,
     build_run_data,
@@ -273,6 +274,7 @@ def restore_or_start(
     run_dir.mkdir(parents=True, exist_ok=True)
     store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(cfg)))
     provenance = store.collect_provenance(cfg.seed, device, argv)
+    provenance["method_package"] = method_origin(cfg.method)
     provenance["init_from"] = str(init_from) if init_from else None
     provenance["fresh_parameters"] = fresh_keys
     store.atomic_write_json(run_dir / store.PROVENANCE_FILE, provenance)

@@ -15,7 +15,13 @@ from harness.cli.flags import (
     run_config_with_penalty,
 )
 from harness.config import RunConfig, config_key
-from harness.registry import get_method, list_methods, time_penalty_key
+from harness.registry import (
+    broken_methods,
+    get_method,
+    list_methods,
+    method_origin,
+    time_penalty_key,
+)
 from harness.train import run_trial
 
 #: ``train`` flags (argparse dest -> dotted config key); flags not given leave the key alone.
@@ -70,16 +76,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    """List registered methods with their modes and default hyper-parameters."""
+    """List registered methods with their modes and defaults, then the broken plug-ins."""
     for name in list_methods(args.pattern):
         spec = get_method(name)
         defaults = {config_key(f.name): f.default for f in dataclasses.fields(spec.config_cls)}
+        origin = method_origin(name)
+        package = f"{origin['name']} {origin['version']}" if origin["name"] else "in-process"
         print(f"{name}: {spec.description}")
+        print(f"  package: {package}")
         print(f"  eval modes: {', '.join(spec.model_cls.eval_modes)}")
         print(f"  time penalty: {time_penalty_key(spec) or '(none: not adaptive)'}")
         print(f"  config: {defaults}")
         if spec.search_space:
-            print(f"  default search space: {dict(spec.search_space)}")
+            grid = {config_key(k): list(v) for k, v in spec.search_space.items()}
+            print(f"  default search space: {grid}")
+    for name, reason in broken_methods(args.pattern).items():
+        print(f"{name}: BROKEN: {reason}")
     return 0
 
 
@@ -113,6 +125,6 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="run directory (default: runs/<method>_<dataset>_d<depth>_...)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("methods", help="list registered methods")
+    p = sub.add_parser("methods", help="list registered methods (and broken plug-ins)")
     p.add_argument("pattern", nargs="?", default="*")
     p.set_defaults(func=cmd_methods)

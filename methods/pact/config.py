@@ -51,6 +51,6 @@ class PACTConfig:
         return self.temperature * (self.temperature_final / self.temperature) ** frac
 
 
-SEARCH_SPACE = {"lambda": [0.001, 0.005, 0.01, 0.02, 0.05]}
+SEARCH_SPACE = {"lambda_": [0.001, 0.005, 0.01, 0.02, 0.05]}
 
 __all__ = ["ANNEALING", "PRIORS", "PACTConfig", "SEARCH_SPACE"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from baselines import build_backbone
 from harness.contract import AdaptiveModel, EvalSpec, MethodSpec, ModelOutput, ModelSpec
@@ -13,6 +14,9 @@ from harness.contract import AdaptiveModel, EvalSpec, MethodSpec, ModelOutput, M
 @dataclass(frozen=True)
 class ResNetConfig:
     """The plain ResNet has no method hyper-parameters."""
+
+    def validate(self) -> None:
+        """Nothing to check."""
 
 
 class PlainResNet(AdaptiveModel):
@@ -28,6 +32,14 @@ class PlainResNet(AdaptiveModel):
         """Stem, every unit of every block, head."""
         return ModelOutput(logits=self.backbone(images))
 
+    def executions_for(self, mode: str) -> tuple[str, ...]:
+        """Every unit runs on the whole batch: the masked execution is the only one."""
+        return ("masked",)
+
+    def decision_branches(self) -> list[list[nn.Module]]:
+        """No halting branches."""
+        return [[] for _ in self.backbone.blocks]
+
 
 def build(model: ModelSpec, config: ResNetConfig) -> PlainResNet:
     """Build the plain ResNet on the requested backbone."""
@@ -42,5 +54,5 @@ SPEC = MethodSpec(
     search_space={},
     time_penalty_field=None,
     description="Vanilla ResNet (no halting); the depth series of the trade-off plots.",
-)
     label="ResNet",
+)

@@ -11,7 +11,11 @@ package's ``pyproject.toml``::
 then ``pip install -e .`` (entry points are read from the installed metadata, so reinstall after
 adding one) and run ``pact-harness methods`` to see it and
 ``pact-harness train --method my_method ...`` to train it. The harness talks to your method only
-through :mod:`harness.contract`; read its docstrings for the exact shapes.
+through :mod:`harness.contract`; read its docstrings for the exact shapes. A spec that breaks the
+contract (an abstract hook left out, a time-penalty field the config lacks) is listed as broken
+by ``pact-harness methods`` with the reason; ``harness.registry.check_spec(SPEC)`` says the same
+in your tests, and ``harness.models.create_model("my_method", depth=20)`` builds the model in a
+notebook.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from baselines import build_backbone
 from harness.contract import AdaptiveModel, EvalSpec, MethodSpec, ModelOutput, ModelSpec
@@ -29,8 +34,10 @@ from harness.errors import ConfigError
 class TemplateConfig:
     """Your method's hyper-parameters; the defaults should be the paper's.
 
-    Fields become config keys: ``--set method.time_penalty=0.1`` (a trailing underscore is
-    dropped, so ``lambda_`` is written ``lambda``). Unknown keys are rejected by the harness.
+    Every field needs a default. Fields become config keys: ``--set method.time_penalty=0.1``
+    (a trailing underscore is dropped, so ``lambda_`` is written ``lambda``). Unknown keys are
+    rejected by the harness. ``SPEC.time_penalty_field`` and ``SPEC.search_space`` name fields
+    as spelled here (``lambda_``), never the config key.
     """
 
     time_penalty: float = 0.0
@@ -57,30 +64,48 @@ class TemplateModel(AdaptiveModel):
         self.backbone = backbone
         self.config = config
         # TODO: create your halting/gating modules here, one per unit you may skip, and return
-        # them from halting_branches() so the FLOP accounting charges them.
+        # them from decision_branches() so the FLOP accounting charges them.
+
+    # -- required hooks (abstract in AdaptiveModel) --------------------------------------
 
     def executions_for(self, mode: str) -> tuple[str, ...]:
         """Executions that give this mode's exact outputs, fastest first."""
         return ("masked",)
 
+    def decision_branches(self) -> list[list[nn.Module]]:
+        """Per block, the modules that decide which units run (halting branches, gates)."""
+        # TODO: return your halting modules, e.g. [list(branches) for branches in self.halting]
+        return [[] for _ in self.backbone.blocks]
+
     def forward(self, images: torch.Tensor, spec: EvalSpec | None = None) -> ModelOutput:
         """``spec is None`` while training; otherwise ``spec.mode`` says how to evaluate."""
         x = self.backbone.stem(images)
-        units = []
+        ran = []
         for block in self.backbone.blocks:
             for unit in block:
                 x = unit(x)  # TODO: decide per sample (or position) whether to run the unit
-            # Units that really contributed, per sample: the FLOP accounting multiplies these by
-            # the fvcore cost of each unit, so report what your execution would pay.
-            units.append(torch.full((images.shape[0],), len(block), dtype=torch.long))
+            # Which units really ran, per sample [B, L] (spatial: [B, L, H, W]): the FLOP
+            # accounting charges each unit that ran at its own fvcore cost, whatever the pattern.
+            ran.append(torch.ones(images.shape[0], len(block), dtype=torch.bool))
         # TODO: put your time penalty (already weighted) into aux_losses; loss() adds it to CE.
         penalty = images.new_zeros(())
         return ModelOutput(
             logits=self.backbone.head(x),
-            units_executed=units,
-            ponder_cost=[u.to(images.dtype) for u in units],
+            units_ran=ran,
+            # branches_ran=None: branch k ran where unit k ran; report a mask if not so.
+            ponder_cost=[r.sum(1).to(images.dtype) for r in ran],
             aux_losses={"time_penalty_loss": self.config.time_penalty * penalty},
         )
+
+    # -- optional hooks: AdaptiveModel's defaults are shown; delete the ones you do not need --
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> dict[str, float]:
+        """Called before each training epoch (PACT anneals its temperature); returns logs."""
+        return {}
+
+    def finetune_skip_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes left fresh by ``--init-from`` a vanilla run (your branches)."""
+        return ()
 
 
 def build(model: ModelSpec, config: TemplateConfig) -> TemplateModel:

@@ -1,0 +1,117 @@
+"""The explicit contract: required hooks, backbone and config protocols, create_model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import methods.template
+from baselines import build_backbone
+from harness import registry
+from harness.contract import (
+    AdaptiveModel,
+    EvalSpec,
+    MethodConfig,
+    ModelOutput,
+    ModelSpec,
+    check_backbone,
+)
+from harness.errors import ConfigError
+from harness.models import create_model
+
+BUILT_IN = ["act", "pact", "resnet", "sact", "spatial_pact"]
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_built_in_keeps_the_contract(name: str):
+    spec = registry.get_method(name)
+    registry.check_spec(spec)
+    assert isinstance(spec.config_cls(), MethodConfig)
+    model = create_model(name, depth=8)
+    assert isinstance(model, spec.model_cls)
+    check_backbone(model.backbone, spatial=model.spatial)
+    branches = model.decision_branches()
+    assert len(branches) == len(model.backbone.blocks)
+    for mode in model.eval_modes:
+        assert model.executions_for(mode)
+
+
+def test_the_template_keeps_the_contract():
+    registry.check_spec(methods.template.SPEC)
+    spec = methods.template.SPEC
+    model = spec.build(ModelSpec(depth=8), spec.config_cls())
+    check_backbone(model.backbone)
+    out = model(torch.randn(2, 3, 32, 32), EvalSpec("standard"))
+    assert out.logits.shape == (2, 10)
+    assert [u.tolist() for u in out.units_executed] == [[1, 1]] * 3
+
+
+def test_required_hooks_are_abstract():
+    class ForwardOnly(AdaptiveModel):
+        def forward(self, images: torch.Tensor, spec: EvalSpec | None = None) -> ModelOutput:
+            """Unused."""
+            raise AssertionError
+
+    assert ForwardOnly.__abstractmethods__ == {"decision_branches", "executions_for"}
+    with pytest.raises(TypeError, match="abstract"):
+        ForwardOnly()
+
+
+def test_check_backbone_names_what_is_missing():
+    backbone = build_backbone("cifar10", 8, "sact")
+    check_backbone(backbone, spatial=True)
+    del backbone.head
+    with pytest.raises(ConfigError, match="has no 'head'"):
+        check_backbone(backbone)
+    plain = nn.Module()
+    plain.stem, plain.head = nn.Identity(), nn.Identity()
+    plain.blocks = nn.ModuleList([nn.ModuleList([nn.Identity()])])
+    plain.block_channels = [16, 32]
+    with pytest.raises(ConfigError, match="2 block_channels for 1 blocks"):
+        check_backbone(plain)
+    plain.block_channels = [16]
+    check_backbone(plain)
+    with pytest.raises(ConfigError, match=r"unit 0 of block 0 \(Identity\) is not a SpatialUnit"):
+        check_backbone(plain, spatial=True)
+
+
+# -- create_model ---------------------------------------------------------------------------
+
+
+def test_create_model_splits_backbone_and_method_arguments():
+    model = create_model("pact", depth=20, lambda_=0.03)
+    assert type(model) is registry.get_method("pact").model_cls
+    assert model.config.lambda_ == 0.03
+    defaults = registry.get_method("pact").config_cls()
+    assert dataclasses.replace(model.config, lambda_=defaults.lambda_) == defaults
+    assert [len(block) for block in model.backbone.blocks] == [3, 3, 3]  # (20 - 2) / 6
+    assert model.backbone.num_classes == 10
+    # The config key spelling works too.
+    assert create_model("pact", depth=8, **{"lambda": 0.05}).config.lambda_ == 0.05
+    act = create_model("act", depth=8, variant="he", num_classes=7, tau=0.1)
+    assert act.backbone.variant == "he" and act.backbone.num_classes == 7
+    assert act.penalty_weight == 0.1
+    out = act(torch.randn(2, 3, 32, 32), EvalSpec("act"))
+    assert out.logits.shape == (2, 7)
+
+
+def test_create_model_refuses_unknown_and_bad_arguments():
+    with pytest.raises(ConfigError) as err:
+        create_model("act", depht=20)
+    assert str(err.value) == (
+        "create_model('act'): unknown argument 'depht'; allowed: dataset, depth, variant, "
+        "num_classes, tau, eps, halting_bias_init"
+    )
+    with pytest.raises(ConfigError, match="unknown argument 'lambda_'"):
+        create_model("resnet", lambda_=0.1)
+    with pytest.raises(ConfigError, match=r"method\.tau=-1.0 must be >= 0"):
+        create_model("act", depth=8, tau=-1.0)
+    with pytest.raises(ConfigError, match="model.dataset='mnist' is not allowed"):
+        create_model("resnet", dataset="mnist")
+    with pytest.raises(ConfigError, match="model.depth"):
+        create_model("resnet", depth="deep")
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        create_model("nope")
