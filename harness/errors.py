@@ -17,8 +17,29 @@ class DataError(HarnessError):
     """A dataset cannot be found, read or understood."""
 
 
+class ContractError(HarnessError):
+    """A method's output or declaration breaks the contract of ``harness.contract``."""
+
+
 class CheckpointError(HarnessError):
     """A checkpoint is missing, unreadable or belongs to another configuration."""
+
+
+class DivergenceError(HarnessError):
+    """Training produced a non-finite loss; ``epoch`` and ``step`` (1-based) say where."""
+
+    def __init__(self, message: str, epoch: int, step: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+
+
+class LockedError(HarnessError):
+    """A folder is locked by another process (a run directory, a study folder)."""
+
+
+class StorageError(HarnessError):
+    """A file could not be written (disk full, permissions)."""
 
 
 def check_choice(name: str, value: object, allowed: tuple | list) -> None:

@@ -21,12 +21,11 @@ This is the only module that imports ray; it does so lazily, so the CLI stays fa
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import torch
 import yaml
 
 from harness import store
-from harness.errors import ConfigError, HarnessError
+from harness.errors import CheckpointError, ConfigError, DivergenceError, HarnessError
 from harness.presets import Trial
 from harness.study import (
     RAY_DIR,
@@ -52,6 +51,7 @@ from harness.study import (
     restore_run_dir,
     study_lock,
     study_record,
+    write_trials_table,
 )
 from harness.train import run_trial
 
@@ -116,6 +116,8 @@ def grid_trial(
             argv=argv,
             on_epoch_end=report_epoch,
         )
+    except DivergenceError:
+        raise  # a failure of training, not of input: Tune retries it from the last checkpoint
     except HarnessError as err:
         # Bad input fails the same way on every retry: report it once, do not retry.
         tune.report({**final, "harness_error": f"{type(err).__name__}: {err}"})
@@ -242,7 +244,10 @@ def _best_accuracy(study: Study, names: list[str]) -> tuple[float, str] | None:
     """(test accuracy, trial) of the best finished trial among ``names``."""
     best = None
     for name in names:
-        summary = json.loads((study.run_dir(name) / store.SUMMARY_FILE).read_text())
+        try:
+            summary = store.read_json(study.run_dir(name) / store.SUMMARY_FILE)
+        except CheckpointError:
+            continue  # the trials table reports it
         accuracy = summary.get("test_accuracy")
         if accuracy is not None and (best is None or accuracy > best[0]):
             best = (float(accuracy), name)
@@ -254,11 +259,14 @@ def make_progress_callback(
     done_before: int = 0,
     best: tuple[float, str] | None = None,
     heartbeat_s: float = 300.0,
+    on_change: Callable[[dict[str, dict[str, Any]]], None] | None = None,
 ):
     """A Tune callback printing one line per trial state change (started, finished, retrying,
     failed) with the study's counts and the best accuracy so far, plus a line listing the
     running trials' epochs every ``heartbeat_s``. ``.records`` keeps per trial its status,
-    Ray node, failures and error for ``trials.csv``."""
+    Ray node, failures and error for ``trials.csv``; ``on_change(records)`` is called after
+    every change of state (the driver rewrites ``trials.csv``, so a killed driver loses
+    nothing of the trials that ended before)."""
     from ray import tune
 
     class GridProgress(tune.Callback):
@@ -269,6 +277,14 @@ def make_progress_callback(
             self.done, self.failed = done_before, 0
             self.best = best
             self.started = self.last_line = time.monotonic()
+
+        def _changed(self) -> None:
+            if on_change is None:
+                return
+            try:
+                on_change(self.records)
+            except (OSError, HarnessError) as err:  # the study goes on; the end rewrites it
+                logging.getLogger(__name__).warning("cannot update the trials table: %s", err)
 
         def _line(self, text: str) -> None:
             now = time.monotonic()
@@ -286,6 +302,7 @@ def make_progress_callback(
             self._record(trial)["status"] = "running"
             retry = f" (attempt {trial.num_failures + 1})" if trial.num_failures else ""
             self._line(f"started  {name}{retry}")
+            self._changed()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = self._record(trial)
@@ -304,6 +321,7 @@ def make_progress_callback(
                 self.failed += 1
                 record.update(status="failed", error=record.get("harness_error", "no results"))
                 self._line(f"FAILED   {name}: {record['error']}")
+                self._changed()
                 return
             self.done += 1
             record["status"] = "finished"
@@ -313,6 +331,7 @@ def make_progress_callback(
             flops = record.get("flops_per_image_mean")
             cost = f", {flops:.3g} FLOPs/image" if isinstance(flops, (int, float)) else ""
             self._line(f"finished {name}: acc {accuracy:.3f}{cost}")
+            self._changed()
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             name = trial.config["trial"]
@@ -320,6 +339,7 @@ def make_progress_callback(
             record = self._record(trial)
             record.update(failures=trial.num_failures, error=_error_text(trial))
             self._line(f"retrying {name} from its last checkpoint: {record['error']}")
+            self._changed()
 
         def on_trial_error(self, iteration, trials, trial, **info):
             name = trial.config["trial"]
@@ -328,6 +348,7 @@ def make_progress_callback(
             record = self._record(trial)
             record.update(status="failed", failures=trial.num_failures, error=_error_text(trial))
             self._line(f"FAILED   {name}: {record['error']}")
+            self._changed()
 
         def on_step_end(self, iteration, trials, **info):
             if self.running and time.monotonic() - self.last_line >= heartbeat_s:
@@ -364,7 +385,10 @@ def launch(
         argv=argv,
     )
     progress = make_progress_callback(
-        len(study.trials), len(finished), _best_accuracy(study, finished)
+        len(study.trials),
+        len(finished),
+        _best_accuracy(study, finished),
+        on_change=lambda records: write_trials_table(study, records),
     )
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),

@@ -199,6 +199,10 @@ def _resources(value: Any) -> dict[str, float]:
     return out
 
 
+#: A preset name: one path component, never ``..`` or absolute (it names a folder).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def parse_preset(tree: Mapping[str, Any], source: str = "") -> Preset:
     """Check a preset mapping: keys and types through :func:`~harness.config.from_dict`, then
     what types cannot say (ranges, no method or seed settings in ``base``). Method-level checks
@@ -233,6 +237,11 @@ def parse_preset(tree: Mapping[str, Any], source: str = "") -> Preset:
     model = preset.base.get("model")
     if "seed" in preset.base or (isinstance(model, Mapping) and "depth" in model):
         raise ConfigError("base: give depths and seeds in the preset's depths: and seeds: lists")
+    if not isinstance(preset.name, str) or not _PLAIN_NAME.fullmatch(preset.name):
+        raise ConfigError(
+            f"preset name {preset.name!r} is not a plain name (letters, digits, '.', '_', '-', "
+            "no path): it names the study folder runs/grid/<name>"
+        )
     _check_ints(preset.seeds, "seeds", 0)
     _check_ints(preset.depths, "depths", 1)
     _check_ints(preset.vanilla_depths, "vanilla_depths", 1)

@@ -334,6 +334,8 @@ def run_profile(options: ProfileOptions) -> list[dict[str, Any]]:
         )
     print(format_table(rows))
     if options.out:
-        store.atomic_write_text(options.out, json.dumps(rows, indent=2, default=str) + "\n")
+        # Strict JSON: a non-finite value becomes null, listed in its row's non_finite_keys.
+        strict = [json.loads(store.json_text(row)) for row in rows]
+        store.atomic_write_text(options.out, store.json_text(strict, indent=2) + "\n")
         print(f"wrote {len(rows)} rows to {options.out}")
     return rows

@@ -84,13 +84,28 @@ def build_run_data(cfg: RunConfig, root: Path, **data_overrides: Any) -> DataBun
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``); CheckpointError if unreadable."""
+    """Load a checkpoint safely (``weights_only=True``); CheckpointError (one line) if it is
+    unreadable, truncated, or holds objects beyond tensors and plain containers."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        named = f" ({found.group(1)})" if found else ""
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {err}"
+            f"checkpoint {path} was refused: it holds Python objects{named} beyond tensors and "
+            "plain containers, which could run code when loaded, so this harness did not write "
+            "it; restore the run's own checkpoint, or delete it to restart the run"
         ) from None
+    except Exception as err:  # noqa: BLE001 - any other failure means an unusable file
+        reason = str(err).split(". ")[0].splitlines()[0][:160] if str(err).strip() else ""
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(err).__name__}{': ' if reason else ''}"
+            f"{reason}): it is truncated or corrupt; delete it and rerun the same command to "
+            "restart the run from scratch, or restore it from a copy"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint")
+    return state
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -137,6 +152,14 @@ def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[st
     wanted = {
         k: v for k, v in state.items() if not k.startswith(skip) and k.startswith("backbone.")
     }
+    own = model.state_dict()
+    for key, value in wanted.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"--init-from {source}: its {key} has shape {tuple(value.shape)} but this run's "
+                f"has {tuple(own[key].shape)} (another number of classes?); initialise from a "
+                "run on the same classes"
+            )
     missing, _ = model.load_state_dict(wanted, strict=False)
     # Only backbone keys must come from the source; the method's own parameters and buffers
     # (halting branches, PACT's temperature) are fresh by design.
@@ -152,9 +175,13 @@ def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[st
 def trial_columns(cfg: RunConfig, spec: MethodSpec, trial_id: str) -> dict[str, Any]:
     """The per-trial columns of every result row (the time penalty named by the method)."""
     key = time_penalty_key(spec)
+    identity = experiment_identity(cfg)
     return {
         "trial_id": trial_id,
+        "experiment_id": experiment_id(identity),
+        "experiment_config": json.dumps(identity, sort_keys=True, separators=(",", ":")),
         "method": cfg.method,
+        "method_label": spec.label or spec.name,
         "variant": cfg.model.variant,
         "dataset": cfg.model.dataset,
         "depth": cfg.model.depth,
@@ -163,7 +190,3 @@ def trial_columns(cfg: RunConfig, spec: MethodSpec, trial_id: str) -> dict[str, 
         "seed": cfg.seed,
         "eval_batch_size": cfg.eval.batch_size,
     }
-    identity = experiment_identity(cfg)
-        "experiment_id": experiment_id(identity),
-        "experiment_config": json.dumps(identity, sort_keys=True, separators=(",", ":")),
-        "method_label": spec.label or spec.name,

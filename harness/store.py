@@ -7,25 +7,37 @@ A run directory holds::
     metrics.jsonl      one JSON line per finished epoch (append-only)
     checkpoint.pt      model, optimizer, scheduler, RNG states, epoch (written atomically)
     summary.json       final metrics of the run (see :data:`SUMMARY_KEYS`)
+    failed.json        only if training failed (diverged): the error, epoch and step
     results.csv        one row per evaluation (mode x threshold x split), columns below
     per_image.npz      per-image units/ponder cost of the default mode (+ spatial ponder maps)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a crash
-never leaves a half-written file behind.
+never leaves a half-written file behind; the temporary files a killed writer leaves
+(``.<name>.<host>-<pid>-<id>.tmp``) are removed by the next write in that folder once their writer
+is dead or they are a minute old. ``metrics.jsonl`` is the one append-only file: a torn last
+line (a kill mid-append) is dropped with a warning when it is read. JSON never holds NaN or
+Infinity: such values are stored as ``null`` and their keys listed under ``non_finite_keys``.
+A process working in a folder holds its lock (:func:`folder_lock`: the file ``.lock`` names the
+holder's pid), so two processes never write one run directory or one study.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import math
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +45,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from harness.errors import ConfigError
+from harness.errors import CheckpointError, ConfigError, LockedError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,13 @@ CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 PER_IMAGE_FILE = "per_image.npz"
 RESULTS_FILE = "results.csv"
+FAILED_FILE = "failed.json"
+#: The lock file of a folder held by one process (a run directory, a study folder).
+LOCK_FILE = ".lock"
+#: Key under which a JSON record lists the fields whose non-finite values were stored as null.
+NON_FINITE_KEY = "non_finite_keys"
+#: Temporary files of atomic writes older than this (seconds) are removed by later writes.
+STALE_TEMP_SECONDS = 60.0
 
 #: Keys every ``summary.json`` holds (adaptive methods add ``units_executed_mean`` and
 #: ``units_executed_per_block``).
@@ -55,7 +74,9 @@ SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_seconds", "method", "depth"
 #: layers, halting branches included, BN/activations/pooling/additions/biases excluded).
 RESULT_COLUMNS: dict[str, str] = {
     "trial_id": "run identifier (the run directory name)",
+    "experiment_id": "hash of experiment_config: rows with equal ids may be pooled as seeds",
     "method": "registered method name",
+    "method_label": "the name tables and figures show (PACT rows say reconstruction)",
     "variant": "backbone variant (sact, he, torchvision)",
     "dataset": "cifar10 or imagenet",
     "depth": "backbone depth (6n+2 for CIFAR; 50/101/152 for ImageNet)",
@@ -64,6 +85,7 @@ RESULT_COLUMNS: dict[str, str] = {
     "seed": "training seed",
     "epochs": "training epochs",
     "num_train": "training images (after any subset)",
+    "num_val": "validation images carved from the training set (0: no validation split)",
     "eval_mode": "evaluation mode (standard, act, deterministic, stochastic, sampled)",
     "execution": "how the evaluation ran (masked, early_exit, gathered)",
     "threshold": "halting threshold of threshold modes (empty otherwise)",
@@ -74,7 +96,6 @@ RESULT_COLUMNS: dict[str, str] = {
     "accuracy_std": "std of accuracy over repeats (0 for a single repeat)",
     "loss": "mean cross-entropy, nats (mean over repeats)",
     "units_executed_mean": "units executed per image summed over blocks (spatial: mean over "
-    "experiment_id": "hash of experiment_config: rows with equal ids may be pooled as seeds",
     "positions per block, summed over blocks)",
     "units_executed_std": "std over images of the above",
     "units_per_block": "JSON list: mean units executed per block",
@@ -85,20 +106,72 @@ RESULT_COLUMNS: dict[str, str] = {
     "flops_per_block": "JSON list: mean FLOPs per image in each block",
     "peak_memory_bytes": "peak memory of one evaluation batch (see peak_memory_device)",
     "peak_memory_device": "cpu (live tensor storage, exact) or cuda (allocator peak)",
-    "num_val": "validation images carved from the training set (0: no validation split)",
     "eval_batch_size": "batch size of the evaluation pass",
     "seconds_per_batch": "median wall-clock seconds per evaluation batch after warm-up",
+    "experiment_config": "JSON of the resolved config without seed and runtime fields",
 }
 
 
+_HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+_TEMP_NAME = re.compile(r"^\..+\.(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-)?[0-9a-z]+\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temps(folder: Path, min_age: float = STALE_TEMP_SECONDS) -> list[str]:
+    """Remove the temporary files of atomic writes in ``folder`` whose writer (on this host) is
+    dead or that are older than ``min_age`` seconds; returns the names removed.
+
+    A concurrent writer's file is fresh (its mtime moves while it writes) and its pid alive, so
+    it is left alone; writers on other hosts (a shared file system) are judged by age only.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None:
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+            pid = int(match["pid"]) if match["pid"] else None
+            dead = (
+                pid is not None
+                and match["host"] == _HOST_TAG
+                and pid != os.getpid()
+                and not _pid_alive(pid)
+            )
+            if dead or age > min_age:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:  # gone already, or not ours to remove: leave it
+            continue
+    if removed:
+        log.info("removed stale temporary files in %s: %s", folder, ", ".join(removed))
+    return removed
+
+
 def _temp_file(path: Path) -> tuple[int, Path]:
-    """A new, exclusive temporary file beside ``path`` (fd, name).
+    """A new, exclusive temporary file beside ``path`` (fd, name), named after the writer's host
+    and pid; stale ones of earlier writers in the folder are removed first.
 
     Unlike ``tempfile.mkstemp`` (mode 0600), it gets the mode the umask gives any new file, so
     results renamed into place are as readable as the user's other files.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    clean_stale_temps(path.parent)
+    tmp = path.with_name(f".{path.name}.{_HOST_TAG}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
 
 
@@ -108,7 +181,6 @@ def _atomic_binary(path: str | Path) -> Iterator[BinaryIO]:
     place when the block ends; on any error the temporary file is removed and ``path`` kept."""
     path = Path(path)
     fd, tmp = _temp_file(path)
-    "experiment_config": "JSON of the resolved config without seed and runtime fields",
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -120,17 +192,98 @@ def _atomic_binary(path: str | Path) -> Iterator[BinaryIO]:
         raise
 
 
+def _first_existing(path: Path) -> Path:
+    return next((p for p in (path, *path.parents) if p.exists()), Path("."))
+
+
 def check_writable_file(path: str | Path, flag: str) -> None:
     """Before any work: ``path`` must be a file (or not yet exist) in a writable directory."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a directory; give a file path")
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    existing = _first_existing(path.parent if str(path.parent) else Path("."))
     if not existing.is_dir():
         raise ConfigError(f"{flag} {path}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: the directory {existing} is not writable")
+
+
+def check_writable_dir(path: str | Path, flag: str) -> None:
+    """Before any work: ``path`` must be a writable directory, or creatable as one."""
+    path = Path(path)
+    existing = _first_existing(path)
+    if existing == path and not path.is_dir():
+        raise ConfigError(f"{flag} {path} exists and is not a directory")
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: the directory {existing} is not writable")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, refuse: Callable[[str], str]) -> Iterator[None]:
+    """Hold the exclusive lock of ``folder`` (created if missing) while the block runs.
+
+    The lock is an ``flock`` on ``folder/.lock``, which names the holder (pid and host). The
+    kernel drops it when the holder dies, so a lock left by a killed process is taken over
+    (with a warning naming it). Another live holder raises :class:`LockedError` with
+    ``refuse(holder)`` as its message. Folders this call created are removed again if the
+    block leaves them empty (an error before anything was written).
+    """
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    path = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                if holder is None:
+                    described = "a process that is starting"
+                else:
+                    described = f"pid {holder[0]} on {holder[1]}"
+                    if holder[1] == socket.gethostname() and not _pid_alive(holder[0]):
+                        described += " (exited; a child process of it still holds the lock)"
+                raise LockedError(refuse(described)) from None
+            try:  # the previous holder may have removed the file before we locked it
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+    except OSError as err:
+        raise StorageError(f"cannot create the lock {path}: {err.strerror}") from None
+    previous = _lock_holder(fd)
+    if previous is not None:
+        log.warning(
+            "%s: taking over the lock left by pid %d on %s, which is no longer running",
+            folder,
+            *previous,
+        )
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+        for made in created:  # innermost first
+            with contextlib.suppress(OSError):
+                made.rmdir()  # only if empty
+
+
+def _lock_holder(fd: int) -> tuple[int, str] | None:
+    """(pid, host) written in a lock file, None if it names nobody."""
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").split()
+        return int(text[0]), text[1] if len(text) > 1 else "?"
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -144,9 +297,56 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _finite(value: Any, where: str, bad: list[str]) -> Any:
+    """``value`` with every non-finite float replaced by None (their key paths go to ``bad``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        bad.append(where or "(value)")
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), bad) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", bad) for i, v in enumerate(value)]
+    return value
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """Strict JSON of ``data`` (sorted keys): NaN and Infinity, which JSON lacks, become null and
+    a mapping lists their key paths under ``non_finite_keys`` (with a warning)."""
+    try:
+        return json.dumps(data, indent=indent, sort_keys=True, default=str, allow_nan=False)
+    except ValueError:
+        bad: list[str] = []
+        clean = _finite(data, "", bad)
+        if not bad:
+            raise
+        if isinstance(clean, dict):
+            clean[NON_FINITE_KEY] = bad
+        log.info("non-finite values stored as null: %s", ", ".join(bad[:5]))
+        return json.dumps(clean, indent=indent, sort_keys=True, default=str, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    """JSON version of :func:`atomic_write_text` (sorted keys, indented)."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """JSON version of :func:`atomic_write_text` (sorted keys, indented; see :func:`json_text`)."""
+    atomic_write_text(path, json_text(data, indent=2) + "\n")
+
+
+def read_json(path: str | Path, what: str = "") -> Any:
+    """A JSON file's content; CheckpointError naming the file if it is unreadable or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) else f"not valid JSON ({err})"
+        raise CheckpointError(f"{what}{path}: {reason}") from None
+
+
+def update_json(path: str | Path, fields: Mapping[str, Any]) -> None:
+    """Set top-level ``fields`` of a JSON object file, atomically (e.g. a grid trial adds where
+    Ray placed it to ``provenance.json``); CheckpointError if the file is unreadable."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    atomic_write_json(path, {**data, **fields})
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
@@ -155,18 +355,41 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
         torch.save(obj, handle)
 
 
+def jsonl_line(record: Mapping[str, Any]) -> str:
+    """One line of a JSON-lines file (see :func:`json_text`), newline included."""
+    return json_text(record) + "\n"
+
+
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
     """Append one JSON line (the metrics file is append-only)."""
     with open(path, "a") as handle:
-        handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        handle.write(jsonl_line(record))
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a JSON-lines file (empty list if missing)."""
+    """All records of a JSON-lines file (empty list if missing).
+
+    A last line that is not a JSON object (a writer killed mid-append) is dropped with a
+    warning; a bad line before it is a CheckpointError naming the file and the line.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    numbered = [(n, line) for n, line in enumerate(path.read_bytes().split(b"\n"), 1)]
+    numbered = [(n, line) for n, line in numbered if line.strip()]
+    records = []
+    for i, (number, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a {type(record).__name__}, not an object")
+        except ValueError as err:
+            if i == len(numbered) - 1:
+                log.warning("%s: dropped its torn last line %d (%s)", path, number, err)
+                break
+            raise CheckpointError(f"{path}: line {number} is not a JSON record ({err})") from None
+        records.append(record)
+    return records
 
 
 def write_results_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ STUDY_FILE = "study.yaml"
 TRIALS_DIR = "trials"
 TRIALS_TABLE = "trials.csv"
 RAY_DIR = "ray"
-LOCK_FILE = ".lock"
+LOCK_FILE = store.LOCK_FILE
 DEFAULT_PRESET = "cpu-mini"
 #: Run-directory files mirrored into every Tune checkpoint (the checkpoint itself last).
 CHECKPOINTED_FILES = (
@@ -287,21 +286,12 @@ def check_study_folder(study: Study, resume: bool) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def study_lock(folder: Path) -> Iterator[None]:
+def study_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive lock on the study folder: two drivers must not run one study."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"--out {folder}: another grid process is running this study"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return store.folder_lock(
+        folder,
+        lambda holder: f"--out {folder}: another grid process ({holder}) is running this study",
+    )
 
 
 # ------------------------------------------------------------------------------------- tables
@@ -324,7 +314,9 @@ def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) ->
     """Write ``trials.csv``: per trial its grid values, status, accuracy, FLOPs, node, failures.
 
     ``launch`` holds what this launch learnt per trial (status, node_id, failures, error); trials
-    not run now keep the values of the previous table.
+    not run now keep the values of the previous table. A run directory with ``failed.json``
+    (training diverged) says failed, with its error, unless this launch knows better; one with
+    an unreadable summary is reported as such.
     """
     path = study.folder / TRIALS_TABLE
     previous: dict[str, dict[str, Any]] = {}
@@ -336,9 +328,19 @@ def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) ->
     for trial in study.trials:
         columns = trial_columns(trial.run_config, get_method(trial.config["method"]), trial.name)
         row: dict[str, Any] = {key: columns[key] for key in keys}
-        known = {**previous.get(trial.name, {}), **launch.get(trial.name, {})}
-        summary_file = study.run_dir(trial) / store.SUMMARY_FILE
-        summary = json.loads(summary_file.read_text()) if is_finished(summary_file.parent) else {}
+        run_dir = study.run_dir(trial)
+        from_run: dict[str, Any] = {}
+        if (run_dir / store.FAILED_FILE).is_file():
+            with contextlib.suppress(HarnessError):
+                failure = store.read_json(run_dir / store.FAILED_FILE)
+                from_run = {"status": "failed", "error": failure.get("error", "failed")}
+        summary: dict[str, Any] = {}
+        if is_finished(run_dir):
+            try:
+                summary = store.read_json(run_dir / store.SUMMARY_FILE)
+            except HarnessError as err:
+                from_run = {"status": "unreadable summary", "error": str(err)}
+        known = {**previous.get(trial.name, {}), **from_run, **launch.get(trial.name, {})}
         row["status"] = "finished" if summary else known.get("status") or "pending"
         row["test_accuracy"] = summary.get("test_accuracy", "")
         row["flops_per_image_mean"] = summary.get("flops_per_image_mean", "")

@@ -38,7 +38,7 @@ from harness.contract import AdaptiveModel, MethodSpec
 from harness.costs.flops import FlopAccountant
 from harness.costs.measure import add_cost_columns
 from harness.data import DataBundle, resolve_data_root
-from harness.errors import CheckpointError, ConfigError
+from harness.errors import CheckpointError, ConfigError, DivergenceError, StorageError
 from harness.evaluate import evaluate, evaluate_modes, plan_evaluations
 from harness.progress import progress_bar, want_progress
 from harness.registry import method_origin
@@ -131,17 +131,31 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     label_smoothing: float = 0.0,
+    epoch: int = 1,
 ) -> dict[str, float]:
-    """One pass over the training loader; returns the mean of every logged loss term."""
+    """One pass over the training loader; returns the mean of every logged loss term.
+
+    A non-finite loss stops training at once with :class:`DivergenceError` naming ``epoch``
+    (1-based) and the step, before the step updates the weights.
+    """
     model.train()
     sums: dict[str, float] = {}
     count = correct = 0
     lr = optimizer.param_groups[0]["lr"]
     bar = progress_bar(loader, progress, desc)
-    for images, labels in bar:
+    for step, (images, labels) in enumerate(bar, 1):
         images, labels = images.to(device), labels.to(device)
         output = model(images)
         terms = model.loss(output, labels, label_smoothing=label_smoothing)
+        loss = terms["loss"].item()
+        if not math.isfinite(loss):
+            raise DivergenceError(
+                f"training diverged: the loss is {loss} at epoch {epoch}, step {step} "
+                f"(learning rate {optimizer.param_groups[0]['lr']:g}); lower the learning "
+                "rate (--lr) or check the data",
+                epoch,
+                step,
+            )
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -192,6 +206,12 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+#: What every checkpoint of a run holds.
+CHECKPOINT_KEYS = frozenset(
+    ("model", "optimizer", "scheduler", "rng", "epoch", "train_seconds", "config_identity")
+)
+
+
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     """Return the checkpoint to resume from, or None for a fresh run; errors on a mismatch."""
     if not run_dir.exists():
@@ -210,6 +230,12 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     ckpt_path = run_dir / store.CHECKPOINT_FILE
     checkpoint = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if checkpoint is not None:
+        missing = CHECKPOINT_KEYS - set(checkpoint)
+        if missing:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} lacks {', '.join(sorted(missing))}; delete it and rerun "
+                "the same command to restart the run from scratch"
+            )
         reference = checkpoint["config_identity"]
         try:  # fill keys added to the config since the checkpoint with their defaults
             reference = config_identity(from_dict(RunConfig, reference))
@@ -228,11 +254,12 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
 
 
 def trim_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (an interrupted epoch is redone)."""
+    """Drop metric lines of epochs after the checkpoint (an interrupted epoch is redone) and a
+    torn last line (a kill mid-append), so that the next line appends to a clean file."""
     records = store.read_jsonl(path)
     kept = [r for r in records if r.get("epoch", 0) <= epochs_done]
-    if len(kept) != len(records):
-        text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in kept)
+    text = "".join(store.jsonl_line(r) for r in kept)
+    if not path.exists() or path.read_bytes() != text.encode():
         store.atomic_write_text(path, text)
 
 
@@ -264,6 +291,7 @@ def restore_or_start(
         fresh_keys = init_from_run(model, Path(init_from).resolve(), cfg)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, len(prepared.data.train_loader))
+    (run_dir / store.FAILED_FILE).unlink(missing_ok=True)  # this attempt may succeed
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -272,6 +300,8 @@ def restore_or_start(
         trim_metrics(run_dir / store.METRICS_FILE, resume["epoch"])
         return TrainingState(optimizer, scheduler, resume["epoch"], resume["train_seconds"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    # A fresh start: lines of an earlier start killed before its first checkpoint go.
+    store.atomic_write_text(run_dir / store.METRICS_FILE, "")
     store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(cfg)))
     provenance = store.collect_provenance(cfg.seed, device, argv)
     provenance["method_package"] = method_origin(cfg.method)
@@ -312,6 +342,7 @@ def train_epochs(
             progress,
             desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
             label_smoothing=cfg.optim.label_smoothing,
+            epoch=epoch + 1,
         )
         train_seconds += time.perf_counter() - tic
         metrics.update(epoch_logs)
@@ -319,25 +350,45 @@ def train_epochs(
         metrics.update(epoch=epoch + 1, train_seconds=train_seconds)
         # Metrics first, then the checkpoint: a crash in between leaves a line for an epoch the
         # checkpoint lacks, which the resumed run drops (see ``trim_metrics``) and redoes.
-        store.append_jsonl(run_dir / store.METRICS_FILE, metrics)
-        store.atomic_torch_save(
-            run_dir / store.CHECKPOINT_FILE,
-            {
-                "model": model.state_dict(),
-                "optimizer": state.optimizer.state_dict(),
-                "scheduler": state.scheduler.state_dict(),
-                "rng": _rng_state(device),
-                "epoch": epoch + 1,
-                "train_seconds": train_seconds,
-                "config_identity": config_identity(cfg),
-            },
-        )
+        checkpoint = {
+            "model": model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "rng": _rng_state(device),
+            "epoch": epoch + 1,
+            "train_seconds": train_seconds,
+            "config_identity": config_identity(cfg),
+        }
+        try:
+            store.append_jsonl(run_dir / store.METRICS_FILE, metrics)
+            store.atomic_torch_save(run_dir / store.CHECKPOINT_FILE, checkpoint)
+        except OSError as err:
+            kept = (
+                f"the last checkpoint (epoch {epoch}) is intact: free space and rerun the "
+                "same command to resume from it"
+                if epoch
+                else "no checkpoint was written yet: free space and rerun the same command"
+            )
+            raise StorageError(
+                f"cannot write the checkpoint of epoch {epoch + 1} to {run_dir}: "
+                f"{err.strerror or err}; {kept}"
+            ) from None
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics, run_dir)
         if crash_at is not None and epoch + 1 == crash_at:
             raise InjectedCrash(f"{CRASH_ENV}={crash_at}: injected crash after epoch {crash_at}")
     return train_seconds
+
+
+def _in_use(run_dir: Path) -> Callable[[str], str]:
+    def message(holder: str) -> str:
+        return (
+            f"--out {run_dir} is in use by another run ({holder}); wait for it to end or "
+            "choose another --out"
+        )
+
+    return message
 
 
 def run_trial(
@@ -351,13 +402,20 @@ def run_trial(
 ) -> dict[str, Any]:
     """Train (or resume) and evaluate one run; returns ``summary.json``'s content."""
     run_dir = Path(run_dir).resolve()
+    store.check_writable_dir(run_dir, "--out")
     prepared = prepare_run(cfg)
-    resume = check_run_dir(run_dir, prepared.cfg)
-    if resume is not None and resume["epoch"] >= prepared.cfg.optim.epochs:
-        return _finished_run(prepared, run_dir, resume, evaluation_hook)
-    state = restore_or_start(prepared, run_dir, resume, init_from, argv)
-    train_seconds = train_epochs(prepared, run_dir, state, on_epoch_end)
-    return finish_run(prepared, run_dir, train_seconds, evaluation_hook)
+    with store.folder_lock(run_dir, _in_use(run_dir)):
+        resume = check_run_dir(run_dir, prepared.cfg)
+        if resume is not None and resume["epoch"] >= prepared.cfg.optim.epochs:
+            return _finished_run(prepared, run_dir, resume, evaluation_hook)
+        state = restore_or_start(prepared, run_dir, resume, init_from, argv)
+        try:
+            train_seconds = train_epochs(prepared, run_dir, state, on_epoch_end)
+        except DivergenceError as err:
+            failure = {"error": str(err), "epoch": err.epoch, "step": err.step}
+            store.atomic_write_json(run_dir / store.FAILED_FILE, failure)
+            raise
+        return finish_run(prepared, run_dir, train_seconds, evaluation_hook)
 
 
 def _finished_run(
@@ -371,8 +429,12 @@ def _finished_run(
     summary_path = run_dir / store.SUMMARY_FILE
     evaluated = summary_path.exists() and (run_dir / store.PER_IMAGE_FILE).exists()
     if evaluated and read_run_config(run_dir).eval == prepared.cfg.eval:
-        log.info("run %s is already finished", run_dir)
-        return json.loads(summary_path.read_text())
+        try:
+            summary = store.read_json(summary_path)
+            log.info("run %s is already finished", run_dir)
+            return summary
+        except CheckpointError as err:  # re-evaluate the checkpoint: nothing is lost
+            log.warning("%s; evaluating the checkpoint again to rewrite it", err)
     prepared.model.load_state_dict(checkpoint["model"])
     store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(prepared.cfg)))
     return finish_run(prepared, run_dir, checkpoint["train_seconds"], evaluation_hook)

@@ -26,6 +26,7 @@ and re-exports the public names of both.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,15 +194,78 @@ class _Splits:
     val: Any = None
 
 
+def _check_labels(
+    dataset: str, labels: tuple[Any, Any], num_classes: int, sources: tuple[str, str]
+) -> None:
+    """Before any subset is taken: CIFAR-10 labels lie in 0..9, the training split holds at
+    least two classes, and every test label is one of the training split's classes. Errors
+    name the file (or folder) and the offending label."""
+    train, test = (torch.as_tensor(x, dtype=torch.int64) for x in labels)
+    for split, source in zip((train, test), sources, strict=True):
+        if len(split) and split.min() < 0:
+            raise DataError(f"{source}: label {split.min().item()} is negative")
+        if dataset == "cifar10" and len(split) and split.max() > 9:
+            raise DataError(
+                f"{source}: label {split.max().item()} is outside CIFAR-10's classes 0..9 "
+                "(dataset='cifar10'); relabel the data or use dataset='imagenet' for other sets"
+            )
+    present = torch.unique(train)
+    if len(present) < 2:
+        shown = present.tolist()[0] if len(present) else "none"
+        raise DataError(
+            f"{sources[0]}: every training label is {shown}; a classifier needs at least two "
+            "classes"
+        )
+    if len(test) and test.max() >= num_classes:
+        raise DataError(
+            f"{sources[1]}: label {test.max().item()} is out of range for the {num_classes} "
+            f"classes of {sources[0]}"
+        )
+
+
+def _check_images(dataset: Any, threads: int = 8) -> None:
+    """Open the header of every image a folder split will read, so that an undecodable file
+    fails now, before anything is written, rather than in the middle of training."""
+    from PIL import Image, UnidentifiedImageError
+
+    def sample_paths(split: Any) -> list[str]:
+        if isinstance(split, Subset):
+            inner = sample_paths(split.dataset)
+            return [inner[i] for i in split.indices]
+        return [path for path, _ in split.samples]
+
+    paths = sample_paths(dataset)
+
+    def problem(path: str) -> str | None:
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - parsing the header is the check
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            return f"{path}: cannot be decoded as an image ({type(err).__name__}: {err})"
+        return None
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for message in pool.map(problem, paths):
+            if message is not None:
+                raise DataError(message)
+
+
 def _load_splits(root: Path, dataset: str, fmt: str, data: DataConfig) -> _Splits:
-    """Both splits, subsetted; ``ArrayDataset`` for in-memory formats, torch datasets otherwise."""
+    """Both splits, subsetted; ``ArrayDataset`` for in-memory formats, torch datasets otherwise.
+
+    Labels are checked (:func:`_check_labels`) before any subset, so that a bad label is named
+    as such rather than as a subset that cannot be filled; image files of the splits in use are
+    checked for a readable header."""
     if fmt == "imagefolder":
         train, test, classes = _load_folders(root)
         train_labels, test_labels = train.targets, test.targets
+        sources = (str(root / "train"), str(Path(test.root)))
     else:
         if fmt == "npz":
             train, test = load_npz(root)
+            sources = (str(root / "train.npz"), str(root / "test.npz"))
         else:
+            sources = (f"{root / CIFAR10_FOLDER}/data_batch_*", str(root / CIFAR10_FOLDER))
             train, test = load_torchvision_cifar10(
                 root, download=data.download, verify_checksums=data.verify_checksums
             )
@@ -209,10 +273,15 @@ def _load_splits(root: Path, dataset: str, fmt: str, data: DataConfig) -> _Split
         if dataset == "cifar10" and classes == tuple(str(i) for i in range(10)):
             classes = CIFAR10_CLASSES  # an npz without names, in CIFAR-10's label order
             train, test = (ArrayDataset(s.images, s.labels, classes) for s in (train, test))
+    _check_labels(dataset, (train_labels, test_labels), len(classes), sources)
     train, train_labels, val = _carve_validation(train, train_labels, data)
     seed = data.subset_seed
     train = _subset(train, train_labels, data.train_subset, seed, "data.train_subset")
     test = _subset(test, test_labels, data.test_subset, seed, "data.test_subset")
+    if fmt == "imagefolder":
+        for split in (train, test, val):
+            if split is not None:
+                _check_images(split)
     if isinstance(train, ArrayDataset):
         size = train.image_size
     else:

@@ -9,6 +9,8 @@ python batches (:func:`load_torchvision_cifar10`) and image-folder trees (torchv
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import os
 import pickle
 import zipfile
@@ -208,45 +210,123 @@ def load_npz(root: Path) -> tuple[ArrayDataset, ArrayDataset]:
 # ------------------------------------------------------------------------- torchvision CIFAR-10
 
 
+def _cifar10_lists() -> tuple[list[list[str]], list[list[str]], dict[str, str]]:
+    from torchvision.datasets import CIFAR10
+
+    return CIFAR10.train_list, CIFAR10.test_list, CIFAR10.meta
+
+
 def _cifar10_files() -> list[str]:
-    from torchvision.datasets import CIFAR10
-
-    names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
-    return [*names, CIFAR10.meta["filename"]]
+    train_list, test_list, meta = _cifar10_lists()
+    return [name for name, _ in train_list + test_list] + [meta["filename"]]
 
 
-def _cifar10_trusting(folder: Path) -> type:
-    """``CIFAR10`` with md5 sums taken from the files in ``folder``, for files made elsewhere."""
-    from torchvision.datasets import CIFAR10
-    from torchvision.datasets.utils import calculate_md5
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The callables numpy arrays pickle through (numpy 1 and 2 module names)."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles
+    }
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
 
-    def entries(listing: list[list[str]]) -> list[list[str]]:
-        return [[name, calculate_md5(str(folder / name))] for name, _ in listing]
 
-    train_list, test_list = entries(CIFAR10.train_list), entries(CIFAR10.test_list)
-    meta = {**CIFAR10.meta, "md5": calculate_md5(str(folder / CIFAR10.meta["filename"]))}
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
 
-    class LocalCIFAR10(CIFAR10):
-        pass
 
-    LocalCIFAR10.train_list, LocalCIFAR10.test_list, LocalCIFAR10.meta = train_list, test_list, meta
-    return LocalCIFAR10
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR-10 batches hold (dicts, lists, str/bytes, ints, numpy arrays) and
+    refuses every other global, so a crafted batch cannot run code when it is read."""
+
+    ALLOWED = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise _ForbiddenGlobal(f"{module}.{name}") from None
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            entry = _CifarUnpickler(handle, encoding="latin1").load()
+    except _ForbiddenGlobal as err:
+        raise DataError(
+            f"{path} was refused: its pickle calls {err}, which no CIFAR-10 batch holds (it "
+            "could run code when loaded); replace the folder with the official batches"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise DataError(
+            f"{path}: cannot read the CIFAR-10 batch ({type(err).__name__}: {err}); expected "
+            "torchvision's python pickle format"
+        ) from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: holds a {type(entry).__name__}, not a CIFAR-10 batch dict")
+    return entry
+
+
+def _read_cifar_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 32, 32, 3], labels int64 [N]) of one batch file, checked."""
+    entry = _read_cifar_pickle(path)
+    data, labels = entry.get("data"), entry.get("labels", entry.get("fine_labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        raise DataError(f"{path}: 'data' is not a uint8 [N, 3072] array")
+    if data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: 'data' rows hold {data.shape[1]} values, not 3072 (3x32x32)")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        labels = None
+    if labels is None or labels.ndim != 1 or len(labels) != len(data):
+        raise DataError(f"{path}: 'labels' is not a list of {len(data)} integer labels")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise DataError(
+            f"{path}: label {bad[0]} is outside the {num_classes} classes 0..{num_classes - 1}"
+        )
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _check_md5(folder: Path, listing: list[list[str]]) -> None:
+    for name, expected in listing:
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(folder / name, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise DataError(
+                f"{folder / name}: md5 {digest.hexdigest()} differs from the official CIFAR-10 "
+                f"file's ({expected}), so the folder is not an intact CIFAR-10 copy; download "
+                "it again (--download into an empty data root)"
+            )
 
 
 def load_torchvision_cifar10(
     root: Path, *, download: bool = False, verify_checksums: bool = True
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    """Train and test splits read by ``torchvision.datasets.CIFAR10`` from ``root``.
+    """Train and test splits from torchvision's CIFAR-10 python batches in ``root``.
 
-    With ``download``, missing files are fetched first (network needed). With
-    ``verify_checksums=False``, files that differ from the official ones (e.g. a test's tiny
-    batches in the same format) are accepted.
+    With ``download``, missing files are fetched first through torchvision (network needed).
+    The batches are pickles: they are read with an unpickler that allows only what CIFAR-10
+    holds (no pickle can run code, checksums or not). ``verify_checksums=False`` accepts files
+    that differ from the official ones (e.g. a test's tiny batches in the same format).
     """
-    from torchvision.datasets import CIFAR10
-
     folder = root / CIFAR10_FOLDER
     missing = [name for name in _cifar10_files() if not (folder / name).is_file()]
     if missing and download:
+        from torchvision.datasets import CIFAR10
+
         try:
             CIFAR10(str(root), train=True, download=True)
         except (OSError, RuntimeError) as err:
@@ -257,28 +337,20 @@ def load_torchvision_cifar10(
             f"{folder} lacks {', '.join(missing)}; pass download=True (--download) "
             "on a connected machine, or point the data root at a complete copy"
         )
-    loader = CIFAR10 if verify_checksums else _cifar10_trusting(folder)
-    try:
-        splits = [loader(str(root), train=train) for train in (True, False)]
-    except RuntimeError as err:
-        raise DataError(
-            f"{folder}: files failed torchvision's md5 check, so they are not the "
-            "official CIFAR-10 batches; to load them anyway pass "
-            "verify_checksums=False"
-        ) from err
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, OSError) as err:
-        raise DataError(
-            f"{folder}: cannot read the CIFAR-10 batches ({type(err).__name__}: "
-            f"{err}); expected torchvision's python pickle format"
-        ) from err
-    return tuple(  # type: ignore[return-value]
-        ArrayDataset(
-            torch.from_numpy(np.ascontiguousarray(s.data)),
-            torch.tensor(s.targets, dtype=torch.int64),
-            tuple(s.classes),
-        )
-        for s in splits
-    )
+    train_list, test_list, meta = _cifar10_lists()
+    if verify_checksums:
+        _check_md5(folder, [*train_list, *test_list, [meta["filename"], meta["md5"]]])
+    names = _read_cifar_pickle(folder / meta["filename"]).get(meta["key"])
+    if not isinstance(names, list) or len(names) < 2:
+        raise DataError(f"{folder / meta['filename']}: '{meta['key']}' lists no class names")
+    classes = tuple(str(name) for name in names)
+    splits = []
+    for listing in (train_list, test_list):
+        batches = [_read_cifar_batch(folder / name, len(classes)) for name, _ in listing]
+        images = np.concatenate([b[0] for b in batches])
+        labels = np.concatenate([b[1] for b in batches])
+        splits.append(ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels), classes))
+    return splits[0], splits[1]
 
 
 # ---------------------------------------------------------------------------------- folders

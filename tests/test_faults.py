@@ -1,0 +1,580 @@
+"""Nothing lost, nothing silently wrong: locks, divergence, torn and stale files, bad labels,
+crafted pickles, and the inputs that used to end in a traceback (issue 14).
+
+Every run is ResNet-8 on the tiny npz dataset of ``conftest.py`` (64 images, one epoch, CPU)
+unless a test needs two epochs; the fault-injection test at the end kills real ``train``
+processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import console_script, make_images
+from PIL import Image
+
+from harness import store
+from harness.cli import main
+from harness.config import DataConfig
+from harness.data import CIFAR10_CLASSES, build_data
+from harness.errors import ConfigError, DataError
+from harness.presets import PRESET_DIR, load_preset
+from harness.study import TRIALS_TABLE, GridOptions, plan_study, write_trials_table
+from harness.train import CRASH_ENV, InjectedCrash
+
+
+def one_error_line(capsys) -> str:
+    """The single ``error:`` line the CLI printed on stderr (and nothing else)."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and Infinity (which JSON does not have)."""
+
+    def refuse(constant: str):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def copy_run(finished_run, tmp_path: Path, name: str = "run") -> Path:
+    run = tmp_path / name
+    shutil.copytree(finished_run["dir"], run)
+    return run
+
+
+# -- 1. one process per run directory ---------------------------------------------------------
+
+
+def test_a_second_train_on_the_same_out_is_refused_naming_the_holder(
+    tiny_args, tmp_path: Path, capsys
+):
+    out = tmp_path / "run"
+    # flock locks belong to an open file, so a lock held here blocks main() in this process too.
+    with store.folder_lock(out, lambda holder: f"held by {holder}"):
+        assert main(tiny_args(out)) == 2
+        message = one_error_line(capsys)
+        assert f"--out {out} is in use by another run (pid {os.getpid()} on " in message
+        assert "choose another --out" in message
+        assert [p.name for p in out.iterdir()] == [store.LOCK_FILE]  # nothing else written
+    assert not out.exists()  # the lock made the folder and took it away again
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tiny_args, tmp_path: Path, caplog):
+    out = tmp_path / "run"
+    out.mkdir()
+    pid = dead_pid()
+    (out / store.LOCK_FILE).write_text(f"{pid} {socket.gethostname()}\n")
+    with caplog.at_level(logging.WARNING, logger="harness.store"):
+        assert main(tiny_args(out)) == 0
+    assert f"taking over the lock left by pid {pid}" in caplog.text
+    assert (out / store.SUMMARY_FILE).is_file()
+    assert not (out / store.LOCK_FILE).exists()  # released when the run ended
+
+
+def test_the_study_lock_names_its_holder(tmp_path: Path):
+    from harness.errors import LockedError
+    from harness.study import study_lock
+
+    with study_lock(tmp_path), pytest.raises(LockedError, match=f"pid {os.getpid()} on"):
+        with study_lock(tmp_path):
+            pass
+
+
+# -- 2. divergence ----------------------------------------------------------------------------
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_is_marked_failed(
+    tiny_args, tmp_path: Path, capsys
+):
+    out = tmp_path / "run"
+    assert main(tiny_args(out, "--lr", "1e6", "--train-subset", "128")) == 2
+    message = one_error_line(capsys)
+    assert "training diverged: the loss is nan at epoch 1, step 4" in message
+    assert "lower the learning rate (--lr)" in message
+    failure = strict_json((out / store.FAILED_FILE).read_text())
+    assert (failure["epoch"], failure["step"]) == (1, 4) and "diverged" in failure["error"]
+    assert not (out / store.SUMMARY_FILE).exists()
+    assert not (out / store.CHECKPOINT_FILE).exists()  # no epoch finished
+    assert store.read_jsonl(out / store.METRICS_FILE) == []
+    for path in out.glob("*.json"):  # whatever was written is strict JSON
+        strict_json(path.read_text())
+    # A sane rate in the same folder is another configuration: refused, the failure kept.
+    assert main(tiny_args(out)) == 2
+    assert "holds a run of another configuration" in one_error_line(capsys)
+
+
+def test_json_files_never_hold_nan_or_infinity(tmp_path: Path):
+    path = tmp_path / "s.json"
+    store.atomic_write_json(path, {"a": math.nan, "b": [1.0, math.inf], "c": {"d": -math.inf}})
+    assert strict_json(path.read_text()) == {
+        "a": None,
+        "b": [1.0, None],
+        "c": {"d": None},
+        store.NON_FINITE_KEY: ["a", "b[1]", "c.d"],
+    }
+    lines = tmp_path / "m.jsonl"
+    store.append_jsonl(lines, {"epoch": 1, "train_loss": math.nan})
+    store.append_jsonl(lines, {"epoch": 2, "train_loss": 0.5})
+    assert [strict_json(x) for x in lines.read_text().splitlines()] == [
+        {"epoch": 1, "train_loss": None, store.NON_FINITE_KEY: ["train_loss"]},
+        {"epoch": 2, "train_loss": 0.5},
+    ]
+
+
+# -- 4. labels checked against the dataset ----------------------------------------------------
+
+
+def write_npz_split(path: Path, labels: np.ndarray, seed: int, **extra) -> None:
+    images, _ = make_images(len(labels), seed)
+    np.savez(path, images=images, labels=labels.astype(np.int64), **extra)
+
+
+def test_a_cifar10_label_outside_0_to_9_is_named_before_any_subset(
+    tiny_args, tmp_path: Path, capsys
+):
+    root = tmp_path / "data"
+    root.mkdir()
+    train_labels = np.arange(200) % 10
+    train_labels[17] = 12
+    write_npz_split(root / "train.npz", train_labels, 1)
+    write_npz_split(root / "test.npz", np.arange(100) % 10, 2)
+    out = tmp_path / "run"
+    argv = tiny_args(out)
+    argv[argv.index("--data-root") + 1] = str(root)
+    assert main(argv) == 2  # with --train-subset 64
+    message = one_error_line(capsys)
+    assert f"{root / 'train.npz'}: label 12 is outside CIFAR-10's classes 0..9" in message
+    assert "subset" not in message
+    assert not out.exists()
+
+
+def test_a_training_split_of_one_class_is_refused(tmp_path: Path):
+    write_npz_split(tmp_path / "train.npz", np.full(40, 3), 1)
+    write_npz_split(tmp_path / "test.npz", np.full(10, 3), 2)
+    data = DataConfig(root=str(tmp_path), train_subset=20)
+    with pytest.raises(DataError, match=r"train.npz: every training label is 3; .* two classes"):
+        build_data("cifar10", data, batch_size=10)
+
+
+def test_test_labels_beyond_the_training_classes_are_refused(tmp_path: Path):
+    names = np.array(["a", "b", "c", "d", "e"])
+    write_npz_split(tmp_path / "train.npz", np.arange(40) % 5, 1, classes=names)
+    write_npz_split(tmp_path / "test.npz", np.arange(10) % 8, 2)
+    with pytest.raises(DataError, match=r"test.npz: label 7 is out of range for the 5 classes"):
+        build_data("imagenet", DataConfig(root=str(tmp_path)), batch_size=10)
+
+
+# -- 5./6. metrics.jsonl: fresh starts and torn lines ----------------------------------------
+
+
+def test_a_fresh_start_truncates_the_metrics_of_a_start_killed_before_its_first_checkpoint(
+    finished_run, tiny_args, tmp_path: Path
+):
+    run = copy_run(finished_run, tmp_path)
+    for name in (store.CHECKPOINT_FILE, store.SUMMARY_FILE, store.RESULTS_FILE):
+        (run / name).unlink()
+    (run / store.PER_IMAGE_FILE).unlink()
+    assert [r["epoch"] for r in store.read_jsonl(run / store.METRICS_FILE)] == [1]
+    assert main(tiny_args(run)) == 0
+    assert [r["epoch"] for r in store.read_jsonl(run / store.METRICS_FILE)] == [1]
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_the_run_resumes(
+    tiny_args, tmp_path: Path, monkeypatch, caplog
+):
+    out = tmp_path / "run"
+    argv = tiny_args(out, "--epochs", "2")
+    monkeypatch.setenv(CRASH_ENV, "1")
+    with pytest.raises(InjectedCrash):
+        main(argv)
+    monkeypatch.delenv(CRASH_ENV)
+    with open(out / store.METRICS_FILE, "a") as handle:
+        handle.write('{"epoch": 2, "train_lo')  # killed mid-append
+    with caplog.at_level(logging.WARNING, logger="harness.store"):
+        assert main(argv) == 0
+    assert "dropped its torn last line 2" in caplog.text
+    text = (out / store.METRICS_FILE).read_text()
+    assert [strict_json(line)["epoch"] for line in text.splitlines()] == [1, 2]
+
+
+def test_a_bad_metrics_line_before_the_last_is_named(tmp_path: Path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
+    with pytest.raises(Exception, match="metrics.jsonl: line 2 is not a JSON record"):
+        store.read_jsonl(path)
+
+
+# -- 7. CIFAR-10 python batches cannot run code -----------------------------------------------
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a crafted CIFAR batch could do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_cifar_batches(root: Path, evil: Path | None = None) -> Path:
+    """torchvision's CIFAR-10 layout with 10 images per batch; ``evil`` puts a code-running
+    object into data_batch_2 (it would create the file ``evil`` when unpickled)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]):
+        images, labels = make_images(10, i)
+        batch = {
+            "batch_label": name,
+            "labels": labels.tolist(),
+            "data": images.transpose(0, 3, 1, 2).reshape(10, 3072),
+            "filenames": [""] * 10,
+        }
+        if evil is not None and name == "data_batch_2":
+            batch["filenames"] = _RunsCode(evil)
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}))
+    return root
+
+
+def test_a_crafted_cifar_batch_cannot_run_code_even_without_checksums(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    root = write_cifar_batches(tmp_path / "data", evil=marker)
+    data = DataConfig(root=str(root), verify_checksums=False)
+    with pytest.raises(DataError, match=r"data_batch_2 was refused: its pickle calls posix.system"):
+        build_data("cifar10", data, batch_size=10)
+    assert not marker.exists()
+    # The batches themselves still load (the restricted reader reads what CIFAR-10 holds).
+    root = write_cifar_batches(tmp_path / "good")
+    bundle = build_data(
+        "cifar10", DataConfig(root=str(root), verify_checksums=False), batch_size=10
+    )
+    assert (bundle.num_train, bundle.num_test, bundle.classes) == (50, 10, CIFAR10_CLASSES)
+
+
+def test_the_checksum_error_no_longer_suggests_disabling_the_check(tmp_path: Path):
+    root = write_cifar_batches(tmp_path)
+    with pytest.raises(DataError) as caught:
+        build_data("cifar10", DataConfig(root=str(root)), batch_size=10)
+    assert "differs from the official CIFAR-10 file" in str(caught.value)
+    assert "verify_checksums" not in str(caught.value)
+
+
+def test_a_cifar_batch_label_out_of_range_names_the_batch(tmp_path: Path):
+    root = write_cifar_batches(tmp_path)
+    path = root / "cifar-10-batches-py" / "test_batch"
+    batch = pickle.loads(path.read_bytes())
+    batch["labels"][3] = 11
+    path.write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match=r"test_batch: label 11 is outside the 10 classes 0..9"):
+        build_data("cifar10", DataConfig(root=str(root), verify_checksums=False), batch_size=10)
+
+
+# -- tracebacks that became one error line -----------------------------------------------------
+
+
+def test_an_undecodable_image_is_named_before_anything_is_written(tmp_path: Path, capsys):
+    root = tmp_path / "folders"
+    for split in ("train", "val"):
+        for c, name in enumerate(("cat", "dog")):
+            (root / split / name).mkdir(parents=True)
+            images, _ = make_images(6, c)
+            for i, image in enumerate(images):
+                Image.fromarray(image).save(root / split / name / f"{i}.png")
+    bad = root / "train" / "dog" / "3.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    out = tmp_path / "run"
+    argv = ["train", "--method", "resnet", "--depth", "8", "--data-root", str(root)]
+    argv += ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--progress", "off"]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert f"{bad}: cannot be decoded as an image" in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_out_below_a_file_is_one_error_line(tiny_args, tmp_path: Path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "run"
+    assert main(tiny_args(out)) == 2
+    assert f"--out {out}: {tmp_path / 'notes.txt'} is a file, not a directory" in (
+        one_error_line(capsys)
+    )
+
+
+def test_out_in_a_read_only_directory_is_one_error_line(
+    tiny_args, tmp_path: Path, capsys, monkeypatch
+):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root ignores permissions: make access() say what it means
+        real = os.access
+        monkeypatch.setattr(
+            store.os,
+            "access",
+            lambda p, mode: False if Path(p) == locked and mode & os.W_OK else real(p, mode),
+        )
+    out = locked / "run"
+    try:
+        assert main(tiny_args(out)) == 2
+        assert f"--out {out}: the directory {locked} is not writable" in one_error_line(capsys)
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def test_init_from_a_run_with_another_class_count_is_one_error_line(
+    tiny_args, tmp_path: Path, capsys
+):
+    five = tmp_path / "five"
+    five.mkdir()
+    write_npz_split(five / "train.npz", np.arange(100) % 5, 1)
+    write_npz_split(five / "test.npz", np.arange(20) % 5, 2)
+    source = tmp_path / "source"
+    argv = tiny_args(source, "--train-subset", "40", "--test-subset", "10")
+    argv[argv.index("--data-root") + 1] = str(five)
+    assert main(argv) == 0
+    capsys.readouterr()
+    out = tmp_path / "run"
+    assert main(tiny_args(out, "--init-from", str(source))) == 2
+    message = one_error_line(capsys)
+    assert f"--init-from {source.resolve()}: its backbone." in message
+    assert "has shape (5, " in message and "this run's has (10, " in message
+    assert "another number of classes" in message
+    assert not out.exists()
+
+
+def test_a_corrupt_summary_of_a_finished_run_is_rewritten_from_its_checkpoint(
+    finished_run, tiny_args, tmp_path: Path, caplog
+):
+    run = copy_run(finished_run, tmp_path)
+    expected = strict_json((run / store.SUMMARY_FILE).read_text())
+    (run / store.SUMMARY_FILE).write_text('{"test_accuracy": 0.')
+    with caplog.at_level(logging.WARNING):
+        assert main(tiny_args(run)) == 0
+    assert "summary.json: not valid JSON" in caplog.text
+    assert strict_json((run / store.SUMMARY_FILE).read_text()) == expected
+
+
+def test_disk_full_on_a_checkpoint_write_says_the_last_checkpoint_is_intact(
+    tiny_args, tmp_path: Path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    real, calls = store.atomic_torch_save, []
+
+    def full_disk(path, obj):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, obj)
+
+    monkeypatch.setattr(store, "atomic_torch_save", full_disk)
+    argv = tiny_args(out, "--epochs", "2")
+    assert main(argv) == 2
+    message = one_error_line(capsys)
+    assert "cannot write the checkpoint of epoch 2" in message
+    assert "No space left on device; the last checkpoint (epoch 1) is intact" in message
+    assert torch.load(out / store.CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(store, "atomic_torch_save", real)
+    assert main(argv) == 0  # space freed: the same command resumes
+    assert [r["epoch"] for r in store.read_jsonl(out / store.METRICS_FILE)] == [1, 2]
+
+
+def test_profile_out_pointing_at_a_directory_is_refused_first(tmp_path: Path, capsys):
+    argv = ["profile", "--method", "resnet", "--depth", "8", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert f"--out {tmp_path} is a directory; give a file path" in one_error_line(capsys)
+
+
+def test_a_truncated_checkpoint_says_how_to_restart(finished_run, tiny_args, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path)
+    checkpoint = run / store.CHECKPOINT_FILE
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    assert main(tiny_args(run)) == 2
+    message = one_error_line(capsys)
+    assert f"cannot read checkpoint {checkpoint}" in message
+    assert "truncated or corrupt; delete it and rerun the same command" in message
+    checkpoint.unlink()  # the advice works: the run starts again
+    assert main(tiny_args(run)) == 0
+    assert [r["epoch"] for r in store.read_jsonl(run / store.METRICS_FILE)] == [1]
+
+
+def test_a_malicious_checkpoint_is_one_line_without_weights_only_advice(
+    finished_run, tiny_args, tmp_path, capsys
+):
+    run = copy_run(finished_run, tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"model": _RunsCode(marker)}, run / store.CHECKPOINT_FILE)
+    assert main(tiny_args(run)) == 2
+    message = one_error_line(capsys)
+    assert "was refused: it holds Python objects (posix.system)" in message
+    assert "weights_only" not in message
+    assert not marker.exists()
+
+
+# -- minor ------------------------------------------------------------------------------------
+
+
+def test_stale_temporary_files_are_cleaned_by_the_next_write(tmp_path: Path):
+    host = store._HOST_TAG
+    names = {
+        "dead_writer": f".metrics.jsonl.{host}-{dead_pid()}-abc123.tmp",
+        "live_writer": f".checkpoint.pt.{host}-{os.getppid()}-abc123.tmp",
+        "old_unknown": ".summary.json.0123abcdef.tmp",
+        "fresh_unknown": ".results.csv.0123abcdef.tmp",
+        "other_host_fresh": f".config.yaml.{int(host, 16) ^ 1:08x}-{dead_pid()}-abc.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("partial")
+    old = time.time() - 2 * store.STALE_TEMP_SECONDS
+    os.utime(tmp_path / names["old_unknown"], (old, old))
+    (tmp_path / "notes.tmp").write_text("not ours")  # no leading dot: never touched
+    store.atomic_write_text(tmp_path / "a.txt", "x")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {
+        "a.txt",
+        "notes.tmp",
+        names["live_writer"],
+        names["fresh_unknown"],
+        names["other_host_fresh"],
+    }
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "a/b", ".."])
+def test_a_preset_name_that_is_a_path_is_refused(name, tmp_path: Path):
+    path = tmp_path / "p.yaml"
+    tree = yaml.safe_load((PRESET_DIR / "smoke.yaml").read_text())
+    path.write_text(yaml.safe_dump({**tree, "name": name}))
+    with pytest.raises(ConfigError, match="is not a plain name"):
+        load_preset(str(path))
+
+
+def test_trials_csv_keeps_what_ended_before_a_driver_kill(tmp_path: Path, tiny_npz_root: Path):
+    from harness.grid import make_progress_callback
+
+    preset = tmp_path / "tiny.yaml"
+    tree = yaml.safe_load((PRESET_DIR / "smoke.yaml").read_text())
+    tree.update(name="tiny", methods={"resnet": {}}, depths=[8], seeds=[0, 1], vanilla_depths=[])
+    preset.write_text(yaml.safe_dump(tree))
+    study = plan_study(
+        GridOptions(preset=str(preset), out=str(tmp_path / "s"), data_root=str(tiny_npz_root))
+    )
+    names = [t.name for t in study.trials]
+    progress = make_progress_callback(
+        len(names), on_change=lambda records: write_trials_table(study, records)
+    )
+    done = SimpleNamespace(config={"trial": names[0]}, num_failures=1, error_file=None)
+    running = SimpleNamespace(config={"trial": names[1]}, num_failures=0, error_file=None)
+    progress.on_trial_start(0, [], done)
+    progress.on_trial_start(0, [], running)
+    progress.on_trial_result(0, [], done, {"node_id": "node-a", "test_accuracy": 0.5})
+    progress.on_trial_complete(0, [], done)
+    # The driver is killed here: conclude_study never runs. The table on disk already knows.
+    table = pd.read_csv(study.folder / TRIALS_TABLE, keep_default_na=False, dtype=str)
+    first = table.set_index("trial_id").loc[names[0]]
+    assert (first["node_id"], first["failures"], first["status"]) == ("node-a", "1", "finished")
+    # The next launch runs only the other trial and keeps the first one's values.
+    write_trials_table(study, {names[1]: {"status": "finished", "node_id": "node-b"}})
+    table = pd.read_csv(study.folder / TRIALS_TABLE, keep_default_na=False, dtype=str)
+    assert list(table["node_id"]) == ["node-a", "node-b"]
+    assert list(table["failures"]) == ["1", ""]
+    # A run directory that diverged says so when no launch knows better.
+    run_dir = study.run_dir(names[1])
+    run_dir.mkdir(parents=True)
+    store.atomic_write_json(run_dir / store.FAILED_FILE, {"error": "training diverged: ..."})
+    write_trials_table(study, {})
+    table = pd.read_csv(study.folder / TRIALS_TABLE, keep_default_na=False, dtype=str)
+    assert table.loc[1, "status"] == "failed" and "diverged" in table.loc[1, "error"]
+
+
+# -- fault injection: kill train anywhere, resume, compare bitwise ------------------------------
+
+
+def _files_parse(run: Path) -> None:
+    """Every file of a (possibly interrupted) run directory parses with the harness's readers."""
+    from harness.runs import load_checkpoint, read_run_config
+
+    names = {p.name for p in run.iterdir()} if run.exists() else set()
+    if store.CONFIG_FILE in names:
+        read_run_config(run)
+    if store.PROVENANCE_FILE in names:
+        strict_json((run / store.PROVENANCE_FILE).read_text())
+    if store.SUMMARY_FILE in names:
+        strict_json((run / store.SUMMARY_FILE).read_text())
+    if store.METRICS_FILE in names:
+        store.read_jsonl(run / store.METRICS_FILE)
+    if store.CHECKPOINT_FILE in names:
+        load_checkpoint(run / store.CHECKPOINT_FILE)
+    if store.RESULTS_FILE in names:
+        pd.read_csv(run / store.RESULTS_FILE)
+    if store.PER_IMAGE_FILE in names:
+        with np.load(run / store.PER_IMAGE_FILE) as archive:
+            [archive[key] for key in archive.files]
+
+
+def _without_time(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in records]
+
+
+@pytest.mark.slow
+def test_train_killed_at_random_points_resumes_bitwise_equal(tiny_args, tmp_path: Path):
+    straight = tmp_path / "straight"
+    assert main(tiny_args(straight, "--epochs", "2")) == 0  # the uninterrupted reference
+    killed = tmp_path / "killed"
+    argv = [*console_script(), *tiny_args(killed, "--epochs", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = random.Random(14)
+    kills = 0
+    for _ in range(3):  # bounded: three SIGKILLs at seeded random moments (~4 s is imports)
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(3.5, 9.0))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        _files_parse(killed)
+    final = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 1
+    _files_parse(killed)
+    reference = torch.load(straight / store.CHECKPOINT_FILE, weights_only=True)
+    resumed = torch.load(killed / store.CHECKPOINT_FILE, weights_only=True)
+    for key, tensor in reference["model"].items():
+        assert torch.equal(resumed["model"][key], tensor), key
+    assert _without_time(store.read_jsonl(killed / store.METRICS_FILE)) == _without_time(
+        store.read_jsonl(straight / store.METRICS_FILE)
+    )
+    assert _without_time([strict_json((killed / store.SUMMARY_FILE).read_text())]) == (
+        _without_time([strict_json((straight / store.SUMMARY_FILE).read_text())])
+    )
+    assert not [p.name for p in killed.iterdir() if p.name.startswith(".")]  # no lock, no temps
