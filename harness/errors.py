@@ -28,10 +28,13 @@ class CheckpointError(HarnessError):
 class DivergenceError(HarnessError):
     """Training produced a non-finite loss; ``epoch`` and ``step`` (1-based) say where."""
 
-    def __init__(self, message: str, epoch: int, step: int) -> None:
+    def __init__(self, message: str, epoch: int = 0, step: int = 0) -> None:
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+
+    def __reduce__(self):  # picklable with its fields (Ray ships errors between processes)
+        return (type(self), (str(self), self.epoch, self.step))
 
 
 class LockedError(HarnessError):

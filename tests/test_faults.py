@@ -36,7 +36,7 @@ from harness import store
 from harness.cli import main
 from harness.config import DataConfig
 from harness.data import CIFAR10_CLASSES, build_data
-from harness.errors import ConfigError, DataError
+from harness.errors import ConfigError, DataError, DivergenceError
 from harness.presets import PRESET_DIR, load_preset
 from harness.study import TRIALS_TABLE, GridOptions, plan_study, write_trials_table
 from harness.train import CRASH_ENV, InjectedCrash
@@ -131,6 +131,12 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_is_marked_failed
     # A sane rate in the same folder is another configuration: refused, the failure kept.
     assert main(tiny_args(out)) == 2
     assert "holds a run of another configuration" in one_error_line(capsys)
+
+
+def test_a_divergence_error_crosses_process_boundaries_whole():
+    # Ray pickles a trial's exception to the driver; the fields must survive.
+    err = pickle.loads(pickle.dumps(DivergenceError("training diverged", 3, 7)))
+    assert (str(err), err.epoch, err.step) == ("training diverged", 3, 7)
 
 
 def test_json_files_never_hold_nan_or_infinity(tmp_path: Path):

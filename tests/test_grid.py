@@ -368,6 +368,34 @@ def test_a_trial_out_of_retries_fails_the_study_and_resume_finishes_it(
 
 
 @pytest.mark.ray
+def test_a_diverging_trial_is_retried_then_reported_failed(
+    ray_cluster, capsys, tmp_path, tiny_npz_root
+):
+    optim = {**TINY_BASE["optim"], "lr": 1e6}
+    preset = write_preset(tmp_path, base={**TINY_BASE, "optim": optim})  # max_failures: 1
+    outcome = run_grid(
+        GridOptions(
+            preset=str(preset),
+            out=str(tmp_path / "study"),
+            data_root=str(tiny_npz_root),
+            address=ray_cluster.address,
+        )
+    )
+    assert list(outcome.failed) == ["resnet_d8_s0"] and not outcome.finished
+    error = outcome.failed["resnet_d8_s0"]
+    assert "DivergenceError: training diverged: the loss is " in error and "at epoch 1" in error
+    assert "retrying resnet_d8_s0 from its last checkpoint" in capsys.readouterr().out
+    table = pd.read_csv(outcome.study.folder / TRIALS_TABLE, keep_default_na=False)
+    row = table.loc[0].to_dict()
+    assert row["status"] == "failed" and row["failures"] == 2, row  # the attempt and its retry
+    assert "training diverged" in row["error"], row
+    run_dir = outcome.study.run_dir("resnet_d8_s0")
+    failure = json.loads((run_dir / store.FAILED_FILE).read_text())
+    assert failure["epoch"] == 1 and "diverged" in failure["error"]
+    assert not (run_dir / store.SUMMARY_FILE).exists()
+
+
+@pytest.mark.ray
 def test_bad_input_inside_a_trial_fails_it_once_without_retries(
     ray_cluster, capsys, tmp_path, tiny_npz_root
 ):
