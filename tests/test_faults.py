@@ -288,6 +288,25 @@ def test_a_crafted_cifar_batch_cannot_run_code_even_without_checksums(tmp_path: 
     assert (bundle.num_train, bundle.num_test, bundle.classes) == (50, 10, CIFAR10_CLASSES)
 
 
+def test_a_download_fetches_the_checked_archive_and_unpickles_nothing_itself(
+    tmp_path: Path, monkeypatch
+):
+    import torchvision.datasets.utils as tv_utils
+
+    calls = []
+
+    def fake_download(url, root, filename=None, md5=None):
+        calls.append((url, filename, md5))
+        write_cifar_batches(Path(root))  # what extracting the official archive leaves
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    data = DataConfig(root=str(tmp_path), download=True, verify_checksums=False)
+    bundle = build_data("cifar10", data, batch_size=10)
+    assert bundle.num_train == 50
+    ((url, filename, md5),) = calls
+    assert filename == "cifar-10-python.tar.gz" and md5 and url.endswith(filename)
+
+
 def test_the_checksum_error_no_longer_suggests_disabling_the_check(tmp_path: Path):
     root = write_cifar_batches(tmp_path)
     with pytest.raises(DataError) as caught:

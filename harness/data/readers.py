@@ -326,9 +326,12 @@ def load_torchvision_cifar10(
     missing = [name for name in _cifar10_files() if not (folder / name).is_file()]
     if missing and download:
         from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_and_extract_archive
 
-        try:
-            CIFAR10(str(root), train=True, download=True)
+        try:  # the md5-checked archive only: its batches are read below, not by torchvision
+            download_and_extract_archive(
+                CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5
+            )
         except (OSError, RuntimeError) as err:
             raise DataError(f"downloading CIFAR-10 into {root} failed: {err}") from err
         missing = [name for name in _cifar10_files() if not (folder / name).is_file()]
