@@ -1,5 +1,6 @@
 # Two commands on a fresh clone: `make run` (the cpu-mini grid on a local Ray and CIFAR-10) and
-# `make test`. Both create the virtual environment .venv on first use (pip install -e ".[dev]").
+# `make test`. Both create the virtual environment .venv on first use (pip install -e ".[dev]"
+# and the example plug-in examples/aig_gates, which the tests run like any method).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,10 +10,10 @@ DOWNLOAD ?= 0
 
 .PHONY: run test test-fast lint format install clean-venv
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml examples/aig_gates/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev]" -e examples/aig_gates
 	touch $@
 
 install: $(BIN)/.installed

@@ -45,6 +45,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +119,45 @@ class Preset:
     source: str = ""
 
 
+#: Entry-point group through which a plug-in package ships presets: each entry point names a
+#: path (``str`` or ``Path``) to a preset YAML file, callable by its entry-point name.
+PRESET_ENTRY_POINT_GROUP = "pact_harness.presets"
+
+
+def plugin_presets() -> tuple[dict[str, Path], dict[str, str]]:
+    """Presets shipped by installed plug-ins: ``(name -> file, name -> why it is unusable)``.
+
+    A plug-in preset never replaces a preset of the harness: a clashing name is unusable."""
+    usable: dict[str, Path] = {}
+    broken: dict[str, str] = {}
+    for ep in entry_points(group=PRESET_ENTRY_POINT_GROUP):
+        origin = f"{ep.value} ({ep.dist.name if ep.dist else 'unknown package'})"
+        if (PRESET_DIR / f"{ep.name}.yaml").is_file() or ep.name in usable:
+            broken[ep.name] = f"{origin}: the name is taken by another preset"
+            continue
+        try:
+            path = Path(ep.load())
+        except Exception as err:  # noqa: BLE001 - a broken plug-in must not break the others
+            broken[ep.name] = f"{origin}: {type(err).__name__}: {err}"
+            continue
+        if not path.is_file():
+            broken[ep.name] = f"{origin}: {path} is not a file"
+            continue
+        usable[ep.name] = path
+    return usable, broken
+
+
 def list_presets() -> dict[str, str]:
-    """Name -> first line of the description, for every preset file shipped here."""
+    """Name -> first line of the description, for every shipped and plug-in preset."""
     out = {}
-    for path in sorted(PRESET_DIR.glob("*.yaml")):
-        description = str(_read_yaml(path).get("description", "")).strip()
-        out[path.stem] = description.splitlines()[0] if description else ""
+    files = {path.stem: path for path in sorted(PRESET_DIR.glob("*.yaml"))}
+    files.update(plugin_presets()[0])
+    for name, path in files.items():
+        try:
+            description = str(_read_yaml(path).get("description", "")).strip()
+        except ConfigError as err:
+            description = f"(unreadable: {err})"
+        out[name] = description.splitlines()[0] if description else ""
     return out
 
 
@@ -132,16 +166,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def preset_path(name_or_path: str) -> Path:
-    """The file of a shipped preset name, or ``name_or_path`` itself if it is a YAML file."""
+    """The file of a shipped or plug-in preset name, or ``name_or_path`` if it is a YAML file."""
     shipped = PRESET_DIR / f"{name_or_path}.yaml"
     if shipped.is_file():
         return shipped
+    usable, broken = plugin_presets()
+    if name_or_path in usable:
+        return usable[name_or_path]
+    if name_or_path in broken:
+        raise ConfigError(
+            f"preset {name_or_path!r} of a plug-in is unusable: {broken[name_or_path]}"
+        )
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path.resolve()
     known = ", ".join(list_presets()) or "(none)"
     raise ConfigError(
-        f"unknown preset {name_or_path!r}; shipped presets: {known} (or give a path to a "
+        f"unknown preset {name_or_path!r}; presets: {known} (or give a path to a "
         ".yaml file with the same keys)"
     )
 
@@ -152,6 +193,11 @@ def load_preset_tree(name_or_path: str) -> tuple[dict[str, Any], str]:
     tree = _read_yaml(path)
     if path.parent == PRESET_DIR and tree.get("name") != path.stem:
         raise ConfigError(f"preset file {path.name} must say name: {path.stem}")
+    plugin = {p: n for n, p in plugin_presets()[0].items()}.get(path)
+    if plugin is not None and tree.get("name") != plugin:
+        raise ConfigError(
+            f"preset file {path} of plug-in preset {plugin!r} must say name: {plugin}"
+        )
     return tree, str(path)
 
 

@@ -34,6 +34,7 @@ import torch
 
 from harness import store
 from harness.config import RunConfig, build_run_config, validate_run_config
+from harness.conformance import preflight
 from harness.contract import AdaptiveModel, EvalSpec
 from harness.costs.flops import CONVENTION, FlopAccountant
 from harness.costs.measure import cost_row, measure_pass
@@ -319,6 +320,8 @@ def run_profile(options: ProfileOptions) -> list[dict[str, Any]]:
         plan_specs(t[0], options.modes, options.executions, options.thresholds, PROFILE_FIELDS)
         for t in targets
     ]
+    for (model, describe, images, _), specs in zip(targets, plans, strict=True):
+        preflight(model, images(2), specs, describe["method"], options.seed)
     rows: list[dict[str, Any]] = []
     for (model, describe, images, size), specs in zip(targets, plans, strict=True):
         rows += profile_model(

@@ -34,6 +34,7 @@ from harness.config import (
     to_dict,
     validate_run_config,
 )
+from harness.conformance import preflight
 from harness.contract import AdaptiveModel, MethodSpec
 from harness.costs.flops import FlopAccountant
 from harness.costs.measure import add_cost_columns
@@ -90,10 +91,14 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     data = build_run_data(cfg, root)
     torch.manual_seed(cfg.seed)
     _, _, model = build_model(cfg, num_classes=data.num_classes)
-    plan_evaluations(model, cfg.eval)  # unknown eval modes fail now, not after training
+    specs = plan_evaluations(model, cfg.eval)  # unknown eval modes fail now, not after training
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    # The method's output against the contract, on two test images, before any epoch is spent.
+    first = next(iter(data.test_loader), None)
+    if first is not None:
+        preflight(model, first[0][:2].to(device), specs, cfg.method, cfg.eval.seed)
     return PreparedRun(cfg, spec, method_config, model, data, device)
 
 

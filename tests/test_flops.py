@@ -15,7 +15,7 @@ from halting_helpers import calibrate_bn
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.contract import EvalSpec, ModelOutput, ModelSpec
+from harness.contract import EvalSpec, ModelOutput, ModelSpec, prefix_mask
 from harness.costs import flops as flops_module
 from harness.costs.flops import CONVENTION, FlopAccountant, count_macs
 from harness.registry import get_method
@@ -171,7 +171,7 @@ def test_spatial_accounting_on_hand_made_maps(method):
     # block 1: image 1 a 2x2 square in the middle (halo 4x4 = 16); block 2: image 2 one edge cell.
     maps[1][1, 7:9, 7:9] = 2
     maps[2][2, 0, 4] = 2  # top edge, not a corner: halo 2x3 = 6
-    out = ModelOutput(logits=torch.zeros(5, 10), units_executed=maps)
+    out = ModelOutput(logits=torch.zeros(5, 10), units_ran=[prefix_mask(m, 2) for m in maps])
     total, per_block = accountant.per_image(out)
     assert total.shape == (5,) and per_block.shape == (5, 3)
     expected_block0 = [
@@ -190,7 +190,9 @@ def test_spatial_accounting_on_hand_made_maps(method):
     ]
     assert total.tolist() == (per_block.sum(1) + 2 * (STEM + HEAD)).tolist()
     # Everything executed everywhere = the full network.
-    full = ModelOutput(logits=torch.zeros(2, 10), units_executed=[m[:2] * 0 + 2 for m in maps])
+    full = ModelOutput(
+        logits=torch.zeros(2, 10), units_ran=[prefix_mask(m[:2] * 0 + 2, 2) for m in maps]
+    )
     assert accountant.per_image(full)[0].tolist() == [accountant.full_flops] * 2
 
 
@@ -198,7 +200,7 @@ def test_image_level_accounting_by_hand():
     model = build("act", 14)
     accountant = FlopAccountant(model, (32, 32))
     units = [torch.tensor([1, 2]), torch.tensor([2, 1]), torch.tensor([1, 1])]
-    out = ModelOutput(logits=torch.zeros(2, 10), units_executed=units)
+    out = ModelOutput(logits=torch.zeros(2, 10), units_ran=[prefix_mask(u, 2) for u in units])
     total, per_block = accountant.per_image(out)
     # A sample that stops at unit 1 evaluated the halting branch after it; one at unit 2 too.
     b0 = [UNIT0[0] + HALT_IMG[0], UNIT0[0] + HALT_IMG[0] + UNIT[0]]
@@ -208,24 +210,26 @@ def test_image_level_accounting_by_hand():
     assert total.tolist() == [
         2 * (STEM + HEAD + a + b + c) for a, b, c in zip(b0, b1, b2, strict=True)
     ]
-    # halting_evaluated overrides the default min(units, L - 1).
-    none = [torch.zeros(2, dtype=torch.long)] * 3
-    out = ModelOutput(logits=torch.zeros(2, 10), units_executed=units, halting_evaluated=none)
+    # branches_ran overrides the default (branch k ran where unit k ran).
+    none = [torch.zeros(2, 1, dtype=torch.bool)] * 3
+    out = ModelOutput(
+        logits=torch.zeros(2, 10), units_ran=[prefix_mask(u, 2) for u in units], branches_ran=none
+    )
     assert (accountant.per_image(out)[0] == total - 2 * sum(HALT_IMG.values())).all()
 
 
-def test_spatial_halting_evaluated_overrides_the_default():
+def test_spatial_branches_ran_overrides_the_default():
     model = build("sact", 14)
     accountant = FlopAccountant(model, (32, 32))
-    maps = _maps(2)
-    default = accountant.per_image(ModelOutput(torch.zeros(2, 10), maps))[0]
-    none = [torch.zeros_like(m) for m in maps]
-    out = ModelOutput(torch.zeros(2, 10), maps, halting_evaluated=none)
+    ran = [prefix_mask(m, 2) for m in _maps(2)]
+    default = accountant.per_image(ModelOutput(torch.zeros(2, 10), ran))[0]
+    none = [torch.zeros_like(r[:, :1]) for r in ran]
+    out = ModelOutput(torch.zeros(2, 10), ran, branches_ran=none)
     halting = sum(HALT_POS[b] * SIZE[b] ** 2 + HALT_IMG[b] for b in range(3))
     assert (accountant.per_image(out)[0] == default - 2 * halting).all()
 
 
-def test_fvcore_trace_of_an_early_exit_drops_the_halting_branches():
+def test_fvcore_trace_of_an_early_exit_drops_the_decision_branches():
     """The pitfall the design avoids: traced whole, the halting branches (which only feed
     ``bool()`` decisions) vanish from fvcore's count; the accountant charges them."""
     model = build("pact", 14, halting_bias_init=-30.0)

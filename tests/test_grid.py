@@ -148,7 +148,7 @@ def test_dry_run_lists_the_trials_and_writes_nothing(capsys, tmp_path: Path, tin
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--preset", "no-such-preset"], "unknown preset 'no-such-preset'; shipped presets:"),
+        (["--preset", "no-such-preset"], "unknown preset 'no-such-preset'; presets:"),
         (["--set", "methods.act.gamma=[1]"], "grid key methods.act.gamma: method 'act' has no"),
         (["--set", "methods.resnet.tau=[0.01]"], "method 'resnet' has no config field 'tau'"),
         (["--set", "method.tau=0.01"], "--set method.*: method settings differ per method"),
@@ -316,9 +316,16 @@ def test_smoke_study_fills_the_table_with_every_trial_and_mode(
     assert list(table["trial_id"]) == [t.name for t in trials]
     assert set(table["status"]) == {"finished"}
     assert yaml.safe_load((out / STUDY_FILE).read_text())["preset"] == "smoke"
+    # The example plug-in (examples/aig_gates, installed by `make install`) is a trial like any
+    # built-in one, and the study's report shows it in its tables and figures.
+    assert "aig_d14_target_rate0.6_s0" in set(rows["trial_id"])
+    report = out / "report"
+    assert main(["report", str(out), "--out", str(report)]) == 0
+    assert "AIG gates (example plug-in)" in (report / "paper_table.md").read_text()
+    assert (report / "units_histogram.png").is_file()
     # Nothing left to do: --resume only gathers, without starting Ray.
     assert main([*argv, "--resume"]) == 0
-    assert "all 6 trials finished before" in capsys.readouterr().out
+    assert f"all {len(trials)} trials finished before" in capsys.readouterr().out
 
 
 @pytest.mark.ray

@@ -123,7 +123,7 @@ def test_methods_take_the_conventions_from_the_backbone(method, variant, name) -
     spec = get_method(method)
     model = spec.build(ModelSpec("cifar10", 14, variant), spec.config_cls())
     assert model.backbone.halting_conventions == conventions
-    for branches in model.halting_branches():
+    for branches in model.decision_branches():
         for branch in branches:
             acts = [m for m in branch.modules() if isinstance(m, nn.LeakyReLU)]
             norms = [m for m in branch.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,7 +58,8 @@ def test_every_run_config_field_is_read_somewhere(key, attribute):
 @pytest.mark.parametrize("method", list_methods())
 def test_every_method_config_field_is_read_by_its_method(method):
     spec = get_method(method)
-    package = spec.config_cls.__module__.split(".")[:2]
-    source = _sources("/".join(package)) + _sources("methods/common")
+    module = sys.modules[spec.config_cls.__module__]
+    folder = Path(inspect.getsourcefile(module)).parent  # the method's package, plug-ins too
+    source = _sources(str(folder)) + _sources("methods/common")
     for f in dataclasses.fields(spec.config_cls):
         assert _consumed(f.name, source), f"{method}: method.{config_key(f.name)} is never read"

@@ -362,7 +362,7 @@ def test_spatial_training_forward_backpropagates_through_the_masked_trajectory()
     loss = model.loss(out, torch.randint(0, 10, (4,)))["loss"]
     loss.backward()
     assert math.isfinite(loss.item())
-    for branches in model.halting_branches():
+    for branches in model.decision_branches():
         for branch in branches:
             assert branch.local_conv.weight.grad.abs().sum() > 0
             assert branch.global_fc.weight.grad.abs().sum() > 0

@@ -197,7 +197,7 @@ def test_spatial_method_needs_spatial_blocks():
         SACTResNet(backbone, SACTConfig())
 
 
-def test_training_forward_backpropagates_into_halting_branches():
+def test_training_forward_backpropagates_into_decision_branches():
     torch.manual_seed(2)
     model = build_sact(ModelSpec("cifar10", 14, "he"), SACTConfig(tau=0.1))
     model.train()
@@ -205,7 +205,7 @@ def test_training_forward_backpropagates_into_halting_branches():
     loss = model.loss(out, torch.randint(0, 10, (4,)))["loss"]
     loss.backward()
     assert math.isfinite(loss.item())
-    for branches in model.halting_branches():
+    for branches in model.decision_branches():
         for branch in branches:
             assert branch.local_conv.weight.grad.abs().sum() > 0
             assert branch.global_fc.weight.grad.abs().sum() > 0

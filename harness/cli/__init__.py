@@ -13,11 +13,11 @@ import argparse
 import logging
 import sys
 
-from harness.cli import grid, profile, report, train
+from harness.cli import checkmethod, grid, profile, report, train
 from harness.errors import HarnessError
 
 #: Modules whose ``add_parser(subparsers)`` adds their subcommands, in help order.
-COMMANDS = (train, profile, grid, report)
+COMMANDS = (train, profile, grid, report, checkmethod)
 
 
 def make_parser() -> argparse.ArgumentParser:

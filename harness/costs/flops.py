@@ -37,6 +37,7 @@ from torch import nn
 
 from harness.contract import AdaptiveModel, ModelOutput
 from harness.costs import evaluating
+from harness.errors import ConfigError
 
 CONVENTION = (
     "FLOPs = 2 x multiply-accumulates of convolutions and linear layers (fvcore per unit, "
@@ -115,58 +116,81 @@ class HaltingCost:
     total: int  # dense cost (per_position * H * W + per_image)
 
 
-def _architecture_costs(model: AdaptiveModel, image_size: tuple[int, int]):
+def _input_shapes(model: AdaptiveModel, image_size: tuple[int, int]):
+    """Input and output shapes of every unit (one dense batch-1 pass of the backbone) and the
+    input shape of every decision branch (one batch-1 training-mode forward of the model,
+    ``spec=None``, modules in eval mode, the random state restored), recorded by hooks."""
     backbone = model.backbone
     device = next(backbone.parameters()).device
-    shapes: dict[tuple[int, int], torch.Size] = {}
-    hooks = []
-    for b, block in enumerate(backbone.blocks):
-        for u, unit in enumerate(block):
-            hooks.append(
-                unit.register_forward_hook(
-                    lambda mod, args, out, key=(b, u): shapes.__setitem__(key, out.shape)
-                )
-            )
+    unit_io: dict[tuple[int, int], tuple[torch.Size, torch.Size]] = {}
+    branch_in: dict[tuple[int, int], torch.Size] = {}
     image = torch.zeros(1, 3, *image_size, device=device)
+    with torch.no_grad(), evaluating(backbone):
+        x = backbone.stem(image)
+        for b, block in enumerate(backbone.blocks):
+            for u, unit in enumerate(block):
+                out = unit(x)
+                unit_io[(b, u)] = (x.shape, out.shape)
+                x = out
+    branches = model.decision_branches()
+    if not any(branches):
+        return unit_io, branch_in, x
+    hooks = []
+    for b, block_branches in enumerate(branches):
+        for k, branch in enumerate(block_branches):
+
+            def record(mod, args, key=(b, k)) -> None:  # a pre-hook must return None
+                branch_in.setdefault(key, args[0].shape)
+
+            hooks.append(branch.register_forward_pre_hook(record))
     try:
-        with torch.no_grad(), evaluating(backbone):
-            stem_out = backbone.stem(image)
-            x = stem_out
-            for block in backbone.blocks:
-                for unit in block:
-                    x = unit(x)
-            final = x
+        with torch.no_grad(), evaluating(model), torch.random.fork_rng(devices=[]):
+            model(image)  # the training forward evaluates every decision branch
     finally:
         for hook in hooks:
             hook.remove()
+    return unit_io, branch_in, x
 
+
+def _architecture_costs(model: AdaptiveModel, image_size: tuple[int, int]):
+    backbone = model.backbone
+    device = next(backbone.parameters()).device
+    unit_io, branch_in, final = _input_shapes(model, image_size)
+    image = torch.zeros(1, 3, *image_size, device=device)
     stem, _ = count_macs(backbone.stem, image)
     head, _ = count_macs(_Head(backbone.head), torch.zeros_like(final))
     units: list[list[UnitCost]] = []
     halting: list[list[HaltingCost]] = []
-    x = stem_out
-    branches = model.halting_branches()
     for b, block in enumerate(backbone.blocks):
         units.append([])
-        halting.append([])
         for u, unit in enumerate(block):
-            out_shape = shapes[(b, u)]
+            in_shape, out_shape = unit_io[(b, u)]
             positions = out_shape[2] * out_shape[3]
-            total, by_module = count_macs(unit, torch.zeros(1, *x.shape[1:], device=device))
+            total, by_module = count_macs(unit, torch.zeros(1, *in_shape[1:], device=device))
             dilated = sum(by_module.get(name, 0) for name in getattr(unit, "DILATED_CONVS", ()))
             units[-1].append(UnitCost(total, dilated / positions, (total - dilated) / positions))
-            x = torch.zeros(1, *out_shape[1:], device=device)
-            if b < len(branches) and u < len(branches[b]):
-                branch = branches[b][u]
-                h_total, h_by_module = count_macs(branch, x)
-                per_position = sum(
-                    h_by_module.get(name, 0)
-                    for name, sub in branch.named_modules()
-                    if isinstance(sub, nn.Conv2d)
+    for b, branches in enumerate(model.decision_branches()):
+        halting.append([])
+        for k, branch in enumerate(branches):
+            if (b, k) not in branch_in:
+                raise ConfigError(
+                    f"{type(model).__name__}: decision branch {k} of block {b} did not run in "
+                    "the training forward (spec=None), so its FLOPs cannot be counted; every "
+                    "branch of decision_branches() must run there"
                 )
-                halting[-1].append(
-                    HaltingCost(per_position / positions, h_total - per_position, h_total)
-                )
+            shape = branch_in[(b, k)]
+            positions = shape[2] * shape[3] if len(shape) == 4 else 1
+            h_total, h_by_module = count_macs(branch, torch.zeros(1, *shape[1:], device=device))
+            per_position = sum(
+                h_by_module.get(name, 0)
+                for name, sub in branch.named_modules()
+                if isinstance(sub, nn.Conv2d)
+            )
+            halting[-1].append(
+                HaltingCost(per_position / positions, h_total - per_position, h_total)
+            )
+    while len(halting) < len(units):
+        halting.append([])
     return stem, head, units, halting
 
 
@@ -186,7 +210,9 @@ class FlopAccountant:
             getattr(backbone, "depth", None),
             getattr(backbone, "num_classes", None),
             tuple(len(block) for block in backbone.blocks),
-            tuple(type(b).__qualname__ for block in model.halting_branches() for b in block),
+            tuple(
+                tuple(type(b).__qualname__ for b in block) for block in model.decision_branches()
+            ),
             sum(p.numel() for p in model.parameters()),
             tuple(image_size),
         )
@@ -210,62 +236,63 @@ class FlopAccountant:
         return 2.0 * macs
 
     def per_image(self, output: ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        """FLOPs per image ``[B]`` and per block ``[B, num_blocks]`` (stem/head not in blocks)."""
+        """FLOPs per image ``[B]`` and per block ``[B, num_blocks]`` (stem/head not in blocks).
+
+        Each unit that ran (``output.units_ran``) is charged at its own cost, whatever the
+        pattern; each decision branch where ``output.branches_ran`` says it ran (default: where
+        the unit of the same index ran)."""
         batch = output.logits.shape[0]
-        if not output.units_executed:  # a non-adaptive model executes everything
+        if not output.units_ran:  # a non-adaptive model executes everything
             per_block = torch.tensor(
                 [[2.0 * sum(c.total for c in block) for block in self.units]], dtype=torch.float64
             ).expand(batch, -1)
         else:
             blocks = []
-            for b, counts in enumerate(output.units_executed):
-                evaluated = (
-                    None if output.halting_evaluated is None else output.halting_evaluated[b]
-                )
-                if counts.dim() == 1:
-                    blocks.append(self._block_per_sample(b, counts, evaluated))
+            for b, ran in enumerate(output.units_ran):
+                ran = ran.detach().cpu().bool()
+                branches = self._branches_ran(output, b, ran)
+                if ran.dim() == 2:
+                    blocks.append(self._block_per_sample(b, ran, branches))
                 else:
-                    blocks.append(self._block_per_position(b, counts, evaluated))
+                    blocks.append(self._block_per_position(b, ran, branches))
             per_block = 2.0 * torch.stack(blocks, dim=1)
         total = per_block.sum(1) + 2.0 * (self.stem_macs + self.head_macs)
         return total, per_block
 
-    def _block_per_sample(self, b: int, counts: torch.Tensor, evaluated) -> torch.Tensor:
-        """Units 1..N of block ``b`` and halting branches 1..min(N, L-1) (or ``evaluated``)."""
-        counts = counts.detach().long().cpu()
-        unit_cum = torch.tensor([0] + [c.total for c in self.units[b]], dtype=torch.float64)
-        unit_cum = unit_cum.cumsum(0)
-        halt_cum = torch.tensor([0] + [c.total for c in self.halting[b]], dtype=torch.float64)
-        halt_cum = halt_cum.cumsum(0)
-        if evaluated is None:
-            evaluated = counts.clamp(max=len(self.halting[b]))
-        evaluated = evaluated.detach().long().cpu()
-        return unit_cum[counts] + halt_cum[evaluated]
+    def _branches_ran(self, output: ModelOutput, b: int, ran: torch.Tensor) -> torch.Tensor:
+        count = len(self.halting[b])
+        if output.branches_ran is not None:
+            return output.branches_ran[b].detach().cpu().bool()
+        return ran[:, :count]  # the contract's default: branch k ran where unit k ran
 
-    def _block_per_position(self, b: int, counts: torch.Tensor, evaluated) -> torch.Tensor:
-        """Spatial charging from the per-position executed-unit map ``[B, H, W]``.
+    def _block_per_sample(self, b: int, ran: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
+        """MACs of block ``b`` per sample: every unit and branch that ran, at its own cost."""
+        unit_costs = torch.tensor([c.total for c in self.units[b]], dtype=torch.float64)
+        branch_costs = torch.tensor([c.total for c in self.halting[b]], dtype=torch.float64)
+        return ran.to(torch.float64) @ unit_costs + branches.to(torch.float64) @ branch_costs
 
-        Unit 1 is dense. Unit ``u > 1`` is charged at positions with ``counts >= u``, its
-        ``DILATED_CONVS`` on the 3x3 dilation of that set (SACT code: ``max_pool2d(mask, 3, 1,
-        SAME)``). The halting branch after unit ``u`` is charged per position where it was
-        evaluated (``evaluated >= u``, default ``min(counts, L - 1)``) and its pooled part once
-        per image where it ran anywhere.
+    def _block_per_position(
+        self, b: int, ran: torch.Tensor, branches: torch.Tensor
+    ) -> torch.Tensor:
+        """Spatial charging from the per-position masks ``[B, L, H, W]`` and ``[B, K, H, W]``.
+
+        A unit is charged at the positions where it ran, its ``DILATED_CONVS`` (the convs that
+        feed a 3x3 conv) on the 3x3 dilation of that set (SACT code: ``max_pool2d(mask, 3, 1,
+        SAME)``); a unit that ran everywhere (the first unit of a SACT block, which holds the
+        stride) costs exactly its dense count. A decision branch is charged per position where it
+        ran and its pooled part once per image where it ran anywhere.
         """
-        counts = counts.detach().cpu()
-        if evaluated is None:
-            evaluated = counts.clamp(max=len(self.halting[b]))
-        evaluated = evaluated.detach().cpu()
-        batch = counts.shape[0]
-        macs = torch.full((batch,), float(self.units[b][0].total), dtype=torch.float64)
+        batch = ran.shape[0]
+        macs = torch.zeros(batch, dtype=torch.float64)
         for u, cost in enumerate(self.units[b]):
-            active = (counts > u).to(torch.float64).unsqueeze(1)  # [B, 1, H, W]
-            if u > 0:
-                dilated = F.max_pool2d(active, 3, stride=1, padding=1)
-                macs += dilated.sum((1, 2, 3)) * cost.dilated_per_position
-                macs += active.sum((1, 2, 3)) * cost.active_per_position
-            if u < len(self.halting[b]):
-                halt = self.halting[b][u]
-                evaluated_here = (evaluated > u).to(torch.float64).flatten(1)
-                macs += evaluated_here.sum(1) * halt.per_position
-                macs += (evaluated_here.amax(1) > 0).to(torch.float64) * halt.per_image
+            active = ran[:, u].to(torch.float64).unsqueeze(1)  # [B, 1, H, W]
+            dilated = F.max_pool2d(active, 3, stride=1, padding=1)
+            charged = dilated.sum((1, 2, 3)) * cost.dilated_per_position
+            charged += active.sum((1, 2, 3)) * cost.active_per_position
+            everywhere = ran[:, u].flatten(1).all(1)  # exact dense count, no rounding
+            macs += torch.where(everywhere, float(cost.total), charged)
+        for k, halt in enumerate(self.halting[b]):
+            here = branches[:, k].to(torch.float64).flatten(1)
+            macs += here.sum(1) * halt.per_position
+            macs += (here.amax(1) > 0).to(torch.float64) * halt.per_image
         return macs

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from baselines import TORCH_HALTING
-from harness.contract import AdaptiveModel, EvalSpec, ModelOutput, check_eval_spec
+from harness.contract import AdaptiveModel, EvalSpec, ModelOutput, check_eval_spec, prefix_mask
 from harness.errors import ConfigError
 from methods.common.branches import ImageHalting, SpatialHalting
 
@@ -98,7 +98,7 @@ class HaltingResNet(AdaptiveModel):
                         "positions would not keep their value"
                     )
 
-    def halting_branches(self) -> list[list[nn.Module]]:
+    def decision_branches(self) -> list[list[nn.Module]]:
         """Per block, the branches after units 1..L-1."""
         return [list(branches) for branches in self.halting]
 
@@ -131,14 +131,21 @@ class HaltingResNet(AdaptiveModel):
         # tau * sum over blocks of the batch (and position) mean of the penalty (SACT code,
         # training_utils.add_all_ponder_costs).
         penalty = sum(r.penalty.float().mean() for r in results)
+        # Units 1..N ran; the branch after unit k ran where unit k ran (the contract's default),
+        # unless a block reports how many branches it evaluated. Masks are built after the
+        # head, when the activations are gone, so they never raise the memory peak.
+        blocks = self.backbone.blocks
         evaluated = [r.halting_evaluated for r in results]
         return ModelOutput(
             logits=logits,
-            units_executed=[r.units for r in results],
-            halting_evaluated=None
+            units_ran=[prefix_mask(r.units, len(blocks[b])) for b, r in enumerate(results)],
+            branches_ran=None
             if all(e is None for e in evaluated)
             else [
-                e if e is not None else r.units.clamp(max=len(self.halting[b]))
+                prefix_mask(
+                    e if e is not None else r.units.clamp(max=len(self.halting[b])),
+                    len(self.halting[b]),
+                )
                 for b, (e, r) in enumerate(zip(evaluated, results, strict=True))
             ],
             ponder_cost=[r.ponder.detach() for r in results],

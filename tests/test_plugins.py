@@ -1,0 +1,264 @@
+"""Plug-ins for any execution pattern: the check-method suite over every registered method (and
+the template), and FLOPs charged exactly for patterns that are not a prefix, per sample and
+per position, against an independent count of what really ran (FlopCounterMode)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from harness import registry
+from harness.checkmethod import assert_method_conforms, check_method
+from harness.cli import main
+from harness.contract import AdaptiveModel, EvalSpec, ModelOutput
+from harness.costs.flops import FlopAccountant
+from harness.errors import ConfigError, ContractError
+from harness.registry import get_method, list_methods
+
+
+def _overrides(name: str) -> dict:
+    """Decisions that really vary for untrained methods: halting and gate biases at 0 (halting
+    branches start at -3 and never halt; the example's gates start open)."""
+    fields = {f.name for f in dataclasses.fields(get_method(name).config_cls)}
+    return {f: 0.0 for f in ("halting_bias_init", "gate_bias_init") if f in fields}
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_registered_method_passes_check_method(name):
+    results = assert_method_conforms(name, **_overrides(name))
+    assert [r.name for r in results] == [
+        "contract",
+        "backward",
+        "executions agree",
+        "seeded",
+        "flops",
+        "state dict",
+        "config",
+    ]
+
+
+def test_the_example_plugin_is_installed_from_its_own_package():
+    """`make install` installs examples/aig_gates; the harness finds it by its entry point."""
+    assert "aig" in list_methods(), "the example plug-in is not installed: run `make install`"
+    assert registry.method_origin("aig")["name"] == "pact-harness-aig-gates"
+    results = {r.name: r for r in check_method("aig", gate_bias_init=0.0)}
+    assert all(r.passed for r in results.values())
+    assert "deterministic/gathered" in results["flops"].detail
+
+
+def test_the_template_passes_check_method(monkeypatch):
+    from methods.template import SPEC
+
+    registry.check_spec(SPEC)
+    monkeypatch.setitem(registry._REGISTRY, SPEC.name, SPEC)
+    assert_method_conforms(SPEC.name)
+
+
+def test_check_method_cli_prints_each_check(capsys):
+    assert main(["check-method", "pact", "--depth", "14", "--set", "halting_bias_init=0"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS  flops: accounted = counted for deterministic/early_exit" in out
+    assert "7 passed, 0 failed" in out
+
+
+# -- a toy backbone whose units differ in cost, and gates that skip any unit ------------------
+class ToyUnit(nn.Module):
+    """x + conv2(relu(conv1(x))), 3x3 convs, ``hidden`` channels: units of different cost.
+
+    ``conv1`` feeds a 3x3 conv (``DILATED_CONVS``); ``residual_mask`` freezes positions."""
+
+    DILATED_CONVS = ("conv1",)
+    identity_shortcut = True
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(hidden, channels, 3, padding=1, bias=False)
+
+    def forward(self, x, residual_mask=None):
+        residual = self.conv2(F.relu(self.conv1(x)))
+        return x + (residual if residual_mask is None else residual * residual_mask.unsqueeze(1))
+
+    def gathered(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The unit on active positions only: conv1 as a matmul on the 3x3-dilated active set
+        (the positions conv2 reads), conv2 as a matmul on the active set; exact."""
+        batch, channels, height, width = x.shape
+        dilated = F.max_pool2d(mask.float().unsqueeze(1), 3, 1, 1).squeeze(1).bool()
+        hidden = x.new_zeros(batch, self.conv1.out_channels, height * width)
+        patches = F.unfold(x, 3, padding=1)  # [B, C*9, HW]
+        for i in range(batch):
+            cols = dilated[i].flatten().nonzero().squeeze(1)
+            weight = self.conv1.weight.flatten(1)
+            hidden[i][:, cols] = F.relu(weight @ patches[i][:, cols])
+        hidden = hidden.view(batch, -1, height, width)
+        out = x.clone()
+        patches = F.unfold(hidden, 3, padding=1)
+        for i in range(batch):
+            cols = mask[i].flatten().nonzero().squeeze(1)
+            update = self.conv2.weight.flatten(1) @ patches[i][:, cols]
+            out[i].view(channels, -1)[:, cols] += update
+        return out
+
+
+class ToyBackbone(nn.Module):
+    """Stem, one block of four units with hidden widths 4, 16, 8, 12, head; 8x8 images."""
+
+    def __init__(self, channels: int = 8, widths=(4, 16, 8, 12)):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1, bias=False)
+        self.blocks = nn.ModuleList([nn.ModuleList(ToyUnit(channels, w) for w in widths)])
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))
+        self.block_channels = [channels]
+
+    def forward(self, images):
+        x = self.stem(images)
+        for unit in self.blocks[0]:
+            x = unit(x)
+        return self.head(x)
+
+
+class GatedToy(AdaptiveModel):
+    """A gate before every unit (SkipNet/ConvNet-AIG style): any subset of units may run.
+
+    ``spatial`` gates decide per position (a 1x1 conv), image-level gates per sample (a linear
+    layer on pooled features). ``gathered`` really skips: units run only where their gate
+    opened (per sample: on the gathered samples; spatial: on active positions)."""
+
+    eval_modes = ("gated",)
+
+    def __init__(self, spatial: bool):
+        super().__init__()
+        self.spatial = spatial
+        self.backbone = ToyBackbone()
+        make = (lambda: nn.Conv2d(8, 1, 1)) if spatial else (lambda: nn.Linear(8, 1))
+        self.gates = nn.ModuleList(make() for _ in self.backbone.blocks[0])
+
+    def executions_for(self, mode):
+        return ("gathered", "masked")
+
+    def decision_branches(self):
+        return [list(self.gates)]
+
+    def _open(self, gate, x):
+        if self.spatial:
+            return gate(x)[:, 0] > 0  # [B, H, W]
+        return gate(x.mean((2, 3)))[:, 0] > 0  # [B]
+
+    def forward(self, images, spec: EvalSpec | None = None):
+        x = self.backbone.stem(images)
+        ran = []
+        for gate, unit in zip(self.gates, self.backbone.blocks[0], strict=True):
+            opened = self._open(gate, x)
+            ran.append(opened)
+            if spec is None or spec.execution == "masked":
+                mask = opened.float() if self.spatial else opened.float().view(-1, 1, 1)
+                x = x + mask.unsqueeze(1) * (unit(x) - x)
+            elif self.spatial:
+                x = unit.gathered(x, opened)
+            else:
+                idx = opened.nonzero().squeeze(1)
+                x = x.index_copy(0, idx, unit(x.index_select(0, idx)))
+        units_ran = torch.stack(ran, 1)
+        return ModelOutput(
+            logits=self.backbone.head(x),
+            units_ran=[units_ran],
+            branches_ran=[torch.ones_like(units_ran)],  # every gate is evaluated everywhere
+        )
+
+
+def _skips_middle_units(units_ran: torch.Tensor) -> bool:
+    """Some sample (or position) skips a unit and runs a later one: not a prefix."""
+    ran = units_ran.flatten(2) if units_ran.dim() == 4 else units_ran.unsqueeze(2)
+    later = ran.flip(1).cummax(1).values.flip(1)  # "some unit at or after l ran"
+    return bool((~ran[:, :-1] & later[:, 1:]).any())
+
+
+@pytest.mark.parametrize("spatial", [False, True], ids=["per-sample", "per-position"])
+def test_a_pattern_that_skips_middle_units_is_charged_what_really_ran(spatial):
+    torch.manual_seed(3)
+    model = GatedToy(spatial).eval()
+    accountant = FlopAccountant(model, (8, 8))
+    costs = [c.total for c in accountant.units[0]]
+    assert len(set(costs)) == 4  # every unit has its own cost
+    images = torch.randn(6, 3, 8, 8)
+    with torch.no_grad():
+        masked = model(images, EvalSpec("gated", "masked"))
+        counter = FlopCounterMode(display=False)
+        with counter:
+            gathered = model(images, EvalSpec("gated", "gathered"))
+    assert torch.allclose(masked.logits, gathered.logits, atol=1e-5)
+    assert torch.equal(masked.units_ran[0], gathered.units_ran[0])
+    assert _skips_middle_units(gathered.units_ran[0])
+    accounted = accountant.per_image(gathered)[0].sum().item()
+    assert accounted == float(counter.get_total_flops())
+    # and the masked execution, which computes densely, is charged the same by the accountant
+    assert accountant.per_image(masked)[0].sum().item() == accounted
+
+
+def test_a_wrong_mask_shape_is_one_line_naming_the_field():
+    from harness.conformance import check_output
+
+    model = GatedToy(False).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 8, 8), EvalSpec("gated", "masked"))
+    bad = dataclasses.replace(out, units_ran=[out.units_ran[0][:, :3]])
+    with pytest.raises(
+        ContractError, match=r"units_ran\[0\] has shape \(2, 3\); expected \(2, 4\)"
+    ):
+        check_output(model, bad, 2, "gated_toy")
+    with pytest.raises(ContractError, match=r"units_ran has 2 entries; expected one per block"):
+        check_output(model, dataclasses.replace(out, units_ran=out.units_ran * 2), 2, "gated_toy")
+    counts = dataclasses.replace(out, units_ran=[out.units_ran[0].long()])
+    with pytest.raises(ContractError, match="dtype torch.int64; expected torch.bool"):
+        check_output(model, counts, 2, "gated_toy")
+
+
+def test_check_method_names_what_a_plugin_must_change(monkeypatch):
+    """A plug-in whose accounting lies (reports every unit while skipping) fails `flops`."""
+
+    class Liar(GatedToy):
+        def forward(self, images, spec=None):
+            out = super().forward(images, spec)
+            return dataclasses.replace(out, units_ran=[torch.ones_like(out.units_ran[0])])
+
+    spec = dataclasses.replace(
+        get_method("resnet"),
+        name="liar",
+        model_cls=Liar,
+        build=lambda model_spec, config: Liar(False),
+    )
+    monkeypatch.setitem(registry._REGISTRY, "liar", spec)
+    results = {r.name: r for r in check_method("liar", depth=8)}
+    assert not results["flops"].passed
+    assert "report in units_ran/branches_ran exactly" in results["flops"].detail
+
+
+def test_a_plugin_ships_presets_callable_by_name(monkeypatch):
+    """The example package publishes `aig-mini` through `pact_harness.presets`; a plug-in
+    preset never replaces a shipped one and a broken one does not hide the others."""
+    from importlib.metadata import EntryPoint
+
+    from harness import presets
+
+    assert "aig-mini" in presets.list_presets()
+    preset = presets.load_preset("aig-mini")
+    assert preset.name == "aig-mini" and "aig" in preset.methods
+    group = presets.PRESET_ENTRY_POINT_GROUP
+    fake = [
+        EntryPoint("aig-mini", "aig_gates:AIG_MINI_PRESET", group),
+        EntryPoint("smoke", "aig_gates:AIG_MINI_PRESET", group),  # clashes with a shipped one
+        EntryPoint("gone", "no_such_package:PRESET", group),
+    ]
+    monkeypatch.setattr(presets, "entry_points", lambda group: fake)
+    usable, broken = presets.plugin_presets()
+    assert list(usable) == ["aig-mini"]
+    assert "the name is taken by another preset" in broken["smoke"]
+    assert "ModuleNotFoundError" in broken["gone"]
+    assert presets.load_preset("smoke").name == "smoke"  # the shipped preset, not the plug-in's
+    with pytest.raises(ConfigError, match="preset 'gone' of a plug-in is unusable"):
+        presets.load_preset("gone")
