@@ -328,22 +328,39 @@ def test_a_cifar_batch_label_out_of_range_names_the_batch(tmp_path: Path):
 # -- tracebacks that became one error line -----------------------------------------------------
 
 
-def test_an_undecodable_image_is_named_before_anything_is_written(tmp_path: Path, capsys):
-    root = tmp_path / "folders"
+def write_image_folders(root: Path) -> list[str]:
+    """train/ and val/ with two classes of six 32x32 PNGs; returns ``train`` arguments."""
     for split in ("train", "val"):
         for c, name in enumerate(("cat", "dog")):
             (root / split / name).mkdir(parents=True)
             images, _ = make_images(6, c)
             for i, image in enumerate(images):
                 Image.fromarray(image).save(root / split / name / f"{i}.png")
-    bad = root / "train" / "dog" / "3.png"
+    argv = ["train", "--method", "resnet", "--depth", "8", "--data-root", str(root)]
+    return [*argv, "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--progress", "off"]
+
+
+def test_an_undecodable_image_is_named_before_anything_is_written(tmp_path: Path, capsys):
+    argv = write_image_folders(tmp_path / "folders")
+    bad = tmp_path / "folders" / "train" / "dog" / "3.png"
     bad.write_bytes(b"\x89PNG but not really")
     out = tmp_path / "run"
-    argv = ["train", "--method", "resnet", "--depth", "8", "--data-root", str(root)]
-    argv += ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--progress", "off"]
     assert main([*argv, "--out", str(out)]) == 2
     assert f"{bad}: cannot be decoded as an image" in one_error_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_truncated_after_its_header_is_one_error_line(workers, tmp_path: Path, capsys):
+    # The header reads, so the up-front check passes; decoding fails in the epoch (in a worker
+    # process with workers=1), and the error still names the file on one line.
+    argv = write_image_folders(tmp_path / "folders")
+    bad = tmp_path / "folders" / "train" / "cat" / "2.png"
+    bad.write_bytes(bad.read_bytes()[:200])
+    out = tmp_path / "run"
+    assert main([*argv, "--set", f"data.num_workers={workers}", "--out", str(out)]) == 2
+    message = one_error_line(capsys)
+    assert f"error: {bad}: cannot be decoded as an image (OSError: " in message
 
 
 def test_out_below_a_file_is_one_error_line(tiny_args, tmp_path: Path, capsys):

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from harness.config import NORMALIZATIONS
 from harness.data.readers import ArrayDataset
-from harness.errors import ConfigError, check_choice
+from harness.errors import ConfigError, DataError, check_choice
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -208,6 +208,14 @@ class ArrayLoader:
             yield x, self.dataset.labels[index]
 
 
+def _sample_path(dataset: Any, index: int) -> str:
+    """The file behind item ``index`` of an image folder (or of a subset of one)."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples is not None else f"item {index}"
+
+
 class _SeededItems(Dataset):
     """Applies ``transform`` to each item of ``base`` under a seed fixed by (seed, epoch, index).
 
@@ -222,7 +230,13 @@ class _SeededItems(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        image, label = self.base[index]
+        try:
+            image, label = self.base[index]
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's decoding errors
+            raise DataError(
+                f"{_sample_path(self.base, index)}: cannot be decoded as an image "
+                f"({type(err).__name__}: {err})"
+            ) from None
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(derive_seed(self.seed, self.epoch, index))
             return self.transform(image), label
@@ -279,9 +293,15 @@ class FolderLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         self._generator.manual_seed(derive_seed(self.seed, self.epoch))
         self._items.epoch = self.epoch  # workers receive a copy when the iterator starts
-        for images, labels in self._loader:
-            x = _model_input(images, self.normalization, self.mean, self.std, self.channels_last)
-            yield x, labels
+        try:
+            for images, labels in self._loader:
+                x = _model_input(
+                    images, self.normalization, self.mean, self.std, self.channels_last
+                )
+                yield x, labels
+        except DataError as err:  # from a worker, the message is its whole traceback
+            last = str(err).strip().splitlines()[-1]
+            raise DataError(last.split("DataError: ", 1)[-1]) from None
 
 
 # ------------------------------------------------------------------------ folder transforms
