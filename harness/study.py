@@ -259,8 +259,7 @@ def check_study_folder(study: Study, resume: bool) -> bool:
     one command (``make run``) both starts and continues it.
     """
     folder, record = study.folder, study.folder / STUDY_FILE
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--out {folder} exists and is not a directory")
+    store.check_writable_dir(folder, "--out")  # below a file, read-only: before Ray starts
     if not record.is_file():
         names = [p.name for p in folder.iterdir()] if folder.exists() else []
         leftovers = sorted(n for n in names if not n.startswith("."))

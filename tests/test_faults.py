@@ -394,6 +394,16 @@ def test_out_in_a_read_only_directory_is_one_error_line(
         locked.chmod(0o755)
 
 
+def test_grid_out_below_a_file_is_one_error_line_before_ray_starts(
+    tmp_path: Path, tiny_npz_root: Path, capsys
+):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "study"
+    argv = ["grid", "--preset", "smoke", "--data-root", str(tiny_npz_root), "--out", str(out)]
+    assert main(argv) == 2
+    assert f"{tmp_path / 'notes.txt'} is a file, not a directory" in one_error_line(capsys)
+
+
 def test_init_from_a_run_with_another_class_count_is_one_error_line(
     tiny_args, tmp_path: Path, capsys
 ):
