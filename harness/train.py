@@ -6,6 +6,13 @@ half-written run directory. A run directory that already holds a checkpoint of t
 configuration is resumed from its last finished epoch; on CPU with a fixed seed the resumed run
 ends bitwise equal to an uninterrupted one (the data order depends only on seed and epoch, and the
 checkpoint carries the model, optimizer, scheduler and RNG states).
+
+A run holds its directory's lock (:func:`harness.store.folder_lock`) from the checks of the
+directory to the last write, so a second process on the same directory is refused. A fresh start
+empties ``metrics.jsonl`` (lines of a start killed before its first checkpoint go); a resumed one
+drops the lines after its checkpoint and a torn last line. A non-finite loss stops training with
+:class:`~harness.errors.DivergenceError` and leaves ``failed.json``; a checkpoint that cannot be
+written (a full disk) is a :class:`~harness.errors.StorageError` that names the intact one.
 """
 
 from __future__ import annotations
