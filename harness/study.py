@@ -115,8 +115,15 @@ class GridOutcome:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """A run directory of a finished trial (evaluated, summary written)."""
-    return (run_dir / store.SUMMARY_FILE).is_file() and (run_dir / store.RESULTS_FILE).is_file()
+    """A run directory of a finished trial (evaluated, a readable summary written); one whose
+    summary is unreadable is not, so ``--resume`` runs it again, which re-evaluates its
+    checkpoint and rewrites the summary."""
+    if not (run_dir / store.RESULTS_FILE).is_file():
+        return False
+    try:
+        return isinstance(store.read_json(run_dir / store.SUMMARY_FILE), dict)
+    except HarnessError:
+        return False
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -335,8 +342,10 @@ def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) ->
                 from_run = {"status": "failed", "error": failure.get("error", "failed")}
         summary: dict[str, Any] = {}
         if is_finished(run_dir):
+            summary = store.read_json(run_dir / store.SUMMARY_FILE)
+        elif (run_dir / store.SUMMARY_FILE).is_file():
             try:
-                summary = store.read_json(run_dir / store.SUMMARY_FILE)
+                store.read_json(run_dir / store.SUMMARY_FILE)
             except HarnessError as err:
                 from_run = {"status": "unreadable summary", "error": str(err)}
         known = {**previous.get(trial.name, {}), **from_run, **launch.get(trial.name, {})}

@@ -566,6 +566,21 @@ def test_trials_csv_keeps_what_ended_before_a_driver_kill(tmp_path: Path, tiny_n
     write_trials_table(study, {})
     table = pd.read_csv(study.folder / TRIALS_TABLE, keep_default_na=False, dtype=str)
     assert table.loc[1, "status"] == "failed" and "diverged" in table.loc[1, "error"]
+    # A finished run whose summary got corrupted is not finished: --resume would run it again
+    # (and the run re-evaluates its checkpoint); the table says why.
+    run_dir = study.run_dir(names[0])
+    run_dir.mkdir(parents=True)
+    (run_dir / store.RESULTS_FILE).write_text("trial_id\nx\n")
+    (run_dir / store.SUMMARY_FILE).write_text('{"test_accuracy": 0.5}')
+    assert study.finished() == [names[0]]
+    (run_dir / store.SUMMARY_FILE).write_text('{"test_accuracy": 0.')
+    assert study.finished() == []
+    write_trials_table(study, {})
+    table = pd.read_csv(study.folder / TRIALS_TABLE, keep_default_na=False, dtype=str)
+    assert (
+        table.loc[0, "status"] == "unreadable summary"
+        and "not valid JSON" in (table.loc[0, "error"])
+    )
 
 
 # -- fault injection: kill train anywhere, resume, compare bitwise ------------------------------
