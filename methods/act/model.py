@@ -17,6 +17,7 @@ from harness.contract import EvalSpec
 from methods.act.config import ACTConfig
 from methods.act.halting import act_halting, act_step
 from methods.common import BlockResult, HaltingResNet, take
+from methods.common.execution import ACT_COMPACT_FRACTION, count, should_compact
 
 
 class ACTResNet(HaltingResNet):
@@ -24,6 +25,8 @@ class ACTResNet(HaltingResNet):
 
     eval_modes = ("act",)
     spatial = False
+    #: Early exit: compact the batch once this fraction of it has halted (0: at every halt).
+    compact_fraction: float = ACT_COMPACT_FRACTION
 
     def __init__(self, backbone, config: ACTConfig):
         super().__init__(backbone, config.tau, config.halting_bias_init)
@@ -56,32 +59,59 @@ class ACTResNet(HaltingResNet):
         return BlockResult(out, n, ponder, penalty=ponder)
 
     def _early_exit(self, b: int, x) -> BlockResult:
+        """Halted samples leave the batch once enough have halted (:mod:`methods.common.execution`).
+
+        Rows that halted but are still in the batch get weight 0, so the output equals the
+        masked execution's; the accumulator keeps the state's memory format.
+        """
         units, branches = self.backbone.blocks[b], self.halting[b]
         x = take(x)
         batch = x.shape[0]
         device = x.device
-        index = torch.arange(batch, device=device)  # samples still running
+        rows: torch.Tensor | None = None  # batch index of each row of x (None: all, in order)
+        alive = torch.ones(batch, dtype=torch.bool, device=device)
         cum = torch.zeros(batch, device=device, dtype=x.dtype)
         n = torch.zeros(batch, device=device, dtype=torch.long)
         ponder = torch.zeros(batch, device=device, dtype=x.dtype)
+        n_all, ponder_all = n, ponder  # per batch sample (written back at each compaction)
         out = None
         for l, unit in enumerate(units):
             x = unit(x)
-            if out is None:  # the accumulator of sum_l p^l x^l (ACT must keep it)
-                out = x.new_zeros(batch, *x.shape[1:])
             last = l == len(units) - 1
-            h = torch.ones_like(cum[index]) if last else torch.sigmoid(branches[l](x))
-            weight, halts, new_cum = act_step(cum[index], h, self.eps, last)
-            out.index_add_(0, index, weight.view(-1, 1, 1, 1) * x)
-            done = index[halts]
-            n[done] = l + 1
-            ponder[done] = (l + 1) + (1.0 - cum[done])
-            cum[index] = new_cum
-            keep = ~halts
-            index, x = index[keep], x[keep]
-            if index.numel() == 0:
+            h = torch.ones_like(cum) if last else torch.sigmoid(branches[l](x))
+            weight, halts, new_cum = act_step(cum, h, self.eps, last)
+            halts = halts & alive
+            weight = torch.where(alive, weight, torch.zeros_like(weight))
+            n = torch.where(halts, l + 1, n)
+            ponder = torch.where(halts, (l + 1) + (1.0 - cum), ponder)
+            cum = new_cum
+            alive = alive & ~halts
+            contribution = weight.view(-1, 1, 1, 1) * x  # the state's memory format
+            if out is None:  # the accumulator of sum_l p^l x^l (ACT must keep it)
+                out = contribution
+            elif rows is None:
+                out += contribution
+            else:
+                out.index_add_(0, rows, contribution)
+            if last:
                 break
-        return BlockResult(out, n, ponder, penalty=ponder)
+            running = count(alive)
+            if running == 0:
+                break
+            if should_compact(running, len(alive), self.compact_fraction):
+                if rows is None:
+                    n_all, ponder_all = n.clone(), ponder.clone()
+                    rows = torch.arange(batch, device=device)
+                else:
+                    n_all[rows], ponder_all[rows] = n, ponder
+                rows, x = rows[alive], x[alive]
+                n, ponder, cum = n[alive], ponder[alive], cum[alive]
+                alive = alive[alive]
+        if rows is None:
+            n_all, ponder_all = n, ponder
+        else:
+            n_all[rows], ponder_all[rows] = n, ponder
+        return BlockResult(out, n_all, ponder_all, penalty=ponder_all)
 
 
 def build_act(model, config: ACTConfig) -> ACTResNet:

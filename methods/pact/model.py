@@ -22,7 +22,8 @@ are set aside, no accumulator) and ``masked`` (every unit on the whole batch, ha
 positions frozen in place).
 
 Spatial PACT applies all of this per position with the SACT halting branch; its hard modes run
-masked (a halted position keeps its value, SACT's rule). Its relaxed forward follows the same
+masked (a halted position keeps its value, SACT's rule) or gathered (only active positions are
+computed, :mod:`methods.common.gather`). Its relaxed forward follows the same
 masked trajectory: the relaxed survival s^{l-1} is the residual mask of unit l, so at T -> 0 the
 relaxed forward is the ``sampled`` forward on the same noise.
 """
@@ -34,6 +35,8 @@ import torch
 from baselines import build_backbone
 from harness.contract import EvalSpec
 from methods.common import BlockResult, HaltingResNet, logistic_noise, take
+from methods.common.execution import PACT_COMPACT_FRACTION, count, should_compact
+from methods.common.gather import masked_unit
 from methods.pact.config import PACTConfig
 from methods.pact.prior import expected_log_prior, expected_units, log_prior
 
@@ -46,6 +49,11 @@ class PACTResNet(HaltingResNet):
     threshold_modes = ("deterministic",)
     spatial = False
     penalty_name = "prior_loss"
+    #: Early exit: compact the batch once this fraction of it has halted (0: at every halt).
+    compact_fraction: float = PACT_COMPACT_FRACTION
+    #: Spatial ``gathered``: gather a unit below this active fraction (None: the measured
+    #: break-even of its width, :data:`methods.common.gather.BREAK_EVEN`; 1.0: always).
+    gather_below: float | None = None
 
     def __init__(self, backbone, config: PACTConfig):
         # The prior term already carries lambda: the penalty weight is 1 (MAP objective).
@@ -54,9 +62,12 @@ class PACTResNet(HaltingResNet):
         self.register_buffer("temperature", torch.tensor(float(config.temperature)))
 
     def executions_for(self, mode: str) -> tuple[str, ...]:
-        """Hard modes: early exit or masked; the relaxed forward needs every unit."""
-        if mode == "stochastic" or self.spatial:
+        """Hard modes: early exit (spatial: gathered) or masked; the relaxed forward needs
+        every unit."""
+        if mode == "stochastic":
             return ("masked",)
+        if self.spatial:
+            return ("gathered", "masked")
         return ("early_exit", "masked")
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> dict[str, float]:
@@ -146,7 +157,8 @@ class PACTResNet(HaltingResNet):
                 n = torch.full(shape, len(units), dtype=torch.long, device=x.device)
                 active = torch.ones(shape, dtype=torch.bool, device=x.device)
             elif self.spatial:
-                x = unit(x, active.unsqueeze(1).to(x.dtype))
+                gathered = spec.execution == "gathered"
+                x = masked_unit(unit, x, active, gathered, self.gather_below)
             else:
                 new = unit(x)
                 frozen = ~active
@@ -159,32 +171,59 @@ class PACTResNet(HaltingResNet):
         return self._hard_result(x, n, len(units))
 
     def _hard_early_exit(self, b: int, x, spec: EvalSpec) -> BlockResult:
-        """Halted samples leave the batch; only the running samples' state is computed."""
+        """Halted samples leave the batch; only the running samples' state is computed.
+
+        A halted sample's state x^N is set aside at once (PACT keeps nothing else); the batch is
+        compacted as :attr:`compact_fraction` says (default: at every halt). Set-aside states
+        and the assembled output keep the state's memory format.
+        """
         units, branches = self.backbone.blocks[b], self.halting[b]
         x = take(x)
         batch = x.shape[0]
-        index = torch.arange(batch, device=x.device)
-        n = torch.full((batch,), len(units), dtype=torch.long, device=x.device)
+        device = x.device
+        rows: torch.Tensor | None = None  # batch index of each row of x (None: all, in order)
+        alive = torch.ones(batch, dtype=torch.bool, device=device)
+        n = torch.full((batch,), len(units), dtype=torch.long, device=device)
         finished: list[tuple[torch.Tensor, torch.Tensor]] = []
         noise = None
+        running = batch
         for l, unit in enumerate(units):
             x = unit(x)
             if l == 0:
                 noise = self._noise(x, len(branches), spec.generator)
+            index = torch.arange(batch, device=device) if rows is None else rows
             if l == len(units) - 1:
-                finished.append((index, x))
+                whole = running == len(alive)
+                finished.append((index, x) if whole else (index[alive], x[alive]))
                 break
-            halts = self._halts(branches[l](x), noise[index, l], spec)
-            if bool(halts.any()):
-                finished.append((index[halts], x[halts]))
-                n[index[halts]] = l + 1
-                index, x = index[~halts], x[~halts]
-            if index.numel() == 0:
+            noise_l = noise[:, l] if rows is None else noise[rows, l]
+            halts = self._halts(branches[l](x), noise_l, spec) & alive
+            halted = count(halts)  # the one host sync of this unit
+            if halted == 0:
+                continue  # nobody halted here: no copy, no bookkeeping
+            running -= halted
+            finished.append((index[halts], x[halts]))
+            n[index[halts]] = l + 1
+            alive = alive & ~halts
+            if running == 0:
                 break
-        out = finished[0][1].new_empty((batch,) + tuple(finished[0][1].shape[1:]))
+            if should_compact(running, len(alive), self.compact_fraction):
+                rows, x, alive = index[alive], x[alive], alive[alive]
+        first = finished[0][1]
+        if len(finished) == 1 and first.shape[0] == batch:
+            return self._hard_result(first, n, len(units))  # nobody halted before the end
+        channels_last = not first.is_contiguous() and first.is_contiguous(
+            memory_format=torch.channels_last
+        )
+        out = torch.empty(
+            (batch, *first.shape[1:]),
+            dtype=first.dtype,
+            device=first.device,
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        )
         while finished:
-            rows, states = finished.pop()
-            out[rows] = states
+            rows_done, states = finished.pop()
+            out[rows_done] = states
         return self._hard_result(out, n, len(units))
 
 

@@ -6,9 +6,11 @@ is 1, so halted positions keep their value. Halting scores come from
 :class:`~methods.common.SpatialHalting`; the ACT rule (N, R, p, N + R) is applied per position and
 the ponder cost is averaged over positions and the batch.
 
-Execution: ``masked`` (the SACT code's behaviour). It evaluates every conv densely and masks; the
-FLOP accounting charges only active (and, for convs feeding a 3x3 conv, 3x3-dilated active)
-positions, which is what a gathered execution would pay.
+Executions: ``masked`` (the SACT code's behaviour) evaluates every conv densely and masks;
+``gathered`` (the default) runs a unit on its active positions only (plus the 3x3 halo its first
+conv needs, :mod:`methods.common.gather`) when the active fraction is below the break-even of its
+width, and masked otherwise. The FLOP accounting charges only active (and, for convs feeding a
+3x3 conv, 3x3-dilated active) positions in both: what the gathered execution pays.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from baselines import build_backbone
 from harness.contract import EvalSpec
 from methods.act.halting import act_step
 from methods.common import BlockResult, HaltingResNet, take
+from methods.common.gather import masked_unit
 from methods.sact.config import SACTConfig
 
 
@@ -32,18 +35,26 @@ class SACTResNet(HaltingResNet):
         super().__init__(backbone, config.tau, config.halting_bias_init)
         self.eps = config.eps
 
+    #: Active fraction below which ``gathered`` gathers a unit (None: the measured break-even
+    #: of its width, :data:`methods.common.gather.BREAK_EVEN`; 1.0: always, 0.0: never).
+    gather_below: float | None = None
+
     def executions_for(self, mode: str) -> tuple[str, ...]:
-        """Masked execution (exact; FLOPs charged on active positions)."""
-        return ("masked",)
+        """``gathered`` (each unit gathered or masked, whichever its active fraction makes
+        faster) or ``masked``; both exact, FLOPs charged on active positions."""
+        return ("gathered", "masked")
 
     def run_block(self, b: int, x, spec: EvalSpec | None) -> BlockResult:
         """Per-position ACT; output = sum_l p^l x^l accumulated unit by unit."""
         units, branches = self.backbone.blocks[b], self.halting[b]
         x = take(x)
         out = cum = n = ponder = active = None
+        gathered = spec is not None and spec.execution == "gathered"
         for l, unit in enumerate(units):
-            mask = None if l == 0 else active.unsqueeze(1).to(x.dtype)
-            x = unit(x, mask)
+            if l == 0:
+                x = unit(x, None)
+            else:
+                x = masked_unit(unit, x, active, gathered, self.gather_below)
             if out is None:
                 batch, _, height, width = x.shape
                 cum = x.new_zeros(batch, height, width)
