@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from baselines.torchvision_compat import load_torchvision_state_dict
 from baselines.units import TORCH_BN, ResidualUnit
 
 
@@ -154,6 +155,11 @@ class ResNetBackbone(nn.Module):
             for unit in block:
                 x = unit(x)
         return self.head(x)
+
+    def load_torchvision_state_dict(self, state_dict) -> None:
+        """Copy a torchvision ResNet state dict in (the ``torchvision`` ImageNet variant only;
+        ``ConfigError`` otherwise): ``--init-from torchvision:resnet101``."""
+        load_torchvision_state_dict(self, state_dict)
 
     def extra_repr(self) -> str:
         return (

@@ -8,13 +8,18 @@ Key names map one to one::
     fc                              -> head.fc
 """
 
+from __future__ import annotations
+
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from baselines.backbone import ResNetBackbone
 from harness.errors import ConfigError
+
+if TYPE_CHECKING:  # annotation only: backbone.py imports this module
+    from baselines.backbone import ResNetBackbone
 
 _LAYER = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 _DOWNSAMPLE = {"downsample.0.": "shortcut_conv.", "downsample.1.": "shortcut_bn."}

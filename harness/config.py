@@ -28,7 +28,12 @@ from harness.errors import ConfigError, check_choice
 
 DATASETS = ("cifar10", "imagenet")
 DATA_FORMATS = ("auto", "torchvision", "npz", "imagefolder")
-NORMALIZATIONS = ("per_channel", "per_image")
+#: per_channel: (x - mean) / std; per_image: TF per_image_standardization (SACT CIFAR);
+#: inception: 2x - 1, inputs in [-1, 1] (SACT ImageNet, Inception preprocessing).
+NORMALIZATIONS = ("per_channel", "per_image", "inception")
+#: Image-folder preprocessing: standard (RandomResizedCrop, Resize 256 + CenterCrop 224) or the
+#: SACT ImageNet code's Inception preprocessing (distorted crop, colour distortion).
+PREPROCESSINGS = ("standard", "inception")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
 #: ``eval.execution``: ``auto`` (each mode's fastest exact execution) or a named one.
@@ -63,6 +68,7 @@ class DataConfig:
     augment: bool = True
     normalization: str = "per_channel"
     crop_padding: int = 4  # pad-and-crop augmentation; the SACT code pads 32 -> 36 (2)
+    preprocessing: str = "standard"  # image folders: standard or inception (SACT ImageNet)
     download: bool = False
     verify_checksums: bool = True
     num_workers: int = 0
@@ -288,6 +294,12 @@ def validate_run_config(cfg: RunConfig) -> None:
     check_choice("model.dataset", cfg.model.dataset, DATASETS)
     check_choice("data.format", cfg.data.format, DATA_FORMATS)
     check_choice("data.normalization", cfg.data.normalization, NORMALIZATIONS)
+    check_choice("data.preprocessing", cfg.data.preprocessing, PREPROCESSINGS)
+    if cfg.data.preprocessing == "inception" and cfg.model.dataset != "imagenet":
+        raise ConfigError(
+            "data.preprocessing='inception' is the SACT ImageNet recipe; for "
+            f"model.dataset={cfg.model.dataset!r} use 'standard'"
+        )
     check_choice("device", cfg.device, DEVICES)
     check_choice("progress", cfg.progress, PROGRESS)
     positive = {

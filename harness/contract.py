@@ -120,6 +120,8 @@ class Backbone(Protocol):
             (final BN/activation, pooling and classifier included).
         block_channels: output channels of each block (``len(block_channels) == len(blocks)``);
             methods size their halting branches with it.
+        load_torchvision_state_dict (optional): a method taking a torchvision ResNet state
+            dict, for ``--init-from torchvision:resnetNN`` (``baselines``' torchvision variant).
 
     Calling the backbone, ``backbone(images) -> logits``, runs every unit densely (the vanilla
     network the timing compares against). Optional attributes, read with ``getattr``:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 
 from harness import store
 from harness.config import (
@@ -130,6 +131,67 @@ def load_run(run_dir: str | Path, flag: str = "--run") -> tuple[RunConfig, dict[
     if "model" not in checkpoint:
         raise CheckpointError(f"{flag} {run_dir}: {store.CHECKPOINT_FILE} holds no model state")
     return cfg, checkpoint
+
+
+#: ``--init-from torchvision:ARCH[=FILE]``: torchvision's published ImageNet weights.
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def is_torchvision_source(source: str | Path | None) -> bool:
+    """True for ``torchvision:ARCH`` or ``torchvision:ARCH=FILE`` (not a run directory)."""
+    return isinstance(source, str) and source.startswith(TORCHVISION_PREFIX)
+
+
+def init_from_source(model: AdaptiveModel, source: str | Path, cfg: RunConfig) -> list[str]:
+    """``--init-from``: a run directory, or ``torchvision:resnet101`` (torchvision's weights,
+    downloaded into torch's cache on this explicit request) or ``torchvision:resnet101=FILE``
+    (a saved torchvision state dict). Returns the keys left fresh (the method's own)."""
+    if is_torchvision_source(source):
+        return init_from_torchvision(model, str(source), cfg)
+    return init_from_run(model, Path(source).resolve(), cfg)
+
+
+def check_torchvision_source(model: AdaptiveModel, source: str, cfg: RunConfig) -> None:
+    """``torchvision:ARCH[=FILE]`` fits this run (architecture, variant, file); loads nothing."""
+    arch, _, file = source[len(TORCHVISION_PREFIX) :].partition("=")
+    expected = f"resnet{cfg.model.depth}"
+    if arch != expected:
+        raise CheckpointError(
+            f"--init-from {source}: this run's backbone is {expected} (model.depth="
+            f"{cfg.model.depth}); use --init-from torchvision:{expected}"
+        )
+    loader = getattr(model.backbone, "load_torchvision_state_dict", None)
+    if cfg.model.dataset != "imagenet" or cfg.model.variant != "torchvision" or loader is None:
+        raise CheckpointError(
+            f"--init-from {source}: only the ImageNet 'torchvision' backbone takes torchvision "
+            f"weights (this run: dataset={cfg.model.dataset!r}, variant={cfg.model.variant!r})"
+        )
+    if file and not Path(file).is_file():
+        raise CheckpointError(f"--init-from {source}: no file {file}")
+
+
+def init_from_torchvision(model: AdaptiveModel, source: str, cfg: RunConfig) -> list[str]:
+    """Load torchvision's ResNet weights into a backbone that can take them."""
+    check_torchvision_source(model, source, cfg)
+    arch, _, file = source[len(TORCHVISION_PREFIX) :].partition("=")
+    loader = model.backbone.load_torchvision_state_dict
+    if file:
+        state = load_checkpoint(Path(file))
+    else:
+        try:
+            weights = torchvision.models.get_model_weights(arch).DEFAULT
+            state = weights.get_state_dict(progress=False)
+        except Exception as err:  # noqa: BLE001 - network, cache or version problems
+            raise CheckpointError(
+                f"--init-from {source}: cannot fetch torchvision's {arch} weights ({err}); "
+                f"download them on a connected machine and give --init-from {source}=FILE"
+            ) from None
+    try:
+        loader(state)
+    except (KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"--init-from {source}: not a torchvision {arch} ({first})") from None
+    return sorted(k for k in model.state_dict() if not k.startswith("backbone."))
 
 
 def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[str]:

@@ -40,7 +40,13 @@ from harness.errors import ConfigError, DataError, HarnessError
 from harness.evaluate import plan_evaluations
 from harness.presets import PRESET_DIR, Preset, Trial, expand, load_preset
 from harness.registry import get_method
-from harness.runs import build_model, init_from_run, trial_columns
+from harness.runs import (
+    build_model,
+    check_torchvision_source,
+    init_from_source,
+    is_torchvision_source,
+    trial_columns,
+)
 
 STUDY_FILE = "study.yaml"
 TRIALS_DIR = "trials"
@@ -147,7 +153,7 @@ def plan_study(options: GridOptions) -> Study:
             f"preset {preset.name} fine-tunes from a trained vanilla network: pass "
             "--set init_from=RUN_DIR (a finished run with the same backbone)"
         )
-    if preset.init_from:
+    if preset.init_from and not is_torchvision_source(preset.init_from):
         preset = dataclasses.replace(preset, init_from=str(Path(preset.init_from).resolve()))
     trials = expand(preset)
     _check_trials(trials)
@@ -203,8 +209,11 @@ def _check_trials(trials: list[Trial]) -> None:
         try:
             model = build_model(cfg)[2]
             plan_evaluations(model, cfg.eval)
-            if trial.init_from:
-                init_from_run(model, Path(trial.init_from), cfg)
+            if is_torchvision_source(trial.init_from):
+                # checked here, loaded by each trial (torch's cache keeps one download)
+                check_torchvision_source(model, trial.init_from, cfg)
+            elif trial.init_from:
+                init_from_source(model, trial.init_from, cfg)
         except HarnessError as err:
             raise ConfigError(f"trial {trial.name}: {err}") from None
 

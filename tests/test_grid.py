@@ -161,7 +161,11 @@ def test_dry_run_lists_the_trials_and_writes_nothing(capsys, tmp_path: Path, tin
         (["--set", "device=cuda"], "device=cuda but resources.gpu=0"),
         (["--set", "eval.modes=[sampled]"], "eval.modes (ACTResNet)='sampled' is not allowed"),
         (["--set", "init_from=/no/such/run"], "/no/such/run: no run with a checkpoint there"),
-        (["--preset", "paper-imagenet"], "pass --set init_from=RUN_DIR"),
+        (
+            ["--preset", "paper-imagenet", "--set", "init_from=torchvision:resnet50"],
+            "this run's backbone is resnet101 (model.depth=101); use --init-from "
+            "torchvision:resnet101",
+        ),
     ],
 )
 def test_bad_grid_input_is_one_error_line(extra, message, capsys, tmp_path, tiny_npz_root):

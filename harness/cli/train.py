@@ -119,7 +119,11 @@ def add_parser(sub) -> None:
     p.add_argument("--thresholds", type=csv_list(float), help="deterministic halting thresholds")
     p.add_argument("--repeats", type=int, help="repeats of random evaluation modes")
     p.add_argument("--progress", choices=["auto", "on", "off"])
-    p.add_argument("--init-from", help="run directory whose backbone weights initialise this run")
+    p.add_argument(
+        "--init-from",
+        help="backbone weights to start from: a run directory, torchvision:resnet101 "
+        "(torchvision's ImageNet weights, downloaded once) or torchvision:resnet101=FILE",
+    )
     p.add_argument("--config", help="YAML file with config keys")
     add_set_flag(p, "override any config key, e.g. optim.lr=0.05 or method.eps=0.01")
     p.add_argument("--out", help="run directory (default: runs/<method>_<dataset>_d<depth>_...)")

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Subset
 
 from harness.config import DATA_FORMATS as FORMATS
-from harness.config import DATASETS, NORMALIZATIONS, DataConfig
+from harness.config import DATASETS, NORMALIZATIONS, PREPROCESSINGS, DataConfig
 from harness.data.loaders import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -127,6 +127,7 @@ def _check_arguments(dataset: str, data: DataConfig, loader: dict[str, Any]) -> 
     check_choice("dataset", dataset, DATASETS)
     check_choice("data.format", data.format, FORMATS)
     check_choice("data.normalization", data.normalization, NORMALIZATIONS)
+    check_choice("data.preprocessing", data.preprocessing, PREPROCESSINGS)
     for field in ("train_subset", "test_subset", "val_subset"):
         _check_int(f"data.{field}", getattr(data, field), 1, optional=True)
     for field in ("subset_seed", "val_seed", "num_workers", "crop_padding"):
@@ -317,6 +318,11 @@ def build_data(
     root = Path(data.root).expanduser().resolve()
     found = _resolve_format(root, dataset, data.format, data.download)
     splits = _load_splits(root, dataset, found, data)
+    if data.preprocessing != "standard" and found != "imagefolder":
+        raise ConfigError(
+            f"data.preprocessing={data.preprocessing!r} applies to image folders (ImageNet); "
+            f"this data root holds the {found!r} format: use 'standard'"
+        )
     if len(splits.train) < batch_size:
         raise ConfigError(
             f"batch_size={batch_size} exceeds the {len(splits.train)} training images and the "
@@ -338,7 +344,7 @@ def build_data(
     test_loader: BatchLoader
     if found == "imagefolder":
         train_tf, eval_tf = _folder_transforms(
-            dataset, splits.image_size, data.augment, data.crop_padding
+            dataset, splits.image_size, data.augment, data.crop_padding, data.preprocessing
         )
         workers = dict(num_workers=data.num_workers, **common)
         train_loader = FolderLoader(

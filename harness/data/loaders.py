@@ -123,6 +123,8 @@ def normalize(
         image_mean = flat.mean(dim=1).view(-1, 1, 1, 1)
         image_std = flat.std(dim=1, correction=0).clamp_min(min_std).view(-1, 1, 1, 1)
         return (images - image_mean) / image_std
+    if mode == "inception":  # Inception preprocessing: [0, 1] -> [-1, 1]
+        return images * 2.0 - 1.0
     check_choice("normalization", mode, NORMALIZATIONS)
     raise AssertionError(f"normalization {mode!r} is allowed but not implemented")
 
@@ -307,14 +309,46 @@ class FolderLoader:
 # ------------------------------------------------------------------------ folder transforms
 
 
+#: Inception preprocessing of the SACT ImageNet code (inception_preprocessing.py, fast_mode
+#: False): distorted bounding-box crop covering 5-100% of the image at aspect 3/4..4/3, flip,
+#: colour distortion (brightness 32/255, saturation and contrast 0.5-1.5, hue 0.2); evaluation:
+#: the central 87.5% of the image resized to 224. (The code draws the crop around the dataset's
+#: bounding boxes, with min_object_covered 0.1; image folders carry no boxes, so the whole image
+#: is the box.)
+INCEPTION_CROP_AREA = (0.05, 1.0)
+INCEPTION_EVAL_FRACTION = 0.875
+
+
+def _central_crop(image, fraction: float = INCEPTION_EVAL_FRACTION):
+    """The central ``fraction`` of each side of a PIL image (TF ``central_crop``)."""
+    width, height = image.size
+    w, h = round(width * fraction), round(height * fraction)
+    left, top = (width - w) // 2, (height - h) // 2
+    return image.crop((left, top, left + w, top + h))
+
+
 def _folder_transforms(
-    dataset: str, image_size: tuple[int, int], augment: bool, crop_padding: int
+    dataset: str,
+    image_size: tuple[int, int],
+    augment: bool,
+    crop_padding: int,
+    preprocessing: str = "standard",
 ) -> tuple[Any, Any]:
     """(train, eval) transforms yielding uint8 CHW tensors."""
     from torchvision import transforms as T
 
     to_tensor = T.PILToTensor()
-    if dataset == "imagenet":
+    if preprocessing == "inception":
+        evaluation = T.Compose([T.Lambda(_central_crop), T.Resize((224, 224)), to_tensor])
+        train = T.Compose(
+            [
+                T.RandomResizedCrop(224, scale=INCEPTION_CROP_AREA, ratio=(3 / 4, 4 / 3)),
+                T.RandomHorizontalFlip(),
+                T.ColorJitter(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=0.2),
+                to_tensor,
+            ]
+        )
+    elif dataset == "imagenet":
         evaluation = T.Compose([T.Resize(256), T.CenterCrop(224), to_tensor])
         train = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), to_tensor])
     else:  # CIFAR-sized images stored as files: keep their size, CIFAR augmentation
