@@ -17,6 +17,7 @@ A preset is a readable file shipped in ``harness/preset_files/`` (``smoke.yaml``
       # a list of entries: variants of one method (an ablation); each variant's trials are
       # named by its fixed config fields too (pact_d20_lambda0.01_priorbernoulli_s0)
       # pact: [{lambda: [0.01]}, {lambda: [0.01], config: {prior: bernoulli}}]
+      # an entry may carry its own seeds: {lambda: [0.01], seeds: [0]} (default: seeds: below)
     depths: [14]                    # backbone depths of the method trials
     seeds: [0]
     vanilla_depths: [8, 14]         # extra trials of the vanilla method (the depth series)
@@ -81,9 +82,18 @@ PRESET_KEYS = (
 )
 #: Keys that ``--set`` may override at the preset level (the others go into ``base``).
 GRID_KEYS = tuple(k for k in PRESET_KEYS if k not in ("name", "description", "base"))
+#: Keys of a method entry that are not grid axes: fixed config fields, and the entry's own
+#: seeds (replacing the preset's ``seeds`` for this entry, e.g. one seed for a screening
+#: variant beside three for the reference configuration).
+ENTRY_KEYS = ("config", "seeds")
 #: The value of a ``methods`` entry that means "the method's default search space".
 SEARCH_SPACE = "search_space"
 RESOURCE_KEYS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class _Seeds:
+    seeds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -366,7 +376,7 @@ def _method_axes(method: str, entry: Any) -> tuple[dict[str, list[Any]], dict[st
         raise ConfigError(f"{where}.config: expected a mapping of method-config fields")
     axes: dict[str, list[Any]] = {}
     for key, values in entry.items():
-        if key == "config":
+        if key in ENTRY_KEYS:
             continue
         if key not in fields:
             allowed = ", ".join(sorted(fields)) or "(none: it has no hyper-parameters)"
@@ -444,6 +454,10 @@ def _plan_entry(
     axes, fixed = _method_axes(method, entry)
     spec = get_method(method)
     penalty = time_penalty_key(spec)
+    seeds = preset.seeds
+    if isinstance(entry, Mapping) and entry.get("seeds") is not None:
+        seeds = from_dict(_Seeds, {"seeds": entry["seeds"]}, f"methods.{method}").seeds
+        _check_ints(seeds, f"methods.{method}.seeds", 0)
     planned = []
     for depth in preset.depths:
         for values in itertools.product(*axes.values()):
@@ -453,7 +467,7 @@ def _plan_entry(
             if penalty and penalty not in shown:
                 # Name every adaptive trial by its time penalty, default or not.
                 shown = {penalty: _default_penalty(spec, fixed, penalty), **shown}
-            for seed in preset.seeds:
+            for seed in seeds:
                 name = trial_name(method, depth, shown, seed)
                 planned.append((name, method, config, depth, seed))
     return planned
