@@ -49,6 +49,7 @@ RUNTIME_FIELDS: tuple[tuple[str, ...], ...] = (
     ("data", "download"),
     ("device",),
     ("progress",),
+    ("speed",),
 )
 
 
@@ -105,6 +106,36 @@ class EvalConfig:
     execution: str = "auto"  # auto: the cheapest exact execution the model offers
 
 
+#: ``speed.*`` switches: ``auto`` turns a fast path on where it pays (a CUDA device), ``on``/``off``
+#: force it (``on`` works on CPU too: that is how its equivalence is tested).
+SPEED_SWITCHES = ("auto", "on", "off")
+#: ``speed.host_sync``: read the loss on the host every ``step`` (a divergence stops before the
+#: step's update) or once per ``epoch`` (no sync per step; a divergence is named at the end of the
+#: epoch, whose checkpoint is then not written); ``auto``: ``step`` on CPU, ``epoch`` on CUDA.
+HOST_SYNCS = ("auto", "step", "epoch")
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """The fast training path: each a knob, each tested for equivalence on CPU.
+
+    ``device_data``: in-memory datasets (CIFAR) live on the training device; shuffling, random
+    crop and flip run there on random numbers drawn on the CPU, so the batches equal the host
+    loader's. ``amp``: bf16 autocast of the forward pass and loss (weights and optimizer stay
+    float32). ``host_sync``: see :data:`HOST_SYNCS`. ``compile``: ``torch.compile`` the model
+    (``off`` by default: adaptive models recompile per batch composition);
+    ``compile_backend`` picks the backend (``inductor``; ``eager`` checks the graph capture
+    without code generation). Like the device, they change numerics at most (bf16), not what is
+    trained: they are runtime fields (a run may resume with other values).
+    """
+
+    device_data: str = "auto"
+    amp: str = "auto"
+    host_sync: str = "auto"
+    compile: str = "off"
+    compile_backend: str = "inductor"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training run: method, backbone, data, optimisation, evaluation."""
@@ -119,6 +150,7 @@ class RunConfig:
     device: str = "auto"
     channels_last: bool = False
     progress: str = "auto"  # auto: bars only on a terminal; "on"/"off"
+    speed: SpeedConfig = SpeedConfig()
 
 
 def config_key(field_name: str) -> str:
@@ -302,6 +334,11 @@ def validate_run_config(cfg: RunConfig) -> None:
         )
     check_choice("device", cfg.device, DEVICES)
     check_choice("progress", cfg.progress, PROGRESS)
+    for name in ("device_data", "amp", "compile"):
+        check_choice(f"speed.{name}", getattr(cfg.speed, name), SPEED_SWITCHES)
+    check_choice("speed.host_sync", cfg.speed.host_sync, HOST_SYNCS)
+    if not cfg.speed.compile_backend:
+        raise ConfigError("speed.compile_backend must name a torch.compile backend (inductor)")
     positive = {
         "optim.epochs": cfg.optim.epochs,
         "optim.batch_size": cfg.optim.batch_size,

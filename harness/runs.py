@@ -69,10 +69,12 @@ def build_run_data(cfg: RunConfig, root: Path, **data_overrides: Any) -> DataBun
 
     ``data_overrides`` replace :class:`~harness.config.DataConfig` fields (profiling reads the
     test split only: ``train_subset``, ``augment`` ...); ``eval_batch_size`` replaces the
-    evaluation batch size.
+    evaluation batch size; ``device`` keeps in-memory datasets on that device
+    (``speed.device_data``).
     """
     eval_batch_size = data_overrides.pop("eval_batch_size", cfg.eval.batch_size)
     batch_size = data_overrides.pop("batch_size", cfg.optim.batch_size)
+    device = data_overrides.pop("device", None)
     data = dataclasses.replace(cfg.data, root=str(root), **data_overrides)
     return build_data(
         cfg.model.dataset,
@@ -81,6 +83,7 @@ def build_run_data(cfg: RunConfig, root: Path, **data_overrides: Any) -> DataBun
         eval_batch_size=eval_batch_size,
         seed=cfg.seed,
         channels_last=cfg.channels_last,
+        device=device,
     )
 
 

@@ -60,6 +60,7 @@ from harness.runs import (
     resolve_method,
     trial_columns,
 )
+from harness.speed import Speed, compiled, resolve_speed
 from harness.stats import per_image_mean
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class PreparedRun:
     model: AdaptiveModel
     data: DataBundle
     device: torch.device
+    speed: Speed = Speed()  # the fast path, resolved for the device (``speed.*``)
+    forward: Callable[[torch.Tensor], Any] | None = None  # runs the model (compiled or not)
 
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
@@ -95,7 +98,8 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     device = resolve_device(cfg.device)
     root = resolve_data_root(cfg.data.root)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root.resolve())))
-    data = build_run_data(cfg, root)
+    speed = resolve_speed(cfg.speed, device)
+    data = build_run_data(cfg, root, device=device if speed.device_data else None)
     torch.manual_seed(cfg.seed)
     _, _, model = build_model(cfg, num_classes=data.num_classes)
     specs = plan_evaluations(model, cfg.eval)  # unknown eval modes fail now, not after training
@@ -106,7 +110,8 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     first = next(iter(data.test_loader), None)
     if first is not None:
         preflight(model, first[0][:2].to(device), specs, cfg.method, cfg.eval.seed)
-    return PreparedRun(cfg, spec, method_config, model, data, device)
+    forward = compiled(model, speed)
+    return PreparedRun(cfg, spec, method_config, model, data, device, speed, forward)
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -144,30 +149,47 @@ def train_one_epoch(
     desc: str = "train",
     label_smoothing: float = 0.0,
     epoch: int = 1,
+    speed: Speed | None = None,
+    forward: Callable[[torch.Tensor], Any] | None = None,
 ) -> dict[str, float]:
     """One pass over the training loader; returns the mean of every logged loss term.
 
-    A non-finite loss stops training at once with :class:`DivergenceError` naming ``epoch``
-    (1-based) and the step, before the step updates the weights.
+    A non-finite loss stops training with :class:`DivergenceError` naming ``epoch`` (1-based)
+    and the step: at once, before the step updates the weights, when ``speed`` syncs every step
+    (the default, and ``speed.host_sync=auto`` on CPU); at the end of the epoch, naming the first
+    bad step, when it syncs once per epoch (``auto`` on CUDA). The metrics are accumulated on the
+    device in float64 either way (the same numbers as reading each step on the host).
+    ``speed.amp`` runs the forward pass and the loss under bf16 autocast; ``forward`` is the
+    callable that runs the model (a ``torch.compile`` of it; default the model).
     """
+    speed = Speed() if speed is None else speed
+    forward = model if forward is None else forward
     model.train()
-    sums: dict[str, float] = {}
-    count = correct = 0
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # 0: every loss finite
     lr = optimizer.param_groups[0]["lr"]
     bar = progress_bar(loader, progress, desc)
     for step, (images, labels) in enumerate(bar, 1):
-        images, labels = images.to(device), labels.to(device)
-        output = model(images)
-        terms = model.loss(output, labels, label_smoothing=label_smoothing)
-        loss = terms["loss"].item()
-        if not math.isfinite(loss):
-            raise DivergenceError(
-                f"training diverged: the loss is {loss} at epoch {epoch}, step {step} "
-                f"(learning rate {optimizer.param_groups[0]['lr']:g}); lower the learning "
-                "rate (--lr) or check the data",
-                epoch,
-                step,
-            )
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with speed.autocast(device):
+            output = forward(images)
+            terms = model.loss(output, labels, label_smoothing=label_smoothing)
+        if speed.sync_every_step:
+            loss = terms["loss"].item()
+            if not math.isfinite(loss):
+                raise DivergenceError(
+                    f"training diverged: the loss is {loss} at epoch {epoch}, step {step} "
+                    f"(learning rate {optimizer.param_groups[0]['lr']:g}); lower the learning "
+                    "rate (--lr) or check the data",
+                    epoch,
+                    step,
+                )
+        else:
+            bad = ~torch.isfinite(terms["loss"].detach()) & (first_bad == 0)
+            first_bad = torch.where(bad, step, first_bad)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -175,14 +197,28 @@ def train_one_epoch(
         scheduler.step()
         batch = labels.shape[0]
         count += batch
-        correct += (output.logits.argmax(1) == labels).sum().item()
+        correct += (output.logits.detach().argmax(1) == labels).sum()
         for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value.item() * batch
+            term = value.detach().to(torch.float64) * batch
+            sums[key] = sums[key] + term if key in sums else term
         if output.units_executed:
-            units = sum(per_image_mean(u).sum().item() for u in output.units_executed)
-            sums["units_executed"] = sums.get("units_executed", 0.0) + units
-    metrics = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
-    metrics["train_accuracy"] = correct / max(count, 1)
+            units = sum(per_image_mean(u).sum() for u in output.units_executed)
+            sums["units_executed"] = (
+                sums["units_executed"] + units if "units_executed" in sums else units
+            )
+    # The one host sync of the epoch.
+    values = torch.stack([first_bad.double(), correct.double(), *sums.values()]).tolist()
+    bad_step, correct_total, totals = int(values[0]), values[1], values[2:]
+    if bad_step:
+        raise DivergenceError(
+            f"training diverged: the loss is not finite at epoch {epoch}, step {bad_step} "
+            "(found at the end of the epoch: speed.host_sync=epoch); lower the learning rate "
+            "(--lr) or check the data; the checkpoint of the previous epoch is intact",
+            epoch,
+            bad_step,
+        )
+    metrics = {f"train_{k}": v / max(count, 1) for k, v in zip(sums, totals, strict=True)}
+    metrics["train_accuracy"] = correct_total / max(count, 1)
     metrics["lr"] = lr  # of the epoch's last step
     return metrics
 
@@ -355,6 +391,8 @@ def train_epochs(
             desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
             label_smoothing=cfg.optim.label_smoothing,
             epoch=epoch + 1,
+            speed=prepared.speed,
+            forward=prepared.forward,
         )
         train_seconds += time.perf_counter() - tic
         metrics.update(epoch_logs)

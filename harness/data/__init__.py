@@ -298,6 +298,7 @@ def build_data(
     eval_batch_size: int | None = None,
     seed: int = 0,
     channels_last: bool = False,
+    device: torch.device | str | None = None,
 ) -> DataBundle:
     """Load ``dataset`` ("cifar10" or "imagenet") as ``data`` describes and build its loaders.
 
@@ -308,7 +309,8 @@ def build_data(
     test loader keeps dataset order and every item. ``data.crop_padding`` is the pad of the CIFAR
     random crop (the SACT code pads by 2). ``data.num_workers`` applies to image folders only
     (in-memory batches are assembled in the main process). ``data.download`` fetches missing
-    CIFAR-10 batches through torchvision (network needed).
+    CIFAR-10 batches through torchvision (network needed). ``device`` keeps in-memory splits
+    on that device (batches are assembled there; image folders ignore it).
     """
     _check_arguments(
         dataset, data, {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "seed": seed}
@@ -366,15 +368,22 @@ def build_data(
             drop_last=True,
             augment=data.augment,
             crop_padding=data.crop_padding,
+            device=device,
             **common,
         )
+        on_device = dict(device=device, **common)
         test_loader = ArrayLoader(
-            splits.test, eval_batch_size, shuffle=False, drop_last=False, augment=False, **common
+            splits.test, eval_batch_size, shuffle=False, drop_last=False, augment=False, **on_device
         )
         val_loader = None
         if splits.val is not None:
             val_loader = ArrayLoader(
-                splits.val, eval_batch_size, shuffle=False, drop_last=False, augment=False, **common
+                splits.val,
+                eval_batch_size,
+                shuffle=False,
+                drop_last=False,
+                augment=False,
+                **on_device,
             )
     return DataBundle(
         train_loader=train_loader,

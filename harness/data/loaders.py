@@ -82,22 +82,42 @@ def balanced_subset(labels: Tensor | Sequence[int], n: int, *, seed: int, field:
 # ------------------------------------------------------------------------ augmentation, normalize
 
 
+def crop_flip_draws(
+    batch: int, generator: torch.Generator, padding: int = 4
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The random numbers of :func:`random_crop_flip` for a batch: row and column offsets in
+    0..2*padding and the flip flags, drawn from ``generator`` (on the CPU) in that order."""
+    row0 = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    col0 = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    flip = torch.rand(batch, generator=generator) < 0.5
+    return row0, col0, flip
+
+
+def apply_crop_flip(
+    images: Tensor, draws: tuple[Tensor, Tensor, Tensor], padding: int = 4
+) -> Tensor:
+    """Pad, crop and flip a batch ``[B, H, W, C]`` as ``draws`` say, on the images' device."""
+    batch, height, width, _ = images.shape
+    device = images.device
+    row0, col0, flip = (d.to(device, non_blocking=True) for d in draws)
+    padded = F.pad(images, (0, 0, padding, padding, padding, padding))
+    rows = row0[:, None] + torch.arange(height, device=device)
+    cols = col0[:, None] + torch.arange(width, device=device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)  # a mirrored crop reads columns backwards
+    return padded[
+        torch.arange(batch, device=device)[:, None, None], rows[:, :, None], cols[:, None, :]
+    ]
+
+
 def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
     """Standard CIFAR augmentation of a batch ``[B, H, W, C]``: zero-pad, random crop, random flip.
 
     Each image is padded by ``padding`` pixels of zeros on every side, cropped back to H x W at an
     offset drawn uniformly from 0..2*padding per axis, and mirrored left-right with probability 1/2.
-    All draws come from ``generator``. One gather does crop and flip for the whole batch.
+    All draws come from ``generator`` (:func:`crop_flip_draws`); one gather does crop and flip
+    for the whole batch, on the images' device (:func:`apply_crop_flip`).
     """
-    batch, height, width, _ = images.shape
-    padded = F.pad(images, (0, 0, padding, padding, padding, padding))
-    row0 = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
-    col0 = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
-    flip = torch.rand(batch, generator=generator) < 0.5
-    rows = row0[:, None] + torch.arange(height)
-    cols = col0[:, None] + torch.arange(width)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)  # a mirrored crop reads columns backwards
-    return padded[torch.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return apply_crop_flip(images, crop_flip_draws(len(images), generator, padding), padding)
 
 
 def normalize(
@@ -114,8 +134,8 @@ def normalize(
     the clamp is scaled by 1/255 here so the result equals TF's on the same image.
     """
     if mode == "per_channel":
-        mean_t = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
-        std_t = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         return (images - mean_t) / std_t
     if mode == "per_image":
         flat = images.flatten(1)
@@ -151,6 +171,10 @@ class ArrayLoader:
     The order and augmentation of epoch e come from one ``torch.Generator`` seeded by
     ``derive_seed(seed, e)``: call :meth:`set_epoch` before each epoch. ``len()`` is the number of
     batches. Without ``shuffle`` the items come in dataset order.
+
+    With ``device`` (``speed.device_data``) the images and labels are copied to that device once
+    and batches are indexed, cropped, flipped and normalized there; the random numbers are still
+    drawn on the CPU in the same order, so the batches equal those of the host loader.
     """
 
     def __init__(
@@ -167,8 +191,14 @@ class ArrayLoader:
         seed: int = 0,
         channels_last: bool = False,
         crop_padding: int = 4,
+        device: torch.device | str | None = None,
     ) -> None:
         self.dataset = dataset
+        self.device = None if device is None else torch.device(device)
+        self._images, self._labels = dataset.images, dataset.labels
+        if self.device is not None:
+            self._images = dataset.images.to(self.device)
+            self._labels = dataset.labels.to(self.device)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -195,11 +225,14 @@ class ArrayLoader:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         count = len(self.dataset)
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        if self.device is not None:
+            order = order.to(self.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
-            images = self.dataset.images[index]
+            images = self._images[index]
             if self.augment:
-                images = random_crop_flip(images, generator, self.crop_padding)
+                draws = crop_flip_draws(len(index), generator, self.crop_padding)
+                images = apply_crop_flip(images, draws, self.crop_padding)
             x = _model_input(
                 images.permute(0, 3, 1, 2),
                 self.normalization,
@@ -207,7 +240,7 @@ class ArrayLoader:
                 self.std,
                 self.channels_last,
             )
-            yield x, self.dataset.labels[index]
+            yield x, self._labels[index]
 
 
 def _sample_path(dataset: Any, index: int) -> str:
