@@ -313,3 +313,46 @@ def test_npz_arrays_are_cached_memory_mapped_and_verified(tmp_path, monkeypatch)
     monkeypatch.setenv(readers.NPZ_CACHE_ENV, "off")
     readers.load_npz(root)
     assert len(reads) == 6
+
+
+# -- the bench ---------------------------------------------------------------------------------
+
+
+def test_bench_measures_every_figure_at_tiny_sizes(tmp_path, capsys):
+    import json
+
+    from harness.bench import CPU_KEYS, BenchOptions, Settings, run_bench
+
+    tiny = Settings(
+        warmup=0,
+        repeats=1,
+        bare_depth=8,
+        bare_batch=4,
+        bare_steps=1,
+        method_depth=14,
+        method_batch=4,
+        method_steps=1,
+        exit_depths=(14,),
+        exit_batch=8,
+        exit_repeats=1,
+        calibration_batch=8,
+        calibration_steps=2,
+        gather_depth=14,
+        gather_batch=4,
+        memory_depth=14,
+    )
+    out = tmp_path / "bench.json"
+    result = run_bench(BenchOptions(out=str(out), skip=("grid",), settings=tiny))
+    assert set(result["ratios"]) == set(CPU_KEYS)
+    assert result["ratios"]["grid_vs_loop"] is None and result["skipped"]["grid"] == "--skip"
+    assert set(result["skipped"]) == {"grid"}, result["skipped"]
+    for key, value in result["ratios"].items():
+        assert key == "grid_vs_loop" or value > 0, key
+    stored = json.loads(out.read_text())
+    assert stored["ratios"] == pytest.approx(result["ratios"])
+    methods = {(t["method"], t["depth"]) for t in stored["throughput"]}
+    assert {("resnet", 8), ("act", 14), ("spatial_pact", 14)} <= methods
+    for entry in stored["throughput"]:
+        assert {"method", "depth", "device", "batch_size", "train_images_per_s"} <= set(entry)
+    table = capsys.readouterr().out
+    assert "harness_vs_bare_train" in table and "met?" in table and "ResNet-14" in table

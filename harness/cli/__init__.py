@@ -2,9 +2,9 @@
 
 Subcommands, one module each: ``train`` and ``methods`` (:mod:`harness.cli.train`), ``profile``
 (:mod:`harness.cli.profile`), ``grid`` (:mod:`harness.cli.grid`), ``report``
-(:mod:`harness.cli.report`). Flags shared by several commands are defined once in
-:mod:`harness.cli.flags`. Every error caused by input is printed as one line starting with
-``error:`` and exits with status 2, before anything is written.
+(:mod:`harness.cli.report`), ``bench`` (:mod:`harness.cli.bench`). Flags shared by several
+commands are defined once in :mod:`harness.cli.flags`. Every error caused by input is printed
+as one line starting with ``error:`` and exits with status 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import argparse
 import logging
 import sys
 
-from harness.cli import checkmethod, grid, profile, report, train
+from harness.cli import bench, checkmethod, grid, profile, report, train
 from harness.errors import HarnessError
 
 #: Modules whose ``add_parser(subparsers)`` adds their subcommands, in help order.
-COMMANDS = (train, profile, grid, report, checkmethod)
+COMMANDS = (train, profile, grid, report, checkmethod, bench)
 
 
 def make_parser() -> argparse.ArgumentParser:
