@@ -366,3 +366,50 @@ def test_spatial_training_forward_backpropagates_through_the_masked_trajectory()
         for branch in branches:
             assert branch.local_conv.weight.grad.abs().sum() > 0
             assert branch.global_fc.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("prior", ["truncated_geometric", "bernoulli"])
+def test_training_loss_prior_term_by_enumerating_every_halting_pattern(prior):
+    """ResNet-20 (three units per block): the loss's prior term against an independent
+    computation that enumerates all 2^(L-1) halting patterns z of each block under the
+    factorised q (h from the model's own halting branches, captured by hooks) and writes the
+    prior's -log p(N) from its definition."""
+    import itertools
+
+    lam = 0.3
+    torch.manual_seed(5)
+    config = PACTConfig(lambda_=lam, prior=prior, halting_bias_init=0.0)
+    model = build_pact(ModelSpec("cifar10", 20, "sact"), config).train()
+    logits: dict[tuple[int, int], torch.Tensor] = {}
+    for b, branches in enumerate(model.decision_branches()):
+        for k, branch in enumerate(branches):
+            branch.register_forward_hook(
+                lambda mod, args, out, key=(b, k): logits.__setitem__(key, out.detach())
+            )
+    x, y = images(batch=6), torch.randint(0, 10, (6,))
+    with torch.random.fork_rng():
+        out = model(x)
+    prior_term = model.loss(out, y)["loss"] - torch.nn.functional.cross_entropy(out.logits, y)
+    length = 3
+
+    def neg_log_prior(n: int) -> float:
+        if prior == "truncated_geometric":
+            z = sum(math.exp(-lam * m) for m in range(1, length + 1))
+            return lam * n + math.log(z)
+        stop = 1.0 - math.exp(-lam)  # each unit halts with this probability
+        p = stop * (1 - stop) ** (n - 1) if n < length else (1 - stop) ** (length - 1)
+        return -math.log(p)
+
+    expected = 0.0
+    for b in range(3):
+        h = [torch.sigmoid(logits[(b, k)]).double() for k in range(length - 1)]
+        per_image = torch.zeros(6, dtype=torch.float64)
+        for z in itertools.product([0, 1], repeat=length - 1):
+            n = next((k + 1 for k, zk in enumerate(z) if zk), length)
+            prob = torch.ones(6, dtype=torch.float64)
+            for k, zk in enumerate(z):
+                prob = prob * (h[k] if zk else 1 - h[k])
+            per_image += prob * neg_log_prior(n)
+        expected += per_image.mean().item()
+    assert len(logits) == 6 and any(0.2 < torch.sigmoid(v).mean() < 0.8 for v in logits.values())
+    assert prior_term.item() == pytest.approx(expected, rel=1e-5)
