@@ -34,6 +34,15 @@ import yaml
 
 from harness import store
 from harness.errors import CheckpointError, ConfigError, DivergenceError, HarnessError
+from harness.estimate import (
+    Machine,
+    cluster_machine,
+    concurrency,
+    estimate_study,
+    format_estimate,
+    gpu_machine,
+    local_machine,
+)
 from harness.presets import Trial
 from harness.study import (
     RAY_DIR,
@@ -98,17 +107,26 @@ def grid_trial(
             restored = restore_run_dir(Path(source), run_dir)
     start_epoch = checkpoint_epoch(run_dir)
 
+    placement = trial_placement(trial.config["device"])
+    where = {k: placement[k] for k in ("gpu_ids", "device")}
+
     def report_epoch(epoch: int, metrics: dict[str, Any], folder: Path) -> None:
+        if epoch == start_epoch + 1:  # the provenance (and so the Tune checkpoint) says where
+            record_placement(folder, placement)
         # The run directory holds exactly the checkpointed files until evaluation starts.
-        tune.report(_scalars(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+        checkpoint = tune.Checkpoint.from_directory(folder)
+        tune.report({**_scalars(metrics), **where}, checkpoint=checkpoint)
 
     tic = time.monotonic()
     final: dict[str, Any] = {
         "node_id": ray.get_runtime_context().get_node_id(),
+        **where,
         "start_epoch": start_epoch,
         "restored_from_tune": int(restored),
     }
     try:
+        if "error" in placement:
+            raise ConfigError(placement["error"])
         summary = run_trial(
             trial.run_config,
             run_dir,
@@ -123,7 +141,55 @@ def grid_trial(
         tune.report({**final, "harness_error": f"{type(err).__name__}: {err}"})
         return
     final["attempt_seconds"] = time.monotonic() - tic
+    record_placement(run_dir, {**placement, "ended_unix": time.time()})
     tune.report({**final, **_scalars(summary), "trial_finished": 1})
+
+
+def trial_placement(device: str) -> dict[str, Any]:
+    """Where Ray put this trial: node, the GPUs it was given (``ray.get_gpu_ids()``, which Ray
+    also exports as ``CUDA_VISIBLE_DEVICES``) and the device it will train on.
+
+    A trial given a GPU on a node where torch sees no CUDA device (a node declaring GPUs it
+    cannot drive, or a CPU-only torch) trains on the CPU with ``device=auto``, saying so in
+    ``note``; with ``device=cuda`` the entry carries an ``error`` instead (one line).
+    """
+    import ray
+
+    ids = ",".join(str(i) for i in ray.get_gpu_ids())
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    cuda = device != "cpu" and torch.cuda.is_available()
+    placement: dict[str, Any] = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "hostname": socket.gethostname(),
+        "gpu_ids": ids,
+        "cuda_visible_devices": visible,
+        "device": "cuda" if cuda else "cpu",
+        "started_unix": time.time(),
+    }
+    if ids and not torch.cuda.is_available():
+        why = (
+            f"Ray gave this trial GPU {ids} on {placement['hostname']} "
+            f"(CUDA_VISIBLE_DEVICES={visible}) but torch sees no CUDA device there"
+        )
+        if device == "cuda":
+            placement["error"] = f"device=cuda but {why}; use device=auto to train on its CPU"
+            placement["device"] = ""  # it trains nowhere
+        else:
+            placement["note"] = f"{why}: device={device} trains on the CPU"
+    return placement
+
+
+def record_placement(run_dir: Path, placement: Mapping[str, Any]) -> None:
+    """Add this attempt's placement to the run's ``provenance.json``: ``placements`` (one
+    entry per attempt, the same attempt replaced) and ``gpu_ids`` (the latest attempt's)."""
+    path = Path(run_dir) / store.PROVENANCE_FILE
+    entry = {k: v for k, v in placement.items() if k != "error"}
+    try:
+        attempts = store.read_json(path).get("placements") or []
+        attempts = [a for a in attempts if a.get("started_unix") != entry["started_unix"]]
+        store.update_json(path, {"placements": [*attempts, entry], "gpu_ids": entry["gpu_ids"]})
+    except (OSError, HarnessError) as err:  # the trial goes on; provenance says what it lacks
+        logging.getLogger(__name__).warning("provenance: cannot record the placement: %s", err)
 
 
 # ---------------------------------------------------------------------------------------- Ray
@@ -199,11 +265,16 @@ def ray_session(address: str | None, verbose: bool = False) -> Iterator[str]:
         ray.shutdown()
 
 
-def check_cluster(resources: Mapping[str, float]) -> str:
-    """Refuse a per-trial request that no live node can hold (Ray would wait forever)."""
+def _live_nodes() -> list[dict[str, float]]:
+    """The resources of every live node of the connected Ray cluster."""
     import ray
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def check_cluster(resources: Mapping[str, float]) -> str:
+    """Refuse a per-trial request that no live node can hold (Ray would wait forever)."""
+    nodes = _live_nodes()
     cpu, gpu = resources["cpu"], resources["gpu"]
     total_gpu = sum(n.get("GPU", 0) for n in nodes)
     if gpu > 0 and total_gpu == 0:
@@ -308,7 +379,8 @@ def make_progress_callback(
             record = self._record(trial)
             if "epoch" in result:
                 self.epochs[trial.config["trial"]] = int(result["epoch"])
-            for key in ("node_id", "harness_error", "test_accuracy", "flops_per_image_mean"):
+            keys = ("node_id", "gpu_ids", "device", "harness_error", "test_accuracy")
+            for key in (*keys, "flops_per_image_mean"):
                 if key in result:
                     record[key] = result[key]
 
@@ -415,10 +487,47 @@ def launch(
             record = records.setdefault(result.config["trial"], {})
             record["status"] = "failed"
             record.setdefault("error", _last_line(str(result.error)))
+    on_cpu = sorted(n for n, r in records.items() if r.get("gpu_ids") and r.get("device") == "cpu")
+    if on_cpu:
+        print(
+            f"note: {len(on_cpu)} trial(s) were given a GPU by Ray but trained on the CPU "
+            f"(device=auto, no CUDA device on their node): {', '.join(on_cpu[:3])}"
+            + (" ..." if len(on_cpu) > 3 else ""),
+            flush=True,
+        )
     return records
 
 
 # ------------------------------------------------------------------------------------- driver
+
+
+def dry_run_machine(options: GridOptions) -> Machine:
+    """The machine ``--dry-run`` sizes the study for: ``--gpus N [--cpus M]``, else the Ray
+    cluster at ``--address`` (its live nodes, read through a short connection), else this
+    machine as a local Ray would see it (no Ray started)."""
+    if options.gpus is not None:
+        if options.address:
+            raise ConfigError("--gpus describes a machine of its own: drop --address, or --gpus")
+        return gpu_machine(options.gpus, options.cpus)
+    if options.cpus is not None:
+        raise ConfigError("--cpus goes with --gpus N (a machine to size the study for)")
+    if options.address:
+        with ray_session(options.address, options.verbose):
+            return cluster_machine(_live_nodes(), options.address)
+    return local_machine(probe=options.estimate)
+
+
+def print_capacity(study: Study, options: GridOptions) -> None:
+    """``--dry-run``: how many trials run at once on the machine, and with ``--estimate`` the
+    GPU-/CPU-hours, wall time, critical path and disk (:mod:`harness.estimate`)."""
+    machine = dry_run_machine(options)
+    preset = study.preset
+    if options.estimate:
+        estimate = estimate_study(preset, study.trials, machine, options.throughput)
+        print("\n".join(format_estimate(estimate)))
+        return
+    _, text = concurrency(preset.resources, machine, preset.max_concurrent)
+    print(f"  on {machine.description}: {text}")
 
 
 def run_grid(options: GridOptions) -> GridOutcome | None:
@@ -430,6 +539,7 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
     study = plan_study(options)
     if options.dry_run:
         print_plan(study, study.finished() if (study.folder / STUDY_FILE).is_file() else [])
+        print_capacity(study, options)
         return None
     existing = check_study_folder(study, options.resume)
     if study.download:

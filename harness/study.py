@@ -7,7 +7,8 @@ directory. The study folder holds::
     study.yaml          the study's identity: preset name and every resolved trial config
     results.csv         every trial x evaluation-mode row (harness.store schema), rewritten
                         atomically after each launch
-    trials.csv          one row per trial: status, accuracy, FLOPs, Ray node, failures
+    trials.csv          one row per trial: status, accuracy, FLOPs, Ray node, GPU ids, device,
+                        failures
     trials/<trial>/     the run directories (config, checkpoint, metrics, results, summary)
     ray/launch-NNN/     the Ray Tune experiment of each launch (Tune checkpoints, error logs)
 
@@ -81,6 +82,12 @@ class GridOptions:
     max_failures: int | None = None
     verbose: bool = False
     argv: list[str] = field(default_factory=list)
+    # --dry-run only: the machine to size the study for (--gpus N [--cpus M]; else --address,
+    # else this machine) and --estimate with its --throughput file (harness.estimate).
+    estimate: bool = False
+    gpus: int | None = None
+    cpus: float | None = None
+    throughput: str | None = None
 
 
 @dataclass
@@ -326,7 +333,8 @@ def gather_results(study: Study) -> Path | None:
 
 
 def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write ``trials.csv``: per trial its grid values, status, accuracy, FLOPs, node, failures.
+    """Write ``trials.csv``: per trial its grid values, status, accuracy, FLOPs, node, the GPU
+    ids Ray gave it and the device it trained on, failures.
 
     ``launch`` holds what this launch learnt per trial (status, node_id, failures, error); trials
     not run now keep the values of the previous table. A run directory with ``failed.json``
@@ -361,7 +369,7 @@ def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) ->
         row["status"] = "finished" if summary else known.get("status") or "pending"
         row["test_accuracy"] = summary.get("test_accuracy", "")
         row["flops_per_image_mean"] = summary.get("flops_per_image_mean", "")
-        for key in ("node_id", "failures", "error"):
+        for key in ("node_id", "gpu_ids", "device", "failures", "error"):
             row[key] = known.get(key, "")
         rows.append(row)
     store.atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from harness.cli.flags import add_set_flag
+from harness.errors import ConfigError
 from harness.grid import run_grid
 from harness.presets import list_presets
 from harness.study import DEFAULT_PRESET, GridOptions
@@ -32,7 +33,16 @@ def cmd_grid(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         verbose=args.verbose,
         argv=list(getattr(args, "argv", None) or sys.argv),
+        estimate=args.estimate,
+        gpus=args.gpus,
+        cpus=args.cpus,
+        throughput=args.throughput,
     )
+    if not options.dry_run and (options.estimate or options.throughput):
+        options.dry_run = True  # --estimate sizes a study; it never runs one
+    sizing = options.gpus is not None or options.cpus is not None or options.throughput
+    if sizing and not options.dry_run:
+        raise ConfigError("--gpus, --cpus and --throughput size a study for --dry-run/--estimate")
     outcome = run_grid(options)
     if outcome is None:
         return 0
@@ -73,7 +83,29 @@ def add_parser(sub) -> None:
         "override a config key of every trial (optim.epochs=1) or a preset key "
         "(seeds=[0,1], methods.act.tau=[0.01], methods.pact=null)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the trials and how many run at once (on this machine, --address or --gpus), "
+        "and exit",
+    )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="with --dry-run (implied): GPU-/CPU-hours, wall time, longest trial and disk",
+    )
+    p.add_argument(
+        "--gpus", type=int, help="--dry-run/--estimate: size the study for one machine with N GPUs"
+    )
+    p.add_argument(
+        "--cpus", type=float, help="with --gpus: that machine's CPUs (default: not limiting)"
+    )
+    p.add_argument(
+        "--throughput",
+        metavar="FILE.json",
+        help="--estimate: measured images/s from `pact-harness bench` (default: documented "
+        "defaults in harness/estimate.py)",
+    )
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (fractions allowed)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions allowed)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
