@@ -29,8 +29,9 @@ The model, term by term (every constant below says where its number comes from):
   fraction of one core); on a GPU, ``k = floor(1 / g)`` packed trials share one GPU's
   :data:`GPU_PACKING_AGGREGATE`.
 * **A busy machine**: estimating for this machine, a 1 s single-thread probe measures wall time
-  / CPU time (:func:`contention`: 1 when idle, 2 when other processes leave half a core) and
-  CPU trial times and the study overhead are multiplied by it (:attr:`Machine.slowdown`).
+  / CPU time (:func:`contention`: 1 when idle, 2 when other processes leave half a core), grown
+  by fair sharing to the study's trial processes (:func:`study_slowdown`); CPU trial times and
+  the study overhead are multiplied by it.
 * **Wall time** = :data:`STUDY_OVERHEAD_S` (Ray start and stop, planning, the tables) + the
   makespan of the trials scheduled longest first onto the concurrent slots (LPT list scheduling,
   within 4/3 of the optimum); the longest trial is a lower bound no machine can beat.
@@ -85,15 +86,24 @@ class Throughput:
 _CPU_SOURCE = "default: measured on this project's 2-core CPU"
 _H200_SOURCE = "default: ASSUMED H200 (not measured)"
 #: Documented defaults, used when no ``--throughput`` file gives a (method, depth, device).
-#: CPU: the project's 2-core machine, 2 threads, idle (ResNet-32 ~320 img/s, ResNet-110 ~85).
+#: CPU: measured here as CPU time per image (wall time would measure the machine's load, which
+#: the estimate measures apart, Machine.slowdown): vanilla ResNet-20/32/110, batch 128, 1 thread,
+#: untrained, 3 interleaved rounds of one training step and one forward pass. (The ~320 and
+#: ~85 img/s for ResNet-32/110 on 2 idle cores quoted in issue #16 could not be reproduced on
+#: the busy machine; 2 x 122 and 2 x 34 are below them.)
 #: H200: an assumption, clearly not a measurement: a CIFAR ResNet at batch 128 is bound by
 #: kernel launches (a few hundred per step at ~10 us), not by FLOPs, so its time grows with the
 #: number of layers: ~12 ms a step for ResNet-32, ~40 ms for ResNet-110. ImageNet ResNet-101 at
 #: batch 256: ~1,200 img/s train (fp32, no channels_last; published A100 figures scaled by the
-#: H200's ~1.3x bandwidth). Replace them with `pact-harness bench` numbers when you have a GPU.
+#: H200's ~1.3x bandwidth). These are eager-speed guesses, deliberately conservative: the CUDA
+#: fast path (``speed: auto``, issue 13) aims at >= 21,000 img/s for ResNet-32
+#: (harness/bench.py TARGETS), unmeasured. Replace them with `pact-harness bench --out FILE`
+#: numbers (``--throughput FILE``) when you have a GPU. A bench file from a busy CPU already
+#: holds that machine's load in its wall-clock rates; the probe below then counts it twice.
 DEFAULT_THROUGHPUT: tuple[Throughput, ...] = (
-    Throughput("resnet", 32, "cpu", 320.0, threads=2, source=_CPU_SOURCE),
-    Throughput("resnet", 110, "cpu", 85.0, threads=2, source=_CPU_SOURCE),
+    Throughput("resnet", 20, "cpu", 192.0, 634.0, threads=1, source=_CPU_SOURCE),
+    Throughput("resnet", 32, "cpu", 122.0, 389.0, threads=1, source=_CPU_SOURCE),
+    Throughput("resnet", 110, "cpu", 34.0, 116.0, threads=1, source=_CPU_SOURCE),
     Throughput("resnet", 32, "cuda", 10_000.0, source=_H200_SOURCE),
     Throughput("resnet", 110, "cuda", 3_000.0, source=_H200_SOURCE),
     Throughput(
@@ -103,9 +113,9 @@ DEFAULT_THROUGHPUT: tuple[Throughput, ...] = (
         "resnet",
         101,
         "cpu",
-        4.0,
+        2.2,
         dataset="imagenet",
-        threads=2,
+        threads=1,
         batch_size=256,
         source="default: ASSUMED (CIFAR ResNet-110's CPU rate x FLOP ratio 5.1e8/7.8e9)",
     ),
@@ -126,15 +136,14 @@ EVAL_TO_TRAIN = 3.2
 GPU_PACKING_AGGREGATE = {1: 1.0, 2: 1.6, 3: 2.0, 4: 2.3}
 #: Seconds per trial beyond training and evaluation at the table's rates: Ray worker start and
 #: imports, reading the dataset, building the model, FLOP counting, the first slow steps. CPU:
-#: calibrated on a `grid --preset smoke` run on this project's busy 2-core machine (7 trials,
-#: 126.5 s; 22.6 s a trial at a measured slowdown of 2.0, i.e. 11.3 idle-equivalent seconds,
-#: 2.2 of them training and evaluation at the table's rates; results/README.md). CUDA: an
-#: assumption (CUDA context and cuDNN start-up added).
-TRIAL_OVERHEAD_S = {"cpu": 9.0, "cuda": 30.0}
+#: fitted with STUDY_OVERHEAD_S to three measured studies on this project's busy 2-core machine
+#: (two smoke runs, a 3-trial cpu-mini cut; results/README.md). CUDA: an assumption (CUDA
+#: context and cuDNN start-up added).
+TRIAL_OVERHEAD_S = {"cpu": 6.0, "cuda": 30.0}
 #: Seconds per study launch: importing, planning (every model built once), starting Ray,
-#: writing the tables, stopping Ray. Calibrated on the same smoke run: 44.7 s outside the
-#: trials at a slowdown of 2.0 (an idle Ray alone starts in ~4 s and stops in ~1 s).
-STUDY_OVERHEAD_S = 22.0
+#: writing the tables, stopping Ray; fitted as above (an idle Ray alone starts in ~4 s and
+#: stops in ~1 s, ecosystem notes).
+STUDY_OVERHEAD_S = 16.0
 #: Seconds of the probe that measures how busy this machine's CPUs are (:func:`contention`).
 CONTENTION_PROBE_S = 1.0
 #: Run-directory files other than the checkpoint and per_image.npz (config, provenance,
@@ -555,11 +564,12 @@ class StudyEstimate:
     slots: int
     concurrency_text: str
     measured_file: str | None
+    slowdown: float = 1.0  # CPU trials and the study overhead on a busy machine (study_slowdown)
     wall_s: float = field(init=False)
 
     def __post_init__(self) -> None:
         span = makespan([t.seconds for t in self.trials], self.slots)
-        self.wall_s = STUDY_OVERHEAD_S * self.machine.slowdown + span
+        self.wall_s = STUDY_OVERHEAD_S * self.slowdown + span
 
     @property
     def resource_hours(self) -> tuple[float, str]:
@@ -584,8 +594,21 @@ def estimate_study(
     """Estimate ``trials`` of ``preset`` on ``machine`` (``throughput_file``: bench JSON)."""
     measured = load_throughput(throughput_file) if throughput_file else []
     slots, text = concurrency(preset.resources, machine, preset.max_concurrent)
-    estimates = estimate_trials(preset, trials, measured, machine.slowdown)
-    return StudyEstimate(preset, machine, estimates, slots, text, throughput_file)
+    slowdown = study_slowdown(machine, slots)
+    estimates = estimate_trials(preset, trials, measured, slowdown)
+    return StudyEstimate(preset, machine, estimates, slots, text, throughput_file, slowdown)
+
+
+def study_slowdown(machine: Machine, slots: int) -> float:
+    """How much slower CPU trials run on a busy machine: the probe (one process added) grown by
+    fair sharing to the study's trial processes. With B runnable processes on C cores, one more
+    gets C / (B + 1) of a core (the probe: ``s1 = (B + 1) / C``) and k more get C / (B + k):
+    ``s1 + (k - 1) / C``. An idle machine (``s1`` ~ 1) stays at 1."""
+    s1 = machine.slowdown
+    cpus = sum(n.cpu or 0 for n in machine.nodes)
+    if s1 <= 1.05 or cpus <= 0:
+        return s1
+    return s1 + (min(slots, cpus) - 1) / cpus
 
 
 def duration(seconds: float) -> str:
@@ -617,11 +640,11 @@ def format_estimate(est: StudyEstimate) -> list[str]:
         "DEFAULT_THROUGHPUT; the H200 numbers are assumptions)"
     )
     lines = [f"estimate on {est.machine.description}", f"  {source}"]
-    if est.machine.slowdown > 1.05:
+    if est.slowdown > 1.05:
         lines.append(
-            f"  busy: CPU work runs {est.machine.slowdown:.1f}x slower here now than on an idle "
-            f"machine (a {CONTENTION_PROBE_S:g} s probe's wall / CPU time); the CPU trial times "
-            "and the Ray start below include it"
+            f"  busy: a {CONTENTION_PROBE_S:g} s probe ran {est.machine.slowdown:.1f}x slower "
+            f"(wall / CPU time) than on an idle machine; with {est.slots} trial(s) added, CPU "
+            f"work is taken {est.slowdown:.1f}x slower below (trial times and the Ray start)"
         )
     seen: dict[tuple[str, int], TrialEstimate] = {}
     for t in est.trials:
@@ -643,7 +666,7 @@ def format_estimate(est: StudyEstimate) -> list[str]:
     else:
         lines.append(
             f"  wall time: {duration(est.wall_s)} (trials longest first on {est.slots} slot(s), "
-            f"+ {STUDY_OVERHEAD_S * est.machine.slowdown:.0f} s Ray start)"
+            f"+ {STUDY_OVERHEAD_S * est.slowdown:.0f} s Ray start)"
         )
     longest = est.longest
     lines.append(

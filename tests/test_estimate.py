@@ -104,11 +104,10 @@ def test_trial_time_is_train_plus_eval_plus_overhead_from_a_bench_file(tmp_path)
 
 def test_defaults_scale_by_depth_and_method_and_say_where_they_come_from():
     resnet32 = lookup_throughput(DEFAULT_THROUGHPUT, "resnet", 32, "cpu", "cifar10", 128)[0]
-    resnet110 = lookup_throughput(DEFAULT_THROUGHPUT, "resnet", 110, "cpu", "cifar10", 128)[0]
-    assert resnet32.train_images_per_s == 320 and resnet110.train_images_per_s == 85
-    resnet20, note = lookup_throughput(DEFAULT_THROUGHPUT, "resnet", 20, "cpu", "cifar10", 128)
-    assert resnet20.train_images_per_s == pytest.approx(320 * 30 / 18)
-    assert "scaled from depth 32" in note and "measured" in note
+    assert resnet32.train_images_per_s == 122 and resnet32.eval_images_per_s == 389
+    resnet14, note = lookup_throughput(DEFAULT_THROUGHPUT, "resnet", 14, "cpu", "cifar10", 128)
+    assert resnet14.train_images_per_s == pytest.approx(192 * 18 / 12)  # from ResNet-20
+    assert "scaled from depth 20" in note and "measured" in note
     sact, note = lookup_throughput(DEFAULT_THROUGHPUT, "sact", 110, "cuda", "cifar10", 128)
     assert sact.train_images_per_s == pytest.approx(3000 / METHOD_TRAIN_COST["sact"])
     assert "ASSUMED H200" in note and "sact = 1.25 x vanilla" in note
@@ -132,8 +131,10 @@ def test_a_busy_machine_slows_cpu_trials_and_the_start_but_not_gpu_trials(tmp_pa
     preset = load_preset(str(write_preset(tmp_path, seeds=[0, 1])))
     idle = estimate_study(preset, expand(preset), Machine((Node(2, 0),), "idle"))
     busy = estimate_study(preset, expand(preset), Machine((Node(2, 0),), "busy", 2.0))
-    assert busy.trials[0].seconds == pytest.approx(2 * idle.trials[0].seconds)
-    assert busy.wall_s == pytest.approx(2 * idle.wall_s)
+    assert idle.slowdown == 1.0
+    assert busy.slowdown == 2.5  # the probe's 2.0, and two trials share the 2 cores: + 1/2
+    assert busy.trials[0].seconds == pytest.approx(2.5 * idle.trials[0].seconds)
+    assert busy.wall_s == pytest.approx(2.5 * idle.wall_s)
     base = {**load_preset("smoke").base, "device": "auto"}
     gpu = load_preset(str(write_preset(tmp_path, base=base, resources={"cpu": 1, "gpu": 1})))
     assert (
