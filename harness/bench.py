@@ -12,9 +12,10 @@ medians: :func:`harness.costs.timing.time_interleaved`), so that a machine whose
 - ``act_early_exit_speedup_over_flop_reduction``, ``pact_det_early_exit_...``: the realized
   speed-up of the early exit over the vanilla backbone (batch 128), divided by its FLOP reduction,
   at ResNet-56 and ResNet-110 (the key holds the worse; ``per_depth`` both). The halting pattern
-  is set through the halting branches (:func:`calibrate_halting`): BN statistics of the batch,
-  random directions in each branch's last layer and one bias found by bisection so that about
-  half of the units run, differently for different images.
+  is set through the halting branches (:func:`calibrate_halting`) on images that differ as whole
+  images do (:func:`varied_images`): BN statistics of the batch, random directions in each
+  branch's last layer and, block by block, a bias found by bisection so that about half of each
+  block's units run, differently for different images.
 - ``spatial_gathered_speedup_over_flop_reduction``: the same for spatial PACT's gathered
   execution (every unit gathered) at about 50% active positions.
 - ``pact_det_memory_vs_vanilla``, ``pact_det_memory_vs_act``: peak memory (exact on CPU) of
@@ -139,8 +140,8 @@ class Settings:
             method_batch=32,
             method_steps=1,
             exit_repeats=2,
-            calibration_batch=16,
-            calibration_steps=7,
+            calibration_batch=8,
+            calibration_steps=5,
             gather_depth=20,
             gather_batch=64,
             memory_depth=56,
@@ -199,6 +200,18 @@ def _branch_heads(branch: nn.Module) -> list[nn.Module]:
     return heads
 
 
+def varied_images(batch: int, seed: int = 7) -> torch.Tensor:
+    """Normalized-scale random images that differ as whole images do: standard-normal pixels
+    with a per-image contrast (x0.5..2) and a per-image colour offset (N(0, 1) per channel).
+    Pure noise images would all pool to the same features, so nothing would tell their halting
+    apart."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(batch, 3, 32, 32, generator=generator)
+    contrast = torch.empty(batch, 1, 1, 1).uniform_(0.5, 2.0, generator=generator)
+    colour = torch.randn(batch, 3, 1, 1, generator=generator)
+    return pixels * contrast + colour
+
+
 def calibrate_halting(
     model: AdaptiveModel,
     images: torch.Tensor,
@@ -209,13 +222,15 @@ def calibrate_halting(
     steps: int = 8,
     seed: int = 0,
 ) -> float:
-    """Make an untrained halting model halt about ``target`` of its units, differently for
-    different images (and positions); returns the fraction reached on ``images``.
+    """Make an untrained halting model run about ``target`` of the units of *every block*,
+    differently for different images (and positions); returns the fraction reached on
+    ``images`` (units that ran / units, over the whole network).
 
     As a trained network would: BN running statistics := the batch statistics of ``images``
     (one training-mode pass), so that halting features vary from image to image with unit
-    scale; each decision branch's logit layer gets a random direction of norm ``spread``; one
-    bias shared by all branches is set by bisection on the fraction of units that run.
+    scale; each decision branch's logit layer gets a random direction of norm ``spread``; then,
+    block by block, one bias shared by the block's branches is set by bisection (``steps``
+    forward passes) on the fraction of the block's units that run.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
@@ -231,33 +246,42 @@ def calibrate_halting(
             m.momentum = momentum
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    heads = [h for block in model.decision_branches() for b in block for h in _branch_heads(b)]
-    with torch.no_grad():
-        for head in heads:
-            direction = torch.randn(head.weight.shape, generator=generator)
-            head.weight.copy_(direction * spread / direction.norm())
+    heads = [[h for b in block for h in _branch_heads(b)] for block in model.decision_branches()]
+    low_bias, high_bias = -8.0, 8.0  # low: every unit runs; high: the first unit only
 
-    def fraction(bias: float) -> float:
+    def set_bias(block: int, bias: float) -> None:
         with torch.no_grad():
-            for head in heads:
+            for head in heads[block]:
                 if head.bias is not None:
                     head.bias.fill_(bias)
-            out = model(images, EvalSpec(mode, execution))
-        blocks = model.backbone.blocks
-        ran = sum(u.double().mean().item() for u in out.units_executed)
-        return ran / sum(len(block) for block in blocks)
 
-    low, high = -8.0, 8.0  # bias: low -> every unit runs, high -> the first unit only
-    reached = fraction(0.0)
-    for _ in range(steps):
-        middle = (low + high) / 2
-        reached = fraction(middle)
-        if reached > target:
-            low = middle
-        else:
-            high = middle
-    reached = fraction((low + high) / 2)
-    return reached
+    with torch.no_grad():
+        for block_heads in heads:
+            for head in block_heads:
+                direction = torch.randn(head.weight.shape, generator=generator)
+                head.weight.copy_(direction * spread / direction.norm())
+        for block in range(len(heads)):
+            set_bias(block, low_bias)
+    blocks = model.backbone.blocks
+
+    def run() -> list[float]:
+        with torch.no_grad():
+            out = model(images, EvalSpec(mode, execution))
+        return [u.double().mean().item() for u in out.units_executed]
+
+    for block in range(len(heads)):
+        if not heads[block]:
+            continue
+        low, high = low_bias, high_bias
+        for _ in range(steps):
+            middle = (low + high) / 2
+            set_bias(block, middle)
+            if run()[block] / len(blocks[block]) > target:
+                low = middle
+            else:
+                high = middle
+        set_bias(block, (low + high) / 2)
+    return sum(run()) / sum(len(block) for block in blocks)
 
 
 # -- timing helpers ------------------------------------------------------------------------------
@@ -383,9 +407,8 @@ def bench_early_exit(
         "act": ("act", "act", "act_early_exit_speedup_over_flop_reduction"),
         "pact": ("pact", "deterministic", "pact_det_early_exit_speedup_over_flop_reduction"),
     }
-    generator = torch.Generator().manual_seed(7)
     for depth in s.exit_depths:
-        images = torch.randn(s.exit_batch, 3, 32, 32, generator=generator).to(device)
+        images = varied_images(s.exit_batch).to(device)
         if cl:
             images = images.contiguous(memory_format=torch.channels_last)
         calibration = images[: s.calibration_batch]
@@ -430,8 +453,7 @@ def bench_memory(
 ) -> None:
     """Peak memory of deterministic PACT's early exit vs the vanilla net and ACT's early exit."""
     depth = s.memory_depth
-    images = torch.randn(s.exit_batch, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    images = images.to(device)
+    images = varied_images(s.exit_batch).to(device)
     if cl:
         images = images.contiguous(memory_format=torch.channels_last)
     models = keep.get(depth)
@@ -479,8 +501,7 @@ def bench_memory(
 
 def bench_gathered(report: Report, s: Settings, device, cl: bool) -> None:
     """Spatial PACT (deterministic) gathered (every unit gathered) vs masked vs vanilla."""
-    images = torch.randn(s.gather_batch, 3, 32, 32, generator=torch.Generator().manual_seed(9))
-    images = images.to(device)
+    images = varied_images(s.gather_batch, seed=9).to(device)
     model = _model("spatial_pact", s.gather_depth, device, cl, halting_bias_init=0.0)
     fraction = calibrate_halting(
         model, images[: s.calibration_batch], "deterministic", "masked", steps=s.calibration_steps

@@ -10,6 +10,7 @@ from halting_helpers import calibrate_bn
 
 from harness.contract import EvalSpec
 from harness.models import create_model
+from methods.common.execution import compaction_keep
 from methods.common.gather import gathered_unit
 
 
@@ -30,11 +31,15 @@ def _images(batch: int = 16, seed: int = 5, channels_last: bool = False) -> torc
 
 
 @pytest.mark.parametrize(("method", "mode"), [("act", "act"), ("pact", "deterministic")])
-@pytest.mark.parametrize("compact_fraction", [0.0, 0.125, 0.5, 1.0])
-def test_early_exit_equals_masked_at_every_compaction_policy(method, mode, compact_fraction):
+@pytest.mark.parametrize(
+    ("compact_fraction", "min_rows"), [(0.0, 1), (0.125, 4), (0.5, 1), (1.0, 8)]
+)
+def test_early_exit_equals_masked_at_every_compaction_policy(
+    method, mode, compact_fraction, min_rows
+):
     images = _images()
     model = _halting(method, 20, images)
-    model.compact_fraction = compact_fraction
+    model.compact_fraction, model.min_rows = compact_fraction, min_rows
     with torch.no_grad():
         masked = model(images, EvalSpec(mode, "masked"))
         early = model(images, EvalSpec(mode, "early_exit"))
@@ -80,7 +85,7 @@ def test_act_compacts_only_once_enough_have_halted():
     running, and the batch shrinks only when half of it has halted."""
     images = _images(32)
     model = _halting("act", 20, images)
-    model.compact_fraction = 0.5
+    model.compact_fraction, model.min_rows = 0.5, 4
     seen: dict[tuple[int, int], int] = {}
     hooks = [
         unit.register_forward_hook(
@@ -103,9 +108,20 @@ def test_act_compacts_only_once_enough_have_halted():
                 assert (b, u) not in seen
                 continue
             assert running <= seen[(b, u)] <= previous
-            # not compacted unless at least half of the previous batch had halted
-            assert seen[(b, u)] == previous or seen[(b, u)] <= previous - previous // 2
+            # not compacted unless at least half of the previous batch had halted; never
+            # below MIN_ROWS rows (halted rows pad a tiny batch)
+            shrunk = max(previous - previous // 2, min(4, previous))
+            assert seen[(b, u)] == previous or seen[(b, u)] <= shrunk
+            assert seen[(b, u)] >= min(4, previous)
             previous = seen[(b, u)]
+
+
+def test_compaction_pads_tiny_batches_with_halted_rows():
+    alive = torch.tensor([False, True, False, False, False, False])
+    keep = compaction_keep(alive, 1, min_rows=4)
+    assert keep.tolist() == [True, True, True, True, False, False]
+    assert torch.equal(compaction_keep(alive, 1, min_rows=1), alive)
+    assert compaction_keep(alive[:2], 1, min_rows=4).all()
 
 
 # -- gathered spatial execution ----------------------------------------------------------------
@@ -171,7 +187,10 @@ def _loader(device=None, **kwargs):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_device_resident_loader_yields_the_host_loaders_batches(channels_last):
-    host, resident = _loader(channels_last=channels_last), _loader("cpu", channels_last=channels_last)
+    host, resident = (
+        _loader(channels_last=channels_last),
+        _loader("cpu", channels_last=channels_last),
+    )
     for epoch in (0, 1):
         host.set_epoch(epoch)
         resident.set_epoch(epoch)

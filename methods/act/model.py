@@ -17,7 +17,13 @@ from harness.contract import EvalSpec
 from methods.act.config import ACTConfig
 from methods.act.halting import act_halting, act_step
 from methods.common import BlockResult, HaltingResNet, take
-from methods.common.execution import ACT_COMPACT_FRACTION, count, should_compact
+from methods.common.execution import (
+    ACT_COMPACT_FRACTION,
+    MIN_ROWS,
+    compaction_keep,
+    count,
+    should_compact,
+)
 
 
 class ACTResNet(HaltingResNet):
@@ -27,6 +33,8 @@ class ACTResNet(HaltingResNet):
     spatial = False
     #: Early exit: compact the batch once this fraction of it has halted (0: at every halt).
     compact_fraction: float = ACT_COMPACT_FRACTION
+    #: Early exit: a compaction never leaves fewer rows (halted rows pad; 1: exact).
+    min_rows: int = MIN_ROWS
 
     def __init__(self, backbone, config: ACTConfig):
         super().__init__(backbone, config.tau, config.halting_bias_init)
@@ -74,7 +82,7 @@ class ACTResNet(HaltingResNet):
         n = torch.zeros(batch, device=device, dtype=torch.long)
         ponder = torch.zeros(batch, device=device, dtype=x.dtype)
         n_all, ponder_all = n, ponder  # per batch sample (written back at each compaction)
-        out = None
+        out = acc = None
         for l, unit in enumerate(units):
             x = unit(x)
             last = l == len(units) - 1
@@ -87,29 +95,29 @@ class ACTResNet(HaltingResNet):
             cum = new_cum
             alive = alive & ~halts
             contribution = weight.view(-1, 1, 1, 1) * x  # the state's memory format
-            if out is None:  # the accumulator of sum_l p^l x^l (ACT must keep it)
-                out = contribution
-            elif rows is None:
-                out += contribution
-            else:
-                out.index_add_(0, rows, contribution)
+            # The accumulator of sum_l p^l x^l (ACT must keep it), one row per row of x: a
+            # dense add (index_add_ into the full batch is slow on CPU: a scatter per unit).
+            acc = contribution if acc is None else acc.add_(contribution)
             if last:
                 break
             running = count(alive)
             if running == 0:
                 break
-            if should_compact(running, len(alive), self.compact_fraction):
-                if rows is None:
-                    n_all, ponder_all = n.clone(), ponder.clone()
+            if should_compact(running, len(alive), self.compact_fraction, self.min_rows):
+                if rows is None:  # the full-batch results; leaving rows are final in them
+                    out, n_all, ponder_all = acc, n.clone(), ponder.clone()
                     rows = torch.arange(batch, device=device)
                 else:
+                    out.index_copy_(0, rows, acc)
                     n_all[rows], ponder_all[rows] = n, ponder
-                rows, x = rows[alive], x[alive]
-                n, ponder, cum = n[alive], ponder[alive], cum[alive]
-                alive = alive[alive]
+                keep = compaction_keep(alive, running, self.min_rows)
+                rows, x, acc = rows[keep], x[keep], acc[keep]
+                n, ponder, cum = n[keep], ponder[keep], cum[keep]
+                alive = alive[keep]
         if rows is None:
-            n_all, ponder_all = n, ponder
+            out, n_all, ponder_all = acc, n, ponder
         else:
+            out.index_copy_(0, rows, acc)
             n_all[rows], ponder_all[rows] = n, ponder
         return BlockResult(out, n_all, ponder_all, penalty=ponder_all)
 

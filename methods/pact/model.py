@@ -35,7 +35,13 @@ import torch
 from baselines import build_backbone
 from harness.contract import EvalSpec
 from methods.common import BlockResult, HaltingResNet, logistic_noise, take
-from methods.common.execution import PACT_COMPACT_FRACTION, count, should_compact
+from methods.common.execution import (
+    MIN_ROWS,
+    PACT_COMPACT_FRACTION,
+    compaction_keep,
+    count,
+    should_compact,
+)
 from methods.common.gather import masked_unit
 from methods.pact.config import PACTConfig
 from methods.pact.prior import expected_log_prior, expected_units, log_prior
@@ -51,6 +57,8 @@ class PACTResNet(HaltingResNet):
     penalty_name = "prior_loss"
     #: Early exit: compact the batch once this fraction of it has halted (0: at every halt).
     compact_fraction: float = PACT_COMPACT_FRACTION
+    #: Early exit: a compaction never leaves fewer rows (halted rows pad; 1: exact).
+    min_rows: int = MIN_ROWS
     #: Spatial ``gathered``: gather a unit below this active fraction (None: the measured
     #: break-even of its width, :data:`methods.common.gather.BREAK_EVEN`; 1.0: always).
     gather_below: float | None = None
@@ -135,6 +143,11 @@ class PACTResNet(HaltingResNet):
         penalty = -expected_log_prior(h, self.config.lambda_, self.config.prior)
         return BlockResult(out, units_run, expected_units(h), penalty)
 
+    def _hard_noise(self, x: torch.Tensor, count: int, spec: EvalSpec) -> torch.Tensor | None:
+        """The noise of the ``sampled`` mode; the deterministic rule draws none (so evaluating
+        it never moves the global random state training draws from)."""
+        return self._noise(x, count, spec.generator) if spec.mode == "sampled" else None
+
     def _halts(self, logit: torch.Tensor, noise: torch.Tensor | None, spec: EvalSpec):
         if spec.mode == "sampled":
             return logit + noise > 0
@@ -152,7 +165,7 @@ class PACTResNet(HaltingResNet):
         for l, unit in enumerate(units):
             if l == 0:
                 x = unit(x)
-                noise = self._noise(x, len(branches), spec.generator)
+                noise = self._hard_noise(x, len(branches), spec)
                 shape = x.shape[:1] + (x.shape[2:] if self.spatial else ())
                 n = torch.full(shape, len(units), dtype=torch.long, device=x.device)
                 active = torch.ones(shape, dtype=torch.bool, device=x.device)
@@ -165,7 +178,8 @@ class PACTResNet(HaltingResNet):
                 new[frozen] = x[frozen]  # in place: no second state-sized tensor survives
                 x = new
             if l < len(branches):
-                halts = self._halts(branches[l](x), noise[:, l], spec) & active
+                noise_l = None if noise is None else noise[:, l]
+                halts = self._halts(branches[l](x), noise_l, spec) & active
                 n = torch.where(halts, l + 1, n)
                 active = active & ~halts
         return self._hard_result(x, n, len(units))
@@ -190,25 +204,29 @@ class PACTResNet(HaltingResNet):
         for l, unit in enumerate(units):
             x = unit(x)
             if l == 0:
-                noise = self._noise(x, len(branches), spec.generator)
-            index = torch.arange(batch, device=device) if rows is None else rows
+                noise = self._hard_noise(x, len(branches), spec)
+            whole = running == len(alive)  # no halted row left in the batch
             if l == len(units) - 1:
-                whole = running == len(alive)
+                index = torch.arange(batch, device=device) if rows is None else rows
                 finished.append((index, x) if whole else (index[alive], x[alive]))
                 break
-            noise_l = noise[:, l] if rows is None else noise[rows, l]
-            halts = self._halts(branches[l](x), noise_l, spec) & alive
+            noise_l = None if noise is None else (noise[:, l] if rows is None else noise[rows, l])
+            halts = self._halts(branches[l](x), noise_l, spec)
+            if not whole:
+                halts = halts & alive
             halted = count(halts)  # the one host sync of this unit
             if halted == 0:
                 continue  # nobody halted here: no copy, no bookkeeping
+            index = torch.arange(batch, device=device) if rows is None else rows
             running -= halted
             finished.append((index[halts], x[halts]))
             n[index[halts]] = l + 1
             alive = alive & ~halts
             if running == 0:
                 break
-            if should_compact(running, len(alive), self.compact_fraction):
-                rows, x, alive = index[alive], x[alive], alive[alive]
+            if should_compact(running, len(alive), self.compact_fraction, self.min_rows):
+                keep = compaction_keep(alive, running, self.min_rows)
+                rows, x, alive = index[keep], x[keep], alive[keep]
         first = finished[0][1]
         if len(finished) == 1 and first.shape[0] == batch:
             return self._hard_result(first, n, len(units))  # nobody halted before the end
@@ -221,9 +239,9 @@ class PACTResNet(HaltingResNet):
             device=first.device,
             memory_format=torch.channels_last if channels_last else torch.contiguous_format,
         )
-        while finished:
+        while finished:  # index_copy_: a row copy (index_put_ is far slower on CPU)
             rows_done, states = finished.pop()
-            out[rows_done] = states
+            out.index_copy_(0, rows_done, states)
         return self._hard_result(out, n, len(units))
 
 
