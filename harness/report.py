@@ -25,6 +25,7 @@ results table is skipped with a warning naming it; nothing usable at all is an e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterable
@@ -34,9 +35,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.config import experiment_id, experiment_identity, flatten, load_yaml
+from harness.config import (
+    RunConfig,
+    experiment_id,
+    experiment_identity,
+    flatten,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
 from harness.costs.flops import CONVENTION
 from harness.errors import ConfigError, HarnessError
+from harness.registry import get_method
 from harness.store import (
     CONFIG_FILE,
     PER_IMAGE_FILE,
@@ -141,22 +151,39 @@ def _stored_configs(path: Path) -> dict[str, dict]:
     return configs
 
 
+def canonical_identity(tree: dict[str, Any]) -> dict[str, Any]:
+    """The experiment identity of a stored config tree as the current harness writes it: keys
+    added to the config since the run was made get their defaults (so a run from an older
+    version pools with an equal newer one), keys since retired are dropped, the method's config
+    gets its defaults. A tree the current config cannot read is kept as it is (its runs then
+    pool only with identical trees)."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    current = {k: v for k, v in tree.items() if k in known}
+    try:
+        cfg = from_dict(RunConfig, current)
+        spec = get_method(cfg.method)
+        method = to_dict(from_dict(spec.config_cls, cfg.method_config, "method"))
+        return experiment_identity(dataclasses.replace(cfg, method_config=method))
+    except HarnessError:
+        return experiment_identity(current)
+
+
 def _with_experiment(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Give legacy rows (no ``experiment_config`` column) one from the stored configs; rows
-    whose config cannot be found become experiments of their own (never pooled)."""
+    """Every row's experiment from its ``experiment_config`` or, for rows written before that
+    column existed, from the stored configs; both brought to the current config's defaults
+    (:func:`canonical_identity`). Rows whose config cannot be found become experiments of their
+    own (never pooled)."""
     if "experiment_config" in frame and frame["experiment_config"].notna().all():
-        return frame
-    configs = _stored_configs(path)
-    single = next(iter(configs.values())) if len(configs) == 1 else None
-    texts, unknown = [], 0
-    for _, row in frame.iterrows():
-        config = configs.get(str(row.get("trial_id")), single)
-        if config is None:
-            unknown += 1
-            identity = {"unpooled_run": f"{path}:{row.get('trial_id')}"}
-        else:
-            config = {k: v for k, v in config.items() if k != "test_crash_at_epoch"}
-            identity = experiment_identity(config)
+        trees: list[dict[str, Any] | None] = [json.loads(t) for t in frame["experiment_config"]]
+        unknown = 0
+    else:
+        configs = _stored_configs(path)
+        single = next(iter(configs.values())) if len(configs) == 1 else None
+        trees = [configs.get(str(t), single) for t in frame.get("trial_id", [None] * len(frame))]
+        unknown = sum(t is None for t in trees)
+    texts = []
+    for tree, trial in zip(trees, frame.get("trial_id", [None] * len(frame)), strict=True):
+        identity = {"unpooled_run": f"{path}:{trial}"} if tree is None else canonical_identity(tree)
         texts.append(json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str))
     if unknown:
         _warn(
@@ -199,12 +226,21 @@ def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
         raise ConfigError("report: none of the inputs holds a usable results table")
     frame = pd.concat(frames, ignore_index=True)
     if "method_label" not in frame:
-        frame["method_label"] = frame["method"]
-    frame["method_label"] = frame["method_label"].fillna(frame["method"])
+        frame["method_label"] = None
+    frame["method_label"] = frame["method_label"].fillna(frame["method"].map(_label))
     if "split" not in frame:
         frame["split"] = "test"
     keys = ["experiment_id", "seed"] + [k for k in ROW_KEYS if k in frame]
     return frame.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
+
+
+def _label(method: str) -> str:
+    """The registered method's label, for rows written before rows carried one."""
+    try:
+        spec = get_method(str(method))
+    except HarnessError:
+        return str(method)
+    return spec.label or spec.name
 
 
 def is_vanilla(frame: pd.DataFrame) -> pd.Series:

@@ -262,3 +262,23 @@ def test_a_study_with_one_seed_and_no_vanilla_still_reports(tmp_path):
     assert {"paper_table.md", "accuracy_vs_flops.png", "report.md"} <= written
     table = (tmp_path / "out" / "paper_table.md").read_text()
     assert "80.00 ± 0.00" in table and "| -" in table  # no vanilla: % of vanilla unknown
+
+
+def test_a_run_from_an_older_config_pools_with_an_equal_newer_one(tmp_path):
+    """A config.yaml written before a key existed (here data.preprocessing and data.val_seed)
+    and with a since-retired key gets the current defaults: the two seeds are one experiment."""
+    import yaml
+
+    new = to_dict(RunConfig(method="act", method_config={"tau": 0.01}))
+    old = json.loads(json.dumps(new))
+    del old["data"]["preprocessing"], old["data"]["val_seed"]
+    old["test_crash_at_epoch"] = None  # a key the harness no longer has
+    for seed, config in ((0, old), (1, new)):
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        row = {k: v for k, v in rows()[seed].items() if not k.startswith("experiment")}
+        pd.DataFrame([row | {"trial_id": run.name}]).to_csv(run / "results.csv", index=False)
+        (run / "config.yaml").write_text(yaml.safe_dump(config | {"seed": seed}))
+    table = aggregate(load_results([tmp_path]))
+    assert len(table) == 1 and table["seeds"].tolist() == [2]
+    assert table["method_label"].tolist() == ["ACT"]  # filled from the registry
