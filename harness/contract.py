@@ -230,6 +230,13 @@ class AdaptiveModel(nn.Module, ABC):
         """Optional: called before each training epoch (e.g. annealing); returns logs."""
         return {}
 
+    def computes_only_what_ran(self, execution: str) -> bool:
+        """Optional: True if ``execution`` computes exactly the units and branches it reports
+        (what the FLOP accountant charges), so that an independent count of the real forward
+        must equal the accounting (``check-method``). Default: every execution but ``masked``.
+        An execution that falls back to dense work for speed returns False."""
+        return execution != "masked"
+
     def finetune_skip_prefixes(self) -> tuple[str, ...]:
         """Optional: state-dict key prefixes left fresh when initialising from a vanilla run."""
         return ()

@@ -63,6 +63,13 @@ class PACTResNet(HaltingResNet):
     #: break-even of its width, :data:`methods.common.gather.BREAK_EVEN`; 1.0: always).
     gather_below: float | None = None
 
+    def computes_only_what_ran(self, execution: str) -> bool:
+        """Image level: every execution but ``masked``. Spatial ``gathered`` runs dense units
+        above the break-even fraction: exact only when it always gathers (``gather_below >= 1``)."""
+        if not self.spatial:
+            return execution != "masked"
+        return execution == "gathered" and (self.gather_below or 0.0) >= 1.0
+
     def __init__(self, backbone, config: PACTConfig):
         # The prior term already carries lambda: the penalty weight is 1 (MAP objective).
         super().__init__(backbone, 1.0, config.halting_bias_init)

@@ -39,6 +39,11 @@ class SACTResNet(HaltingResNet):
     #: of its width, :data:`methods.common.gather.BREAK_EVEN`; 1.0: always, 0.0: never).
     gather_below: float | None = None
 
+    def computes_only_what_ran(self, execution: str) -> bool:
+        """``gathered`` runs dense (masked) units above the break-even fraction: only when it
+        always gathers (``gather_below >= 1``) is the work exactly what the accountant charges."""
+        return execution == "gathered" and (self.gather_below or 0.0) >= 1.0
+
     def executions_for(self, mode: str) -> tuple[str, ...]:
         """``gathered`` (each unit gathered or masked, whichever its active fraction makes
         faster) or ``masked``; both exact, FLOPs charged on active positions."""
