@@ -53,7 +53,7 @@ from harness.registry import method_origin
 from harness.runs import (
     build_model,
     build_run_data,
-    init_from_run,
+    init_from_source,
     load_checkpoint,
     read_run_config,
     resolve_device,
@@ -336,7 +336,7 @@ def restore_or_start(
     cfg, model, device = prepared.cfg, prepared.model, prepared.device
     fresh_keys: list[str] = []
     if init_from is not None and resume is None:
-        fresh_keys = init_from_run(model, Path(init_from).resolve(), cfg)
+        fresh_keys = init_from_source(model, init_from, cfg)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, len(prepared.data.train_loader))
     (run_dir / store.FAILED_FILE).unlink(missing_ok=True)  # this attempt may succeed

@@ -64,11 +64,9 @@ class PACTResNet(HaltingResNet):
     gather_below: float | None = None
 
     def computes_only_what_ran(self, execution: str) -> bool:
-        """Image level: every execution but ``masked``. Spatial ``gathered`` runs dense units
-        above the break-even fraction: exact only when it always gathers (``gather_below >= 1``)."""
-        if not self.spatial:
-            return execution != "masked"
-        return execution == "gathered" and (self.gather_below or 0.0) >= 1.0
+        """Image level: every execution but ``masked``. Spatial: none (``gathered`` runs dense
+        units above the break-even fraction, and the halting 3x3 conv runs at every position)."""
+        return not self.spatial and execution != "masked"
 
     def __init__(self, backbone, config: PACTConfig):
         # The prior term already carries lambda: the penalty weight is 1 (MAP objective).

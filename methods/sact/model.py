@@ -40,9 +40,10 @@ class SACTResNet(HaltingResNet):
     gather_below: float | None = None
 
     def computes_only_what_ran(self, execution: str) -> bool:
-        """``gathered`` runs dense (masked) units above the break-even fraction: only when it
-        always gathers (``gather_below >= 1``) is the work exactly what the accountant charges."""
-        return execution == "gathered" and (self.gather_below or 0.0) >= 1.0
+        """No execution computes only what the accountant charges: ``gathered`` runs dense
+        (masked) units above the break-even fraction, and even when it gathers every unit
+        (``gather_below >= 1``) the halting branch's 3x3 conv runs at every position."""
+        return False
 
     def executions_for(self, mode: str) -> tuple[str, ...]:
         """``gathered`` (each unit gathered or masked, whichever its active fraction makes
