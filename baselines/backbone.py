@@ -216,3 +216,13 @@ def init_tf_variance_scaling(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def initialise(model: nn.Module, variant: str) -> nn.Module:
+    """The variant's initialisation: the SACT code's TF variance scaling for ``sact``, He et
+    al.'s otherwise (see :func:`init_tf_variance_scaling`, :func:`init_weights`)."""
+    if variant == "sact":
+        init_tf_variance_scaling(model)
+    else:
+        init_weights(model)
+    return model

@@ -34,8 +34,7 @@ from baselines.backbone import (
     HaltingConventions,
     ResNetBackbone,
     Stem,
-    init_tf_variance_scaling,
-    init_weights,
+    initialise,
 )
 from baselines.units import (
     CIFAR_LEAKINESS,
@@ -108,8 +107,4 @@ def build_cifar_resnet(
         depth=depth,
         halting_conventions=SACT_CIFAR_HALTING if variant == "sact" else TORCH_HALTING,
     )
-    if variant == "sact":
-        init_tf_variance_scaling(model)
-    else:
-        init_weights(model)
-    return model
+    return initialise(model, variant)

@@ -29,8 +29,7 @@ from baselines.backbone import (
     HaltingConventions,
     ResNetBackbone,
     Stem,
-    init_tf_variance_scaling,
-    init_weights,
+    initialise,
 )
 from baselines.units import (
     IMAGENET_SACT_BN,
@@ -108,8 +107,4 @@ def build_imagenet_resnet(depth: int, variant: str, num_classes: int) -> ResNetB
         depth=depth,
         halting_conventions=SACT_IMAGENET_HALTING if variant == "sact" else TORCH_HALTING,
     )
-    if variant == "sact":
-        init_tf_variance_scaling(model)
-    else:
-        init_weights(model)
-    return model
+    return initialise(model, variant)
