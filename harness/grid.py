@@ -541,7 +541,7 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
         print_plan(study, study.finished() if (study.folder / STUDY_FILE).is_file() else [])
         print_capacity(study, options)
         return None
-    existing = check_study_folder(study, options.resume)
+    held = check_study_folder(study, options.resume)
     if study.download:
         fetch_data(study)
     tic = time.monotonic()
@@ -553,9 +553,15 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
             where = stack.enter_context(ray_session(options.address, options.verbose))
             cluster = check_cluster(study.preset.resources)
         stack.enter_context(study_lock(study.folder))
-        if not existing:
+        if held != "same":  # a new study, or the stored one grown by the added trials
             record = yaml.safe_dump(study_record(study), sort_keys=False)
             store.atomic_write_text(study.folder / STUDY_FILE, record)
+        if held == "grown":
+            print(
+                f"study {study.preset.name}: grown to {len(study.trials)} trials; the stored "
+                "ones are kept",
+                flush=True,
+            )
         res = study.preset.resources
         if todo:
             print(

@@ -36,7 +36,12 @@ import torch
 
 from harness import store
 from harness.config import config_diff, config_identity, load_yaml, parse_overrides, set_dotted
-from harness.data import detect_format, load_torchvision_cifar10, resolve_data_root
+from harness.data import (
+    count_classes,
+    detect_format,
+    load_torchvision_cifar10,
+    resolve_data_root,
+)
 from harness.errors import ConfigError, DataError, HarnessError
 from harness.evaluate import plan_evaluations
 from harness.presets import PRESET_DIR, Preset, Trial, expand, load_preset
@@ -163,7 +168,6 @@ def plan_study(options: GridOptions) -> Study:
     if preset.init_from and not is_torchvision_source(preset.init_from):
         preset = dataclasses.replace(preset, init_from=str(Path(preset.init_from).resolve()))
     trials = expand(preset)
-    _check_trials(trials)
     download = options.download or bool(preset.base.get("data", {}).get("download"))
     root = _data_root(preset.base, options.data_root, download)
     # Trials never download: the driver fetches once, so concurrent trials cannot race.
@@ -174,6 +178,7 @@ def plan_study(options: GridOptions) -> Study:
     ]
     if download and {t.config["model"]["dataset"] for t in trials} != {"cifar10"}:
         raise ConfigError("--download fetches CIFAR-10 only; this study uses another dataset")
+    _check_trials(trials, download)
     _check_resources_request(preset, trials)
     folder = Path(options.out or Path("runs") / "grid" / preset.name).expanduser().resolve()
     return Study(preset, trials, folder, download)
@@ -201,10 +206,12 @@ def fetch_data(study: Study) -> None:
     load_torchvision_cifar10(root, download=True)
 
 
-def _check_trials(trials: list[Trial]) -> None:
+def _check_trials(trials: list[Trial], download: bool) -> None:
     """Build each distinct model once and do what its trial will do before training: plan the
     evaluation modes and load the ``init_from`` weights (bad depths, variants, modes and
-    initialising runs fail here, not in every trial)."""
+    initialising runs fail here, not in every trial). A model initialised from other weights
+    is built with the class count the trial will find in its data (an ImageNet subset has
+    fewer than 1000), read from the data root unless it is still to be downloaded (CIFAR-10)."""
     seen: set[str] = set()
     for trial in trials:
         keys = ("method", "method_config", "model", "eval")
@@ -214,7 +221,10 @@ def _check_trials(trials: list[Trial]) -> None:
         seen.add(key)
         cfg = trial.run_config
         try:
-            model = build_model(cfg)[2]
+            classes = None
+            if trial.init_from and cfg.model.num_classes is None and not download:
+                classes = count_classes(cfg.model.dataset, cfg.data)
+            model = build_model(cfg, num_classes=classes)[2]
             plan_evaluations(model, cfg.eval)
             if is_torchvision_source(trial.init_from):
                 # checked here, loaded by each trial (torch's cache keeps one download)
@@ -256,8 +266,13 @@ def study_record(study: Study) -> dict[str, Any]:
     }
 
 
-def study_differences(stored: Mapping[str, Any], study: Study) -> list[str]:
-    """Why the study stored in a folder is not ``study`` (empty: the same study)."""
+def study_differences(stored: Mapping[str, Any], study: Study) -> tuple[list[str], list[str]]:
+    """Compare the study stored in a folder with ``study``: (differences, added).
+
+    ``differences`` make it another study (another preset, a stored trial missing now or
+    configured differently); ``added`` names the trials that ``study`` adds to the stored
+    one (the same study grown: more seeds, penalties or variants).
+    """
     out = []
     if stored.get("preset") != study.preset.name:
         out.append(f"preset {stored.get('preset')!r} (stored) != {study.preset.name!r} (now)")
@@ -265,21 +280,22 @@ def study_differences(stored: Mapping[str, Any], study: Study) -> list[str]:
     new = {t.name: config_identity(t.config, True) for t in study.trials}
     if only := sorted(set(old) - set(new)):
         out.append(f"{len(only)} trial(s) only in the stored study ({', '.join(only[:3])})")
-    if only := sorted(set(new) - set(old)):
-        out.append(f"{len(only)} trial(s) not in the stored study ({', '.join(only[:3])})")
     for name in sorted(set(old) & set(new)):
         differences = config_diff(old[name], new[name])
         if differences:
             out.append(f"trial {name}: {differences[0]}")
-    return out
+    return out, [t.name for t in study.trials if t.name not in old]
 
 
-def check_study_folder(study: Study, resume: bool) -> bool:
-    """Check the folder against the study; returns True if it already holds this study.
+def check_study_folder(study: Study, resume: bool) -> str:
+    """Check the folder against the study; returns what the folder holds for it.
 
-    A folder with another study, with files but no study, or holding this study without
-    ``--resume`` is an error. ``--resume`` on a new or empty folder starts the study, so that
-    one command (``make run``) both starts and continues it.
+    ``"new"``: no study yet (a new or empty folder). ``"same"``: this study. ``"grown"``: this
+    study with fewer trials (it was started with fewer seeds, penalties or variants; with
+    ``--resume`` the stored trials are kept and the added ones run). A folder with another
+    study, with files but no study, or holding this study without ``--resume`` is an error.
+    ``--resume`` on a new or empty folder starts the study, so that one command (``make run``)
+    both starts and continues it.
     """
     folder, record = study.folder, study.folder / STUDY_FILE
     store.check_writable_dir(folder, "--out")  # below a file, read-only: before Ray starts
@@ -291,9 +307,9 @@ def check_study_folder(study: Study, resume: bool) -> bool:
                 f"--out {folder} is not empty and holds no study ({', '.join(leftovers[:3])}); "
                 "choose an empty or new folder"
             )
-        return False
+        return "new"
     stored = load_yaml(record, f"--out {folder}: {STUDY_FILE}")
-    differences = study_differences(stored, study)
+    differences, added = study_differences(stored, study)
     if differences:
         raise ConfigError(
             f"--out {folder} holds a different study: "
@@ -301,11 +317,12 @@ def check_study_folder(study: Study, resume: bool) -> bool:
             + ". Choose another --out, or the preset and --set values it was started with"
         )
     if not resume:
+        grown = f" with {len(added)} trial(s) fewer" if added else ""
         raise ConfigError(
-            f"--out {folder} already holds this study; add --resume to continue it "
+            f"--out {folder} already holds this study{grown}; add --resume to continue it "
             "(finished trials are kept)"
         )
-    return True
+    return "grown" if added else "same"
 
 
 def study_lock(folder: Path) -> contextlib.AbstractContextManager[None]:

@@ -17,10 +17,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import console_script
+from conftest import console_script, make_images, tiny_train_args
 
 from harness import store
 from harness.cli import main
@@ -32,6 +33,7 @@ from harness.study import (
     STUDY_FILE,
     TRIALS_TABLE,
     GridOptions,
+    check_study_folder,
     fetch_data,
     plan_study,
     restore_run_dir,
@@ -75,7 +77,9 @@ def rows_of(study_dir: Path) -> pd.DataFrame:
 # -- presets ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["smoke", "cpu-mini", "paper-cifar", "paper-imagenet"])
+@pytest.mark.parametrize(
+    "name", ["smoke", "cpu-mini", "paper-cifar", "paper-imagenet", "pact-ablation", "pact-budget"]
+)
 def test_shipped_presets_expand_to_valid_uniquely_named_trials(name):
     assert name in list_presets()
     preset = load_preset(name)
@@ -211,6 +215,19 @@ def test_study_folder_must_hold_the_same_study(capsys, tmp_path, tiny_npz_root):
     (out / STUDY_FILE).write_text(yaml.safe_dump(study_record(same)))
     assert main(argv) == 2
     assert "already holds this study; add --resume" in one_error_line(capsys)
+    # The stored study had fewer seeds: this study grown, continued only with --resume (which
+    # keeps the stored trials). A stored trial the preset no longer plans: another study.
+    assert main([*argv, "--set", "seeds=[0,1]"]) == 2
+    assert "already holds this study with 1 trial(s) fewer; add --resume" in one_error_line(capsys)
+    grown_options = GridOptions(
+        preset=str(preset), out=str(out), data_root=str(tiny_npz_root), overrides=["seeds=[0,1]"]
+    )
+    assert check_study_folder(plan_study(grown_options), resume=True) == "grown"
+    assert check_study_folder(same, resume=True) == "same"
+    (out / STUDY_FILE).write_text(yaml.safe_dump(study_record(plan_study(grown_options))))
+    assert main([*argv, "--resume"]) == 2
+    line = one_error_line(capsys)
+    assert "holds a different study: 1 trial(s) only in the stored study (resnet_d8_s1)" in line
     # A folder with files but no study.
     (out / STUDY_FILE).unlink()
     (out / "notes.txt").write_text("mine")
@@ -233,6 +250,34 @@ def test_init_from_reaches_the_method_trials_and_is_checked(finished_run, tmp_pa
     options.overrides.append("depths=[14]")
     with pytest.raises(ConfigError, match="model.depth=8 differs from this run's 14"):
         plan_study(options)
+
+
+def test_init_from_is_checked_with_the_class_count_of_the_study_data(
+    finished_run, tmp_path, tiny_npz_root
+):
+    # A 4-class dataset (an ImageNet-subset-like case): the trials build a 4-way head, so the
+    # pre-check must too, or it refuses a fitting initialiser and accepts an unfitting one.
+    four = tmp_path / "four_classes"
+    four.mkdir()
+    for name, n, seed in (("train", 200, 1), ("test", 100, 2)):
+        images, labels = make_images(n, seed)
+        np.savez(four / f"{name}.npz", images=images, labels=labels % 4)
+    source = tmp_path / "resnet_d8_four"
+    assert main(tiny_train_args(source, four)) == 0
+    assert yaml.safe_load((source / store.CONFIG_FILE).read_text())["model"]["depth"] == 8
+    options = GridOptions(
+        preset=str(write_preset(tmp_path, methods={"pact": {}}, vanilla_depths=[])),
+        data_root=str(four),
+        overrides=[f"init_from={source}"],
+    )
+    study = plan_study(options)  # the 4-class run fits the 4-class data
+    assert [t.init_from for t in study.trials] == [str(source)]
+    ten_class_run = str(finished_run["dir"])  # trained on the 10-class tiny dataset
+    options.overrides = [f"init_from={ten_class_run}"]
+    with pytest.raises(ConfigError, match="trial pact_d8_lambda0.01_s0: --init-from"):
+        plan_study(options)
+    options.data_root = str(tiny_npz_root)  # ... which fits the 10-class data
+    assert plan_study(options).trials[0].init_from == ten_class_run
 
 
 def test_download_happens_once_in_the_driver_and_only_if_needed(tmp_path, tiny_npz_root):
@@ -376,6 +421,33 @@ def test_a_trial_out_of_retries_fails_the_study_and_resume_finishes_it(
     assert table.loc[0, "status"] == "failed"
     outcome = run_grid(dataclasses.replace(options, resume=True))
     assert outcome.complete  # the resumed run starts after the crash epoch
+
+
+@pytest.mark.ray
+def test_a_finished_study_grown_by_a_seed_runs_only_the_added_trial(
+    ray_cluster, capsys, tmp_path, tiny_npz_root
+):
+    options = GridOptions(
+        preset=str(write_preset(tmp_path)),
+        out=str(tmp_path / "study"),
+        data_root=str(tiny_npz_root),
+        address=ray_cluster.address,
+    )
+    assert run_grid(options).complete
+    first = tmp_path / "study" / "trials" / "resnet_d8_s0"
+    mtime = (first / store.SUMMARY_FILE).stat().st_mtime_ns
+    capsys.readouterr()
+    grown = dataclasses.replace(options, resume=True, overrides=["seeds=[0,1]"])
+    outcome = run_grid(grown)
+    assert outcome.complete and sorted(outcome.finished) == ["resnet_d8_s0", "resnet_d8_s1"]
+    printed = capsys.readouterr().out
+    assert "grown to 2 trials" in printed and "1 finished before, 1 to run" in printed
+    assert (first / store.SUMMARY_FILE).stat().st_mtime_ns == mtime  # not rerun
+    stored = yaml.safe_load((outcome.study.folder / STUDY_FILE).read_text())
+    assert [t["name"] for t in stored["trials"]] == ["resnet_d8_s0", "resnet_d8_s1"]
+    rows = rows_of(outcome.study.folder)
+    assert sorted(set(rows["trial_id"])) == ["resnet_d8_s0", "resnet_d8_s1"]
+    assert sorted(set(rows["seed"])) == [0, 1]
 
 
 @pytest.mark.ray

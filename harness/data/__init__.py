@@ -61,8 +61,10 @@ from harness.data.readers import (
     _matches,
     _native_size,
     detect_format,
+    folder_num_classes,
     load_npz,
     load_torchvision_cifar10,
+    npz_num_classes,
     resolve_data_root,
 )
 from harness.errors import ConfigError, DataError, check_choice
@@ -86,6 +88,7 @@ __all__ = [
     "FolderLoader",
     "balanced_subset",
     "build_data",
+    "count_classes",
     "derive_seed",
     "detect_format",
     "load_npz",
@@ -288,6 +291,22 @@ def _load_splits(root: Path, dataset: str, fmt: str, data: DataConfig) -> _Split
     else:
         size = (224, 224) if dataset == "imagenet" else _native_size(train)
     return _Splits(train, test, classes, size, val)
+
+
+def count_classes(dataset: str, data: DataConfig) -> int:
+    """The number of classes :func:`build_data` finds in ``data.root`` (its ``num_classes``),
+    read without loading images: an image-folder tree's class folders, an npz's ``classes`` or
+    largest label, CIFAR-10's python batches' ten classes. For checks made before training
+    (a study's pre-check of ``init_from`` against the model the trials will build)."""
+    if data.root is None:
+        raise ConfigError("data.root is not set: give --data-root DIR or set $PACT_DATA_ROOT")
+    root = Path(data.root).expanduser().resolve()
+    found = _resolve_format(root, dataset, data.format, download=False)
+    if found == "imagefolder":
+        return folder_num_classes(root)
+    if found == "npz":
+        return npz_num_classes(root)
+    return len(CIFAR10_CLASSES)
 
 
 def build_data(

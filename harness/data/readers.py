@@ -16,6 +16,7 @@ import os
 import pickle
 import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,6 +259,40 @@ def _check_npz_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise DataError(f"{path}: {problem}; {_NPZ_EXPECTED}")
 
 
+def _npz_class_names(train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> tuple:
+    """train.npz's ``classes`` if it has them, else "0".."largest label of either split"."""
+    if "classes" in train:
+        return tuple(str(name) for name in train["classes"])
+    return tuple(str(i) for i in range(int(max(a["labels"].max() for a in (train, test))) + 1))
+
+
+def npz_num_classes(root: Path) -> int:
+    """The number of classes :func:`load_npz` finds, read from the labels alone (no images)."""
+    arrays = []
+    for path in (root / "train.npz", root / "test.npz"):
+        if not path.is_file():
+            raise DataError(f"{path} not found; npz layout is {LAYOUTS['npz']}")
+        try:
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
+                keys = [k for k in ("labels", "classes") if k in archive.files]
+                arrays.append({key: archive[key] for key in keys})
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise DataError(f"{path}: cannot be read as .npz ({err}); {_NPZ_EXPECTED}") from err
+        if "labels" not in arrays[-1] or not arrays[-1]["labels"].size:
+            raise DataError(f"{path}: no 'labels' array; {_NPZ_EXPECTED}")
+    return len(_npz_class_names(*arrays))
+
+
+def folder_num_classes(root: Path) -> int:
+    """The number of classes of an image-folder tree (its class folders under ``train/``)."""
+    from torchvision.datasets.folder import find_classes
+
+    try:
+        return len(find_classes(str(root / "train"))[0])
+    except (FileNotFoundError, OSError) as err:
+        raise DataError(f"{root}: {err}; expected {LAYOUTS['imagefolder']}") from err
+
+
 def load_npz(root: Path) -> tuple[ArrayDataset, ArrayDataset]:
     """Train and test splits from ``root/train.npz`` and ``root/test.npz``.
 
@@ -272,10 +307,7 @@ def load_npz(root: Path) -> tuple[ArrayDataset, ArrayDataset]:
         arrays.append(read_npz_cached(path))
         _check_npz_arrays(path, arrays[-1])
     train, test = arrays
-    if "classes" in train:
-        classes = tuple(str(name) for name in train["classes"])
-    else:
-        classes = tuple(str(i) for i in range(int(max(a["labels"].max() for a in arrays)) + 1))
+    classes = _npz_class_names(train, test)
     if test["labels"].max() >= len(classes):
         raise DataError(
             f"{paths[1]}: label {test['labels'].max()} is out of range for the "
