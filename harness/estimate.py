@@ -34,7 +34,8 @@ The model, term by term (every constant below says where its number comes from):
   the study overhead are multiplied by it.
 * **Wall time** = :data:`STUDY_OVERHEAD_S` (Ray start and stop, planning, the tables) + the
   makespan of the trials scheduled longest first onto the concurrent slots (LPT list scheduling,
-  within 4/3 of the optimum); the longest trial is a lower bound no machine can beat.
+  within 4/3 of the optimum; the grid launches trials in that order, :func:`launch_order`); the
+  longest trial is a lower bound no machine can beat.
 * **Disk**: per trial two copies of ``checkpoint.pt`` (the run directory's and Tune's,
   ``num_to_keep=1``; a third exists while one is written) of the model's parameters and buffers
   plus SGD's momentum buffers (each model built once), ``per_image.npz`` (uncompressed bound) and
@@ -552,6 +553,21 @@ def makespan(seconds: Sequence[float], slots: int) -> float:
     for duration in sorted(seconds, reverse=True):
         heapq.heapreplace(heap, heap[0] + duration)
     return max(heap)
+
+
+def launch_order(preset: Preset, trials: Sequence[Trial]) -> list[str]:
+    """The trials' names, longest estimated first (ties keep the plan's order).
+
+    The grid starts trials in this order, so that a study's wall time is the longest-first
+    schedule that :func:`makespan` (and ``--estimate``) assumes: a long trial started last would
+    run alone at the end. Relative times only matter, so the default throughputs serve; a trial
+    without one (a plug-in the defaults do not know) keeps its place after the estimated ones.
+    """
+    try:
+        seconds = {t.name: t.seconds for t in estimate_trials(preset, trials)}
+    except ConfigError:
+        return [t.name for t in trials]
+    return [t.name for t in sorted(trials, key=lambda t: -seconds.get(t.name, 0.0))]
 
 
 @dataclass

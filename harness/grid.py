@@ -41,6 +41,7 @@ from harness.estimate import (
     estimate_study,
     format_estimate,
     gpu_machine,
+    launch_order,
     local_machine,
 )
 from harness.presets import Trial
@@ -546,7 +547,8 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
         fetch_data(study)
     tic = time.monotonic()
     finished = study.finished()
-    todo = [t.name for t in study.trials if t.name not in finished]
+    todo = [t for t in study.trials if t.name not in finished]
+    todo_names = launch_order(study.preset, todo)  # longest first, as --estimate schedules
     records: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         if todo:
@@ -570,7 +572,7 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
                 f"{res['cpu']:g} CPU + {res['gpu']:g} GPU per trial\n  folder: {study.folder}",
                 flush=True,
             )
-            records = launch(study, todo, finished, options.argv)
+            records = launch(study, todo_names, finished, options.argv)
         else:
             print(f"study {study.preset.name}: all {len(study.trials)} trials finished before")
         return conclude_study(study, records, time.monotonic() - tic)

@@ -27,6 +27,7 @@ from harness.estimate import (
     estimate_study,
     estimate_trials,
     gpu_machine,
+    launch_order,
     lookup_throughput,
     makespan,
 )
@@ -78,6 +79,29 @@ def test_longest_first_list_scheduling():
     assert makespan([10, 1, 1, 1], 3) == 10  # the longest trial is the critical path
     assert makespan([4, 4], 8) == 4
     assert makespan([], 2) == 0 and math.isinf(makespan([1.0], 0))
+
+
+def test_the_grid_launches_the_longest_trials_first(tmp_path):
+    # Vanilla ResNet-8 (cheapest) is planned first, spatial PACT on ResNet-20 (the most
+    # expensive per image, 1.7x vanilla) last; the launch order is the estimate's, longest first.
+    methods = {"pact": {}, "spatial_pact": {}}
+    preset = load_preset(
+        str(write_preset(tmp_path, methods=methods, depths=[20], vanilla_depths=[8]))
+    )
+    trials = expand(preset)
+    planned = [t.name for t in trials]
+    order = launch_order(preset, trials)
+    seconds = {t.name: t.seconds for t in estimate_trials(preset, trials)}
+    assert sorted(order) == sorted(planned) and order != planned
+    assert [seconds[n] for n in order] == sorted(seconds.values(), reverse=True)
+    assert order[0] == "spatial_pact_d20_lambda0.01_s0" and order[-1] == "resnet_d8_s0"
+    # Scheduling in that order on 2 slots gives the makespan --estimate prints.
+    slots, ends = [0.0, 0.0], []
+    for name in order:
+        slot = slots.index(min(slots))
+        slots[slot] += seconds[name]
+        ends.append(slots[slot])
+    assert max(ends) == pytest.approx(makespan(list(seconds.values()), 2))
 
 
 # -- the trial-time model ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from conftest import console_script, make_images, tiny_train_args
 from harness import store
 from harness.cli import main
 from harness.errors import ConfigError
+from harness.estimate import launch_order
 from harness.grid import run_grid
 from harness.presets import expand, list_presets, load_preset, trial_name
 from harness.registry import get_method, list_methods
@@ -349,6 +350,9 @@ def test_smoke_study_fills_the_table_with_every_trial_and_mode(
     trials = expand(load_preset("smoke"))
     assert f"study smoke: {len(trials)}/{len(trials)} trials finished, 0 failed" in printed
     assert printed.count("finished ") >= len(trials)  # one progress line per trial
+    # Trials start longest first (the order --estimate schedules), two at a time here.
+    started = [line.split()[-1] for line in printed.splitlines() if "| started " in line]
+    assert sorted(started[:2]) == sorted(launch_order(load_preset("smoke"), trials)[:2])
     rows = rows_of(out)
     keys = list(zip(rows["trial_id"], rows["eval_mode"], rows["threshold"], strict=True))
     assert len(keys) == len(set(keys))  # no duplicates
