@@ -50,8 +50,9 @@ class PassStats:
     ponder: torch.Tensor  # [N, blocks]
     flops: torch.Tensor | None  # [N]
     flops_per_block: torch.Tensor | None  # [N, blocks]
-    ponder_map: torch.Tensor | None = None  # [M, H_in, W_in], spatial methods, first M images
+    ponder_map: torch.Tensor | None = None  # [M, H_in, W_in], spatial methods, M images
     thumbnails: torch.Tensor | None = None  # [M, h, w, 3] uint8, the images of ponder_map
+    map_index: torch.Tensor | None = None  # [M] positions in the pass of the mapped images
 
 
 #: Longest side of the image thumbnails stored beside the ponder maps.
@@ -91,13 +92,17 @@ def evaluate(
 ) -> PassStats:
     """Run ``model`` over ``loader`` once with ``spec``; per-image statistics, in loader order.
 
-    With ``max_maps`` > 0, spatial methods also keep the ponder map of the first ``max_maps``
-    images: each block's map resized (nearest) to the input and summed over blocks, as the SACT
-    code's ``sact_map`` does.
+    With ``max_maps`` > 0, spatial methods also keep the ponder maps of ``max_maps`` images
+    spread evenly over the pass (every ``len(loader.dataset) // max_maps``-th image, so that a
+    split stored class by class still shows every class; the first ones for a loader without a
+    dataset): each block's map resized (nearest) to the input and summed over blocks, as the
+    SACT code's ``sact_map`` does.
     """
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in PassStats.__dataclass_fields__}
-    maps_kept = 0
+    maps_kept, seen = 0, 0
+    total = len(getattr(loader, "dataset", None) or ())
+    stride = max(1, total // max_maps) if max_maps and total else 1
     for images, labels in progress_bar(loader, progress, desc):
         images, labels = images.to(device), labels.to(device)
         out = model(images, spec)
@@ -116,15 +121,19 @@ def evaluate(
             parts["flops_per_block"].append(per_block.cpu())
         spatial = [p for p in out.ponder_cost if p.dim() == 3]
         if spatial and maps_kept < max_maps:
-            take = min(batch, max_maps - maps_kept)
-            size = images.shape[-2:]
-            summed = sum(
-                nn.functional.interpolate(p[:take, None].float(), size=size, mode="nearest")
-                for p in spatial
-            )
-            parts["ponder_map"].append(summed[:, 0].cpu())
-            parts["thumbnails"].append(thumbnails(images[:take]))
-            maps_kept += take
+            first = -seen % stride  # the first position in this batch on the stride
+            local = torch.arange(first, batch, stride)[: max_maps - maps_kept]
+            if len(local):
+                size, rows = images.shape[-2:], local.to(images.device)
+                summed = sum(
+                    nn.functional.interpolate(p[rows, None].float(), size=size, mode="nearest")
+                    for p in spatial
+                )
+                parts["ponder_map"].append(summed[:, 0].cpu())
+                parts["thumbnails"].append(thumbnails(images[rows]))
+                parts["map_index"].append(local + seen)
+                maps_kept += len(local)
+        seen += batch
     return PassStats(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 
 
@@ -260,7 +269,7 @@ def evaluate_modes(
     return rows
 
 
-#: Ponder maps kept per run in ``per_image.npz`` (the first test images).
+#: Ponder maps kept per run in ``per_image.npz`` (test images spread evenly over the split).
 PER_IMAGE_MAPS = 64
 
 
@@ -269,12 +278,12 @@ def write_per_image(stats: PassStats, mode: str, path) -> None:
 
     Arrays: ``units`` and ``ponder`` ``[N, blocks]`` (spatial: mean over positions), ``correct``
     ``[N]``, ``eval_mode``, and for spatial methods ``ponder_map`` ``[M, H, W]`` with the
-    images it belongs to as ``thumbnails`` ``[M, h, w, 3]`` uint8.
+    images it belongs to as ``thumbnails`` ``[M, h, w, 3]`` uint8 and their positions in the
+    split as ``map_index`` ``[M]``.
     """
+    names = ("units", "ponder", "correct", "ponder_map", "thumbnails", "map_index")
     arrays = {
-        name: getattr(stats, name).numpy()
-        for name in ("units", "ponder", "correct", "ponder_map", "thumbnails")
-        if getattr(stats, name) is not None
+        name: getattr(stats, name).numpy() for name in names if getattr(stats, name) is not None
     }
     arrays["eval_mode"] = np.array(mode)
     buffer = io.BytesIO()

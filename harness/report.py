@@ -360,6 +360,14 @@ def _mib(value: Any) -> str:
     return "-" if pd.isna(value) else f"{value / 2**20:.1f}"
 
 
+def _accuracy_text(row: pd.Series) -> str:
+    """Mean ± sample std over seeds; the mean alone for one seed (no spread was measured)."""
+    mean = f"{100 * row['accuracy_mean']:.2f}"
+    if int(row["seeds"]) < 2:
+        return mean
+    return f"{mean} ± {100 * row['accuracy_std_over_seeds']:.2f}"
+
+
 def paper_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """The SACT paper's layout, one row per experiment in its default mode (threshold 0.5 for
     threshold modes), on ``split``."""
@@ -380,8 +388,7 @@ def paper_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
             "depth": int(row["depth"]),
             "penalty": _penalty_text(row),
             "mode": row["eval_mode"],
-            "accuracy %": f"{100 * row['accuracy_mean']:.2f} ± "
-            f"{100 * row['accuracy_std_over_seeds']:.2f}",
+            "accuracy %": _accuracy_text(row),
             "seeds": int(row["seeds"]),
             "GFLOPs": "-"
             if pd.isna(row["flops_per_image"])
@@ -401,6 +408,7 @@ def modes_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     multi = data.groupby("experiment_id")["eval_mode"].nunique()
     data = data[data["experiment_id"].isin(multi[multi > 1].index)]
     data = data[data["threshold"].astype(str).isin(["", "0.5"])]
+    data = data.sort_values(["method", "depth", "time_penalty"], kind="stable")
     rows = []
     for _, group in data.groupby("experiment_id", sort=False):
         first = group.iloc[0]
@@ -421,10 +429,24 @@ def modes_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 
 NOTE = (
-    f"FLOPs: {CONVENTION}. Accuracy: mean ± std over seeds (sample std; 0 for one seed). "
+    f"FLOPs: {CONVENTION}. Accuracy: mean ± sample std over seeds (the mean alone for one "
+    "seed). "
     "Peak memory: one evaluation batch (see cost_batch_size). PACT rows are our "
     "reconstruction of the method, not the paper's code."
 )
+
+
+_NUMBER = r"^(-|-?\d+(\.\d+)?( ± \d+(\.\d+)?)?)$"
+
+
+def _markdown(compact: pd.DataFrame) -> str:
+    """A compact table as Markdown with its cells exactly as formatted (no re-parsing: 0.0760
+    stays 0.0760), number columns right-aligned."""
+    align = [
+        "right" if compact[col].astype(str).str.match(_NUMBER).all() else "left"
+        for col in compact.columns
+    ]
+    return compact.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def write_tables(table: pd.DataFrame, out: Path) -> list[Path]:
@@ -438,7 +460,7 @@ def write_tables(table: pd.DataFrame, out: Path) -> list[Path]:
             compact = build(table, split)
             if compact.empty:
                 continue
-            parts_md.append(f"### {split} split\n\n{compact.to_markdown(index=False)}\n")
+            parts_md.append(f"### {split} split\n\n{_markdown(compact)}\n")
             parts_tex.append(
                 compact.to_latex(index=False, caption=f"{split} split. {NOTE}", escape=True)
             )
@@ -662,6 +684,12 @@ def load_per_image(paths: Iterable[str | Path]) -> list[tuple[str, dict]]:
     return runs
 
 
+def _two_lines(label: str) -> str:
+    """A run label split before its depth (``NAME dNN ...``), so panel titles fit a panel."""
+    head, sep, tail = label.partition(" d")
+    return f"{head}\n d{tail}" if sep else label
+
+
 def plot_units_histogram(runs: list[tuple[str, dict]], out: Path) -> list[Path]:
     """Units executed per test image (summed over blocks), one panel per run."""
     adaptive = [(label, a) for label, a in runs if a["units"].size and a["adaptive"]]
@@ -677,7 +705,7 @@ def plot_units_histogram(runs: list[tuple[str, dict]], out: Path) -> list[Path]:
     bins = np.arange(0.5, np.ceil(most) + 1.5, 1.0 if most <= 60 else max(1.0, most / 40))
     for ax, (label, arrays) in zip(axes.ravel(), adaptive, strict=False):
         ax.hist(arrays["units"].sum(1), bins=bins, color="tab:blue")
-        ax.set_title(label, fontsize=6)
+        ax.set_title(_two_lines(label), fontsize=6)
         ax.tick_params(labelsize=6)
     for ax in axes.ravel()[len(adaptive) :]:
         ax.axis("off")
@@ -694,7 +722,8 @@ def plot_units_histogram(runs: list[tuple[str, dict]], out: Path) -> list[Path]:
 
 def plot_ponder_maps(runs: list[tuple[str, dict]], out: Path, per_run: int = 6) -> list[Path]:
     """Ponder-cost maps of spatial runs beside their test images (when the run stored
-    thumbnails): one colour scale for all maps, clipped at the 0.1 and 99.9 percentiles of
+    thumbnails), ``per_run`` of each run's stored maps evenly spaced over them; one colour
+    scale for all maps, clipped at the 0.1 and 99.9 percentiles of
     every stored map (SACT code, ``draw_ponder_maps.py``), viridis, one colour bar."""
     spatial = [(label, a) for label, a in runs if "ponder_map" in a]
     if not spatial:
@@ -713,13 +742,15 @@ def plot_ponder_maps(runs: list[tuple[str, dict]], out: Path, per_run: int = 6) 
         for ax in axes[row]:
             ax.axis("off")
         step = 2 if with_images else 1
-        for k in range(cols // step):
-            if k >= len(maps):
-                break
-            if with_images and thumbs is not None and k < len(thumbs):
-                axes[row][step * k].imshow(thumbs[k])
+        # maps spread over the stored ones (which spread over the split): the same images in
+        # every row, since every run of a study stores the same positions
+        shown = min(cols // step, len(maps))
+        picks = np.unique(np.linspace(0, len(maps) - 1, shown).round().astype(int))
+        for k, pick in enumerate(picks):
+            if with_images and thumbs is not None and pick < len(thumbs):
+                axes[row][step * k].imshow(thumbs[pick])
             image = axes[row][step * k + step - 1].imshow(
-                maps[k], cmap="viridis", vmin=vmin, vmax=vmax
+                maps[pick], cmap="viridis", vmin=vmin, vmax=vmax
             )
         axes[row][0].set_title(label, fontsize=6, loc="left")
     bar = fig.colorbar(image, ax=axes, shrink=0.9, pad=0.01, fraction=0.02)

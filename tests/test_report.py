@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 from harness.cli import main
 from harness.config import RunConfig, experiment_id, experiment_identity, to_dict
 from harness.errors import ConfigError
-from harness.report import aggregate, load_results, make_report
+from harness.report import aggregate, load_results, make_report, modes_table
 
 
 def experiment(method: str, depth: int, **method_config) -> dict:
@@ -131,6 +132,44 @@ def test_files_written_through_the_cli(study, tmp_path, capsys):
     assert "report.md" in printed
 
 
+def test_modes_table_puts_each_experiments_modes_side_by_side_in_order(tmp_path):
+    # PACT at two penalties (written in reverse order), three modes each, 2 seeds; ACT (one mode)
+    # has no row. Each cell is the mean over seeds of that mode.
+    frame = pd.DataFrame(rows())
+    pact = []
+    for lam in (0.03, 0.01):
+        for seed in (0, 1):
+            for mode, acc, flops, memory in (
+                ("deterministic", 0.70 + lam + seed / 100, 0.9e8, 700),
+                ("sampled", 0.68 + lam, 0.8e8, 700),
+                ("stochastic", 0.69 + lam, 1.3e8, 900),
+            ):
+                pact.append(
+                    {
+                        **rows()[0],
+                        "trial_id": f"pact_l{lam}_s{seed}",
+                        **experiment("pact", 14, **{"lambda": lam}),
+                        "method": "pact",
+                        "time_penalty_name": "lambda",
+                        "time_penalty": lam,
+                        "seed": seed,
+                        "eval_mode": mode,
+                        "accuracy": acc,
+                        "flops_per_image_mean": flops,
+                        "peak_memory_bytes": memory * 2**20,
+                    }
+                )
+    pd.concat([frame, pd.DataFrame(pact)]).to_csv(tmp_path / "results.csv", index=False)
+    table = aggregate(load_results([tmp_path / "results.csv"]))
+    modes = modes_table(table)
+    assert modes["penalty"].tolist() == ["lambda 0.01", "lambda 0.03"]
+    first = modes.iloc[0]
+    assert first["deterministic acc %"] == "71.50"  # (0.71 + 0.72) / 2
+    assert first["sampled acc %"] == "69.00" and first["stochastic GFLOPs"] == "0.1300"
+    assert first["deterministic MiB"] == "700.0" and first["stochastic MiB"] == "900.0"
+    assert set(modes["method"]) == {"PACT (reconstruction)"}
+
+
 def test_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         make_report([tmp_path / "missing"], tmp_path / "out")
@@ -181,6 +220,41 @@ def test_per_image_export_sums_resized_block_maps(tmp_path):
     )
     units = torch.stack([u.double().flatten(1).mean(1) for u in out.units_executed], 1)
     np.testing.assert_allclose(arrays["units"][:4], units.numpy())
+
+
+def test_ponder_maps_are_kept_for_images_spread_over_the_split():
+    """A split stored class by class (the shared CIFAR-10 npz is) must not give maps of one
+    class only: the kept maps are every len(dataset) // max_maps-th image, across batches."""
+    import torch
+
+    from harness.contract import EvalSpec, ModelSpec
+    from harness.evaluate import evaluate, thumbnails
+    from methods.pact import PACTConfig
+    from methods.pact.model import build_spatial_pact
+
+    torch.manual_seed(0)
+    model = build_spatial_pact(ModelSpec("cifar10", 8, "sact"), PACTConfig()).eval()
+    images = torch.randn(22, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(22) // 5  # sorted by class
+
+    class Loader:  # batches of 4 (the last one 2), with the dataset it walks
+        dataset = list(range(22))
+
+        def __iter__(self):
+            return ((images[i : i + 4], labels[i : i + 4]) for i in range(0, 22, 4))
+
+    spec = EvalSpec("deterministic", "masked", 0.5)
+    stats = evaluate(model, Loader(), spec, torch.device("cpu"), max_maps=5)
+    assert stats.map_index.tolist() == [0, 4, 8, 12, 16]  # stride 22 // 5 = 4
+    assert sorted(set(labels[stats.map_index].tolist())) == [0, 1, 2, 3]  # four classes, not one
+    torch.testing.assert_close(stats.thumbnails, thumbnails(images[stats.map_index]))
+    with torch.no_grad():
+        out = model(images[stats.map_index], spec)
+    full = sum(
+        torch.nn.functional.interpolate(p[:, None].float(), size=(32, 32), mode="nearest")
+        for p in out.ponder_cost
+    )[:, 0]
+    torch.testing.assert_close(stats.ponder_map, full)
 
 
 def test_units_histogram_and_ponder_maps_from_runs(study, tmp_path):
@@ -261,7 +335,9 @@ def test_a_study_with_one_seed_and_no_vanilla_still_reports(tmp_path):
     written = {p.name for p in make_report([one], tmp_path / "out")}
     assert {"paper_table.md", "accuracy_vs_flops.png", "report.md"} <= written
     table = (tmp_path / "out" / "paper_table.md").read_text()
-    assert "80.00 ± 0.00" in table and "| -" in table  # no vanilla: % of vanilla unknown
+    # One seed: the mean alone (no spread was measured); no vanilla: % of vanilla unknown.
+    assert " 80.00 |" in table and "80.00 ±" not in table
+    assert re.search(r"\|\s+-\s+\|", table)
 
 
 def test_a_run_from_an_older_config_pools_with_an_equal_newer_one(tmp_path):
