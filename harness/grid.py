@@ -518,13 +518,23 @@ def dry_run_machine(options: GridOptions) -> Machine:
     return local_machine(probe=options.estimate)
 
 
-def print_capacity(study: Study, options: GridOptions) -> None:
+def print_capacity(study: Study, options: GridOptions, finished: list[str]) -> None:
     """``--dry-run``: how many trials run at once on the machine, and with ``--estimate`` the
-    GPU-/CPU-hours, wall time, critical path and disk (:mod:`harness.estimate`)."""
+    GPU-/CPU-hours, wall time, critical path and disk (:mod:`harness.estimate`) of the trials
+    still to run (``finished``: those the study folder already holds)."""
     machine = dry_run_machine(options)
     preset = study.preset
     if options.estimate:
-        estimate = estimate_study(preset, study.trials, machine, options.throughput)
+        todo = [t for t in study.trials if t.name not in finished]
+        if finished:
+            print(
+                f"  {len(finished)} of {len(study.trials)} trials finished before in "
+                f"{study.folder}: the estimate covers the {len(todo)} still to run (--resume)"
+            )
+        if not todo:
+            print("  nothing to estimate: every trial of the study is finished")
+            return
+        estimate = estimate_study(preset, todo, machine, options.throughput)
         print("\n".join(format_estimate(estimate)))
         return
     _, text = concurrency(preset.resources, machine, preset.max_concurrent)
@@ -539,8 +549,9 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
     """
     study = plan_study(options)
     if options.dry_run:
-        print_plan(study, study.finished() if (study.folder / STUDY_FILE).is_file() else [])
-        print_capacity(study, options)
+        finished = study.finished() if (study.folder / STUDY_FILE).is_file() else []
+        print_plan(study, finished)
+        print_capacity(study, options, finished)
         return None
     held = check_study_folder(study, options.resume)
     if study.download:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ from harness.estimate import (
     makespan,
 )
 from harness.presets import Trial, expand, load_preset
+from harness.study import STUDY_FILE, GridOptions, plan_study, study_record
 
 
 def resources(cpu: float, gpu: float) -> dict[str, float]:
@@ -232,6 +234,28 @@ def test_estimate_prints_hours_wall_time_critical_path_and_disk(capsys, tiny_npz
     assert eight.wall_s < one.wall_s / 6  # 135 trials on 16 slots: nearly linear
     assert eight.wall_s >= eight.longest.seconds
     assert one.resource_hours == eight.resource_hours  # the same work, wherever it runs
+
+
+def test_estimate_of_a_started_study_covers_only_the_trials_still_to_run(
+    capsys, finished_run, tiny_npz_root, tmp_path
+):
+    preset = write_preset(tmp_path, seeds=[0, 1, 2])
+    out = tmp_path / "study"
+    study = plan_study(GridOptions(preset=str(preset), out=str(out), data_root=str(tiny_npz_root)))
+    out.mkdir()
+    (out / STUDY_FILE).write_text(yaml.safe_dump(study_record(study)))
+    shutil.copytree(finished_run["dir"], study.run_dir("resnet_d8_s0"))  # seed 0 is done
+    argv = ["grid", "--preset", str(preset), "--out", str(out), "--data-root", str(tiny_npz_root)]
+    assert main([*argv, "--estimate", "--gpus", "0", "--cpus", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 of 3 trials finished before" in printed and "covers the 2 still to run" in printed
+    todo = [t for t in study.trials if t.name != "resnet_d8_s0"]
+    expected = estimate_study(study.preset, todo, gpu_machine(0, 1))
+    assert f"2 trials: {expected.resource_hours[0]:.2f} CPU-hours" in printed
+    shutil.copytree(finished_run["dir"], study.run_dir("resnet_d8_s1"))
+    shutil.copytree(finished_run["dir"], study.run_dir("resnet_d8_s2"))
+    assert main([*argv, "--estimate", "--gpus", "0", "--cpus", "1"]) == 0
+    assert "nothing to estimate: every trial of the study is finished" in capsys.readouterr().out
 
 
 def test_cpu_study_estimate_on_this_machine_counts_cpu_hours(capsys, tiny_npz_root):
