@@ -512,6 +512,30 @@ def _crowded(placed: list[tuple[float, float]], point: tuple[float, float], data
     )
 
 
+#: Above this many adaptive curves, accuracy vs FLOPs shows each experiment's paper-table mode.
+MAX_CURVES = 12
+
+
+def _default_mode_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each experiment's paper-table mode (the first in the table's order, as
+    :func:`paper_table` picks it) and of every threshold of that mode."""
+    ordered = table.sort_values(["method", "depth", "time_penalty"], kind="stable")
+    default = ordered.groupby("experiment_id", sort=False)["eval_mode"].first()
+    return table[table["eval_mode"] == table["experiment_id"].map(default)]
+
+
+def _majority_values(table: pd.DataFrame, differing: list[str]) -> dict[tuple[str, str], Any]:
+    """(method label, field) -> the value most of that method's experiments have."""
+    out: dict[tuple[str, str], Any] = {}
+    experiments = table.drop_duplicates("experiment_id")
+    for label, group in experiments.groupby("method_label"):
+        for key in differing:
+            counts = group[key].value_counts()
+            if len(counts) and counts.iloc[0] > (counts.iloc[1] if len(counts) > 1 else 0):
+                out[(label, key)] = counts.index[0]
+    return out
+
+
 def plot_accuracy_vs_flops(table: pd.DataFrame, out: Path) -> list[Path]:
     """One panel per split; per experiment family (method, mode, depth, differing fields) a
     line over the time penalties, each point labelled by its penalty, error bars = std over
@@ -523,7 +547,16 @@ def plot_accuracy_vs_flops(table: pd.DataFrame, out: Path) -> list[Path]:
     splits = [s for s in ("test", "val") if s in set(table["split"])]
     fig, axes = plt.subplots(1, len(splits), figsize=(6.2 * len(splits), 4.6), squeeze=False)
     differing = table.attrs.get("differing", [])
-    palette = sns.color_palette("tab10") + sns.color_palette("Set2")
+    family_keys = ["method_label", "eval_mode", "depth", *differing]
+    families = table[~is_vanilla(table)].groupby(family_keys).ngroups
+    # Many curves (an ablation): each experiment in its paper-table mode only, so that the
+    # figure stays readable; the other modes are in the modes table.
+    default_only = families > MAX_CURVES
+    if default_only:
+        table = _default_mode_rows(table)
+        families = table[~is_vanilla(table)].groupby(family_keys).ngroups
+    palette = sns.color_palette("tab10" if families <= 10 else "tab20")
+    majority = _majority_values(table, differing)
     handles: dict[str, Any] = {}
     for ax, split in zip(axes[0], splits, strict=True):
         data = table[(table["split"] == split) & table["flops_per_image"].notna()]
@@ -557,14 +590,17 @@ def plot_accuracy_vs_flops(table: pd.DataFrame, out: Path) -> list[Path]:
                 )
         adaptive = data[~is_vanilla(data)]
         placed: list[tuple[float, float]] = []
-        family_keys = ["method_label", "eval_mode", "depth", *differing]
         for i, (family, group) in enumerate(adaptive.groupby(family_keys, sort=True)):
             color = palette[i % len(palette)]
             name = f"{family[0]} ({family[1]}), d{family[2]}"
-            if differing:
-                name += ", " + ", ".join(
-                    f"{k.split('.')[-1]}={v}" for k, v in zip(differing, family[3:], strict=True)
-                )
+            # only the fields where this curve differs from most of its method's experiments
+            shown = [
+                f"{k.split('.')[-1]}={v}"
+                for k, v in zip(differing, family[3:], strict=True)
+                if v not in ("-", "") and v != majority.get((family[0], k))
+            ]
+            if shown:
+                name += ", " + ", ".join(shown)
             default = group[group["threshold"].astype(str).isin(["", "0.5"])]
             default = default.sort_values("flops_per_image")
             line = ax.errorbar(
@@ -605,7 +641,8 @@ def plot_accuracy_vs_flops(table: pd.DataFrame, out: Path) -> list[Path]:
                 handles.setdefault(f"{name}: threshold sweep of one model", sweep_line)
         ax.set_xlabel("GFLOPs per image (2 x MACs, conv + linear, halting branches included)")
         ax.set_ylabel(f"{split} accuracy (%)")
-        ax.set_title(f"{split} split: {_describe(data)}", fontsize=8)
+        mode_note = "; each experiment in its paper-table mode" if default_only else ""
+        ax.set_title(f"{split} split: {_describe(data)}{mode_note}", fontsize=8)
     fig.legend(
         list(handles.values()),
         list(handles.keys()),

@@ -12,7 +12,14 @@ import pytest
 from harness.cli import main
 from harness.config import RunConfig, experiment_id, experiment_identity, to_dict
 from harness.errors import ConfigError
-from harness.report import aggregate, load_results, make_report, modes_table
+from harness.report import (
+    _default_mode_rows,
+    _majority_values,
+    aggregate,
+    load_results,
+    make_report,
+    modes_table,
+)
 
 
 def experiment(method: str, depth: int, **method_config) -> dict:
@@ -168,6 +175,30 @@ def test_modes_table_puts_each_experiments_modes_side_by_side_in_order(tmp_path)
     assert first["sampled acc %"] == "69.00" and first["stochastic GFLOPs"] == "0.1300"
     assert first["deterministic MiB"] == "700.0" and first["stochastic MiB"] == "900.0"
     assert set(modes["method"]) == {"PACT (reconstruction)"}
+    # An ablation-sized figure keeps each experiment's paper-table mode only.
+    kept = _default_mode_rows(table)
+    assert set(zip(kept["method"], kept["eval_mode"], strict=True)) == {
+        ("act", "act"),
+        ("pact", "deterministic"),
+        ("resnet", "standard"),
+    }
+    assert len(kept) == 2 + 1 + 2  # two PACT penalties, ACT, vanilla ResNet-8/14
+
+
+def test_figure_legends_name_only_the_fields_where_a_curve_departs_from_its_method():
+    frame = pd.DataFrame(
+        {
+            "experiment_id": ["a", "b", "c", "d"],
+            "method_label": ["PACT", "PACT", "PACT", "ACT"],
+            "method_config.prior": ["geometric", "geometric", "bernoulli", "-"],
+            "method_config.anneal": ["exp", "none", "exp", "-"],
+        }
+    )
+    keys = ["method_config.prior", "method_config.anneal"]
+    majority = _majority_values(frame, keys)
+    assert majority[("PACT", "method_config.prior")] == "geometric"
+    assert majority[("PACT", "method_config.anneal")] == "exp"
+    assert majority[("ACT", "method_config.prior")] == "-"  # shown never: "-" is skipped
 
 
 def test_bad_input(tmp_path):
