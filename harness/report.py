@@ -368,16 +368,31 @@ def _accuracy_text(row: pd.Series) -> str:
     return f"{mean} ± {100 * row['accuracy_std_over_seeds']:.2f}"
 
 
+#: Row order of the compact tables.
+_ORDER = ["method", "depth", "time_penalty"]
+
+
+def _at_default_threshold(table: pd.DataFrame) -> pd.Series:
+    """Rows of a mode without a threshold, or at the default threshold 0.5."""
+    return table["threshold"].astype(str).isin(["", "0.5"])
+
+
+def _default_mode_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows (every split and threshold) of each experiment's paper-table mode: the first
+    mode, in the table's order, that has a row at the default threshold."""
+    ordered = table[_at_default_threshold(table)].sort_values(_ORDER, kind="stable")
+    default = ordered.groupby("experiment_id", sort=False)["eval_mode"].first()
+    return table[table["eval_mode"] == table["experiment_id"].map(default)]
+
+
 def paper_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """The SACT paper's layout, one row per experiment in its default mode (threshold 0.5 for
     threshold modes), on ``split``."""
-    data = table[table["split"] == split].copy()
+    data = _default_mode_rows(table)
+    data = data[(data["split"] == split) & _at_default_threshold(data)].copy()
     data["fraction"] = _vanilla_fraction(table).loc[data.index]
-    default = data["threshold"].astype(str).isin(["", "0.5"])
-    data = data[default]
-    # one row per experiment: its first (default) mode
     data = (
-        data.sort_values(["method", "depth", "time_penalty"])
+        data.sort_values(_ORDER, kind="stable")
         .groupby("experiment_id", sort=False, as_index=False)
         .first()
     )
@@ -407,8 +422,8 @@ def modes_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     data = table[table["split"] == split]
     multi = data.groupby("experiment_id")["eval_mode"].nunique()
     data = data[data["experiment_id"].isin(multi[multi > 1].index)]
-    data = data[data["threshold"].astype(str).isin(["", "0.5"])]
-    data = data.sort_values(["method", "depth", "time_penalty"], kind="stable")
+    data = data[_at_default_threshold(data)]
+    data = data.sort_values(_ORDER, kind="stable")
     rows = []
     for _, group in data.groupby("experiment_id", sort=False):
         first = group.iloc[0]
@@ -516,14 +531,6 @@ def _crowded(placed: list[tuple[float, float]], point: tuple[float, float], data
 MAX_CURVES = 12
 
 
-def _default_mode_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows of each experiment's paper-table mode (the first in the table's order, as
-    :func:`paper_table` picks it) and of every threshold of that mode."""
-    ordered = table.sort_values(["method", "depth", "time_penalty"], kind="stable")
-    default = ordered.groupby("experiment_id", sort=False)["eval_mode"].first()
-    return table[table["eval_mode"] == table["experiment_id"].map(default)]
-
-
 def _majority_values(table: pd.DataFrame, differing: list[str]) -> dict[tuple[str, str], Any]:
     """(method label, field) -> the value most of that method's experiments have."""
     out: dict[tuple[str, str], Any] = {}
@@ -601,7 +608,7 @@ def plot_accuracy_vs_flops(table: pd.DataFrame, out: Path) -> list[Path]:
             ]
             if shown:
                 name += ", " + ", ".join(shown)
-            default = group[group["threshold"].astype(str).isin(["", "0.5"])]
+            default = group[_at_default_threshold(group)]
             default = default.sort_values("flops_per_image")
             line = ax.errorbar(
                 default["flops_per_image"] / 1e9,
@@ -626,7 +633,7 @@ def plot_accuracy_vs_flops(table: pd.DataFrame, out: Path) -> list[Path]:
                     fontsize=6,
                     color=color,
                 )
-            sweep = group[~group["threshold"].astype(str).isin(["", "0.5"])]
+            sweep = group[~_at_default_threshold(group)]
             for _, one in pd.concat([sweep, default]).groupby("experiment_id"):
                 if len(one) < 2 or one["threshold"].astype(str).eq("").all():
                     continue
@@ -665,7 +672,7 @@ def plot_memory(table: pd.DataFrame, out: Path) -> list[Path]:
 
     plt = _pyplot()
     data = table[(table["split"] == "test") & table["peak_memory_bytes"].notna()].copy()
-    data = data[data["threshold"].astype(str).isin(["", "0.5"])]
+    data = data[_at_default_threshold(data)]
     data["peak memory (MiB)"] = data["peak_memory_bytes"] / 2**20
     data["configuration"] = (
         data["method_label"] + " / " + data["eval_mode"] + " / d" + data["depth"].astype(str)

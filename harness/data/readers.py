@@ -130,7 +130,12 @@ def detect_format(root: Path) -> str:
 # ---------------------------------------------------------------------------------- npz files
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(
+    path: Path, wanted: tuple[str, ...] = ("images", "labels", "classes")
+) -> dict[str, np.ndarray]:
+    """The ``wanted`` arrays of an npz file that has at least 'images' and 'labels' (only the
+    members asked for are decompressed)."""
+
     def fail(problem: str) -> DataError:
         return DataError(f"{path}: {problem}; {_NPZ_EXPECTED}")
 
@@ -144,7 +149,6 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 missing = sorted({"images", "labels"} - set(archive.files))
                 if missing:
                     raise fail(f"missing key(s) {missing} (found {sorted(archive.files)})")
-                wanted = ("images", "labels", "classes")
                 return {key: archive[key] for key in archive.files if key in wanted}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise fail(f"cannot be read as .npz ({type(err).__name__}: {err})") from err
@@ -272,14 +276,9 @@ def npz_num_classes(root: Path) -> int:
     for path in (root / "train.npz", root / "test.npz"):
         if not path.is_file():
             raise DataError(f"{path} not found; npz layout is {LAYOUTS['npz']}")
-        try:
-            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
-                keys = [k for k in ("labels", "classes") if k in archive.files]
-                arrays.append({key: archive[key] for key in keys})
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-            raise DataError(f"{path}: cannot be read as .npz ({err}); {_NPZ_EXPECTED}") from err
-        if "labels" not in arrays[-1] or not arrays[-1]["labels"].size:
-            raise DataError(f"{path}: no 'labels' array; {_NPZ_EXPECTED}")
+        arrays.append(_read_npz(path, ("labels", "classes")))
+        if not arrays[-1]["labels"].size:
+            raise DataError(f"{path}: 'labels' is empty; {_NPZ_EXPECTED}")
     return len(_npz_class_names(*arrays))
 
 
