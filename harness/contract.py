@@ -330,3 +330,11 @@ class MethodSpec:
     description: str = ""
     #: Display name in tables and figures (``PACT (reconstruction)``); empty: ``name``.
     label: str = ""
+    #: A note printed under every report table that holds this method's rows (for example that
+    #: the method is a reconstruction, not the paper's code); empty: none.
+    table_note: str = ""
+    #: Training cost per image relative to the vanilla backbone of the same depth (masked
+    #: execution, halting branches included), for ``grid --estimate`` when no throughput of this
+    #: method was measured; None: unknown (the estimate then assumes the dearest registered
+    #: method's cost and says so).
+    train_cost: float | None = None

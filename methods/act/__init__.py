@@ -17,6 +17,7 @@ SPEC = MethodSpec(
     time_penalty_field="tau",
     description="Adaptive Computation Time per image (Graves 2016; Figurnov et al. 2017).",
     label="ACT",
+    train_cost=1.0,
 )
 
 __all__ = ["ACTConfig", "ACTResNet", "SPEC", "act_halting", "act_step", "check_eps"]

@@ -55,4 +55,5 @@ SPEC = MethodSpec(
     time_penalty_field=None,
     description="Vanilla ResNet (no halting); the depth series of the trade-off plots.",
     label="ResNet",
+    train_cost=1.0,
 )

@@ -13,6 +13,7 @@ SPEC = MethodSpec(
     time_penalty_field="tau",
     description="Spatially Adaptive Computation Time: ACT per position (Figurnov et al. 2017).",
     label="SACT",
+    train_cost=1.25,
 )
 
 __all__ = ["SACTConfig", "SACTResNet", "SPEC"]
