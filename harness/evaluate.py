@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness import results
 from harness.config import EvalConfig
 from harness.conformance import check_output
 from harness.contract import EXECUTIONS, AdaptiveModel, EvalSpec, ModelOutput
@@ -265,7 +266,7 @@ def evaluate_modes(
             "split": split,
         }
         row.update(summarize(passes, flop_counter.vanilla_flops if flop_counter else None))
-        rows.append(row)
+        rows.append(results.fields("evaluate", row))
     return rows
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torchvision
 
-from harness import store
+from harness import results, store
 from harness.config import (
     RunConfig,
     experiment_id,
@@ -241,17 +241,20 @@ def trial_columns(cfg: RunConfig, spec: MethodSpec, trial_id: str) -> dict[str, 
     """The per-trial columns of every result row (the time penalty named by the method)."""
     key = time_penalty_key(spec)
     identity = experiment_identity(cfg)
-    return {
-        "trial_id": trial_id,
-        "experiment_id": experiment_id(identity),
-        "experiment_config": json.dumps(identity, sort_keys=True, separators=(",", ":")),
-        "method": cfg.method,
-        "method_label": spec.label or spec.name,
-        "variant": cfg.model.variant,
-        "dataset": cfg.model.dataset,
-        "depth": cfg.model.depth,
-        "time_penalty_name": key or "",
-        "time_penalty": float(cfg.method_config[key]) if key else 0.0,
-        "seed": cfg.seed,
-        "eval_batch_size": cfg.eval.batch_size,
-    }
+    return results.fields(
+        "trial",
+        {
+            "trial_id": trial_id,
+            "experiment_id": experiment_id(identity),
+            "experiment_config": json.dumps(identity, sort_keys=True, separators=(",", ":")),
+            "method": cfg.method,
+            "method_label": spec.label or spec.name,
+            "variant": cfg.model.variant,
+            "dataset": cfg.model.dataset,
+            "depth": cfg.model.depth,
+            "time_penalty_name": key or "",
+            "time_penalty": float(cfg.method_config[key]) if key else 0.0,
+            "seed": cfg.seed,
+            "eval_batch_size": cfg.eval.batch_size,
+        },
+    )

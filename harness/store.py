@@ -8,7 +8,7 @@ A run directory holds::
     checkpoint.pt      model, optimizer, scheduler, RNG states, epoch (written atomically)
     summary.json       final metrics of the run (see :data:`SUMMARY_KEYS`)
     failed.json        only if training failed (diverged): the error, epoch and step
-    results.csv        one row per evaluation (mode x threshold x split), columns below
+    results.csv        one row per evaluation (mode x threshold x split); harness.results
     per_image.npz      per-image units/ponder cost of the default mode (+ spatial ponder maps)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a crash
@@ -45,6 +45,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from harness import results
 from harness.errors import CheckpointError, ConfigError, LockedError, StorageError
 
 log = logging.getLogger(__name__)
@@ -68,48 +69,8 @@ STALE_TEMP_SECONDS = 60.0
 #: ``units_executed_per_block``).
 SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_seconds", "method", "depth", "seed")
 
-#: The results-row schema: one row per (trial, evaluation mode, threshold, split).
-#: Column name -> meaning and unit. Accuracy is a fraction in [0, 1]; FLOPs follow the single
-#: convention of ``harness.costs.flops`` (2 x multiply-accumulates of convolutions and linear
-#: layers, halting branches included, BN/activations/pooling/additions/biases excluded).
-RESULT_COLUMNS: dict[str, str] = {
-    "trial_id": "run identifier (the run directory name)",
-    "experiment_id": "hash of experiment_config: rows with equal ids may be pooled as seeds",
-    "method": "registered method name",
-    "method_label": "the name tables and figures show (PACT rows say reconstruction)",
-    "variant": "backbone variant (sact, he, torchvision)",
-    "dataset": "cifar10 or imagenet",
-    "depth": "backbone depth (6n+2 for CIFAR; 50/101/152 for ImageNet)",
-    "time_penalty_name": "name of the method's time-penalty field (tau, lambda) or empty",
-    "time_penalty": "its value (0 for non-adaptive methods)",
-    "seed": "training seed",
-    "epochs": "training epochs",
-    "num_train": "training images (after any subset)",
-    "num_val": "validation images carved from the training set (0: no validation split)",
-    "eval_mode": "evaluation mode (standard, act, deterministic, stochastic, sampled)",
-    "execution": "how the evaluation ran (masked, early_exit, gathered)",
-    "threshold": "halting threshold of threshold modes (empty otherwise)",
-    "repeats": "repeats averaged (random modes; 1 otherwise)",
-    "split": "test or val (data.val_subset; choices are made on val)",
-    "num_images": "images evaluated",
-    "accuracy": "top-1 accuracy, fraction in [0, 1] (mean over repeats)",
-    "accuracy_std": "std of accuracy over repeats (0 for a single repeat)",
-    "loss": "mean cross-entropy, nats (mean over repeats)",
-    "units_executed_mean": "units executed per image summed over blocks (spatial: mean over "
-    "positions per block, summed over blocks)",
-    "units_executed_std": "std over images of the above",
-    "units_per_block": "JSON list: mean units executed per block",
-    "ponder_cost_mean": "mean ponder cost summed over blocks (ACT: N+R; PACT: E_q[N])",
-    "flops_per_image_mean": "FLOPs per image, mean over images",
-    "flops_per_image_std": "FLOPs per image, std over images",
-    "flops_fraction_of_vanilla": "flops_per_image_mean / FLOPs of the fully executed network",
-    "flops_per_block": "JSON list: mean FLOPs per image in each block",
-    "peak_memory_bytes": "peak memory of one evaluation batch (see peak_memory_device)",
-    "peak_memory_device": "cpu (live tensor storage, exact) or cuda (allocator peak)",
-    "eval_batch_size": "batch size of the evaluation pass",
-    "seconds_per_batch": "median wall-clock seconds per evaluation batch after warm-up",
-    "experiment_config": "JSON of the resolved config without seed and runtime fields",
-}
+#: The results-row schema (column -> description), declared in :mod:`harness.results`.
+RESULT_COLUMNS = results.RESULT_COLUMNS
 
 
 _HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"
@@ -393,12 +354,15 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def write_results_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write result rows with the schema's columns first (extra columns after), atomically."""
+    """Write result rows in schema order, atomically; a column not declared in
+    :mod:`harness.results`, or a missing required one, is refused in one line before anything is
+    written."""
     import pandas as pd
 
-    frame = pd.DataFrame(list(rows))
-    ordered = [c for c in RESULT_COLUMNS if c in frame.columns]
-    frame = frame[ordered + [c for c in frame.columns if c not in RESULT_COLUMNS]]
+    rows = list(rows)
+    results.check_rows(rows, str(path))
+    frame = pd.DataFrame(rows)
+    frame = frame[results.ordered(frame.columns)]
     atomic_write_text(path, frame.to_csv(index=False))
 
 

@@ -32,7 +32,7 @@ import torch
 import yaml
 from torch import nn
 
-from harness import store
+from harness import results, store
 from harness.config import (
     RunConfig,
     config_diff,
@@ -522,14 +522,21 @@ def finish_run(
             want_progress(cfg.progress),
             split="val",
         )
-        cost_keys = ("peak_memory_bytes", "peak_memory_device", "seconds_per_batch")
-        cost_keys += ("cost_batch_size", "activation_peak_bytes")
+        cost_keys = results.columns_of("costs")
         for val_row, test_row in zip(val_rows, rows, strict=True):  # the same plan, in order
             val_row.update({k: test_row[k] for k in cost_keys if k in test_row})
         rows = rows + val_rows
     columns = trial_columns(cfg, prepared.spec, run_dir.name)
-    columns.update(epochs=cfg.optim.epochs, num_train=prepared.data.num_train)
-    columns.update(num_val=prepared.data.num_val)
+    columns.update(
+        results.fields(
+            "train",
+            {
+                "epochs": cfg.optim.epochs,
+                "num_train": prepared.data.num_train,
+                "num_val": prepared.data.num_val,
+            },
+        )
+    )
     rows = [{**columns, **row} for row in rows]
     if evaluation_hook is not None:
         evaluation_hook(prepared, rows)

@@ -11,7 +11,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -98,20 +97,6 @@ def test_result_columns_cover_the_required_schema():
         "depth",
         "seed",
     }
-
-
-def test_write_results_csv_puts_schema_columns_first_in_schema_order(tmp_path: Path):
-    path = tmp_path / "results.csv"
-    rows = [
-        {"my_extra": "x", "accuracy": 0.5, "trial_id": "t1", "split": "test", "loss": 1.0},
-        {"my_extra": "y", "accuracy": 0.25, "trial_id": "t1", "split": "train", "loss": 2.0},
-    ]
-    store.write_results_csv(path, rows)
-    frame = pd.read_csv(path)
-    schema_order = [c for c in store.RESULT_COLUMNS if c in rows[0]]
-    assert list(frame.columns) == [*schema_order, "my_extra"]
-    assert frame["accuracy"].tolist() == [0.5, 0.25]
-    assert frame["my_extra"].tolist() == ["x", "y"]
 
 
 def _git(*args: str) -> str | None:

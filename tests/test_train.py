@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from harness import store
+from harness import results, store
 from harness.cli import main
 from harness.config import DataConfig, RunConfig, from_dict, to_dict
 from harness.contract import ModelSpec
@@ -101,11 +101,8 @@ def test_run_directory_holds_every_file(finished_run, tiny_npz_root: Path):
     assert "units_executed_mean" not in summary  # the plain ResNet reports no units
 
     rows = pd.read_csv(run / store.RESULTS_FILE)
-    schema = [c for c in store.RESULT_COLUMNS if c in rows.columns]
-    assert list(rows.columns[: len(schema)]) == schema  # schema columns first, in schema order
-    required = ["trial_id", "method", "variant", "dataset", "depth", "time_penalty", "seed"]
-    required += ["eval_mode", "split", "accuracy", "loss"]
-    assert set(required) <= set(rows.columns)
+    # Exactly the declared columns, in schema order: a dropped or an extra column fails.
+    assert list(rows.columns) == [c.name for c in results.COLUMNS]
     assert len(rows) == 1
     row = rows.iloc[0]
     assert (row["trial_id"], row["method"], row["variant"], row["dataset"]) == (

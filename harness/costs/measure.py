@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from harness import results
 from harness.contract import AdaptiveModel, EvalSpec, ModelOutput
 from harness.costs import evaluating
 from harness.costs.flops import FlopAccountant
@@ -123,8 +124,15 @@ def add_cost_columns(
         seed = random_seed if mode in model.random_modes else None
         memory, timing, _, output = measure_pass(model, images, spec, seed, warmup, repeats)
         del output
-        row["peak_memory_bytes"] = memory.peak_bytes
-        row["peak_memory_device"] = memory.device
-        row["seconds_per_batch"] = timing.seconds_per_batch
-        row["cost_batch_size"] = int(images.shape[0])
-        row["activation_peak_bytes"] = memory.activation_bytes
+        row.update(
+            results.fields(
+                "costs",
+                {
+                    "peak_memory_bytes": memory.peak_bytes,
+                    "peak_memory_device": memory.device,
+                    "seconds_per_batch": timing.seconds_per_batch,
+                    "cost_batch_size": int(images.shape[0]),
+                    "activation_peak_bytes": memory.activation_bytes,
+                },
+            )
+        )
