@@ -9,6 +9,7 @@ FLOP count) and times repeats, optionally interleaved with the plain backbone;
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -136,3 +137,14 @@ def add_cost_columns(
                 },
             )
         )
+
+
+def cost_passes_per_row(warmup: int | None = None, repeats: int | None = None) -> int:
+    """Forward passes of the cost batch that :func:`add_cost_columns` makes per result row:
+    :func:`measure_pass`'s ``warmup`` passes, its one peak-memory pass and its ``repeats`` timed
+    passes (no vanilla pass). ``None``: :func:`add_cost_columns`' defaults, as a trained run
+    uses them. ``grid --estimate`` charges a trial this many passes per row."""
+    defaults = inspect.signature(add_cost_columns).parameters
+    warmup = defaults["warmup"].default if warmup is None else warmup
+    repeats = defaults["repeats"].default if repeats is None else repeats
+    return warmup + 1 + repeats
