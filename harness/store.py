@@ -58,6 +58,9 @@ SUMMARY_FILE = "summary.json"
 PER_IMAGE_FILE = "per_image.npz"
 RESULTS_FILE = "results.csv"
 FAILED_FILE = "failed.json"
+#: A study folder's identity (preset and resolved trial configs) and its run directories' folder.
+STUDY_FILE = "study.yaml"
+TRIALS_DIR = "trials"
 #: The lock file of a folder held by one process (a run directory, a study folder).
 LOCK_FILE = ".lock"
 #: Key under which a JSON record lists the fields whose non-finite values were stored as null.
