@@ -49,18 +49,19 @@ class Seeds:
 
 @dataclass(frozen=True)
 class Display:
-    """How a compact table shows a value: ``fmt.format(value * scale)`` under ``header``;
-    ``-`` for a missing value."""
+    """How a compact table shows a value: ``fmt.format(value * scale / per)`` under
+    ``header`` (``per`` a unit divided out: 1e9 for GFLOPs); ``-`` for a missing value."""
 
     header: str
     fmt: str
     scale: float = 1.0
+    per: float = 1.0
 
     def format(self, value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
         try:
-            return self.fmt.format(float(value) * self.scale)
+            return self.fmt.format(float(value) * self.scale / self.per)
         except (TypeError, ValueError):
             return "-"
 
@@ -95,8 +96,8 @@ def _c(*args: Any, **kwargs: Any) -> Column:
     return Column(*args, **kwargs)
 
 
-_GFLOPS = Display("GFLOPs", "{:.4f}", 1e-9)
-_MIB = Display("peak memory MiB", "{:.1f}", 2**-20)
+_GFLOPS = Display("GFLOPs", "{:.4f}", per=1e9)
+_MIB = Display("peak memory MiB", "{:.1f}", per=2**20)
 
 #: Every column, in the order ``results.csv`` stores them.
 COLUMNS: tuple[Column, ...] = (

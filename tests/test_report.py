@@ -86,7 +86,7 @@ def study(tmp_path):
     path = tmp_path / "study"
     (path / "trials").mkdir(parents=True)
     frame = pd.DataFrame(rows())
-    # one table per trial directory, plus a duplicate of the first trial's rows at the top
+    # one table per trial directory (duplicated input: test_duplicate_rows_are_counted_once)
     for trial, group in frame.groupby("trial_id"):
         (path / "trials" / trial).mkdir()
         group.to_csv(path / "trials" / trial / "results.csv", index=False)
@@ -108,10 +108,15 @@ def test_seed_statistics(study):
 
 
 def test_duplicate_rows_are_counted_once(study, tmp_path):
+    """The first ACT seed reached three ways (its trial folder via the study, the folder
+    itself, a copy of its table): one row, and the seed statistics of three seeds."""
     extra = tmp_path / "dup.csv"
     pd.DataFrame(rows()[:1]).to_csv(extra, index=False)
-    frame = load_results([study, extra])
+    frame = load_results([study, extra, study / "trials" / "act_s0"])
     assert len(frame) == len(rows())
+    act = aggregate(frame).query("method == 'act'").iloc[0]
+    assert act["seeds"] == 3
+    assert act["accuracy_mean"] == pytest.approx(statistics.mean([0.80, 0.84, 0.83]))
 
 
 def test_files_written_through_the_cli(study, tmp_path, capsys):
@@ -340,7 +345,7 @@ def test_legacy_rows_take_their_experiment_from_the_stored_config(tmp_path):
     assert len(table) == 2 and sorted(table["optim.lr"]) == ["0.05", "0.1"]
 
 
-def test_unusable_tables_are_skipped_with_a_warning_naming_them(study, tmp_path, capsys):
+def test_unusable_tables_are_skipped_with_a_warning_naming_them(study, tmp_path):
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "results.csv").write_bytes(b"\x00\x01\x02binary\xff\xfe")
@@ -350,9 +355,11 @@ def test_unusable_tables_are_skipped_with_a_warning_naming_them(study, tmp_path,
     empty = tmp_path / "empty_table"
     empty.mkdir()
     (empty / "results.csv").write_text("")
-    frame = load_results([study, junk, other, empty])
+    warnings: list[str] = []
+    frame = load_results([study, junk, other, empty], warn=warnings.append)
     assert len(frame) == len(rows())
-    err = capsys.readouterr().err
+    assert len(warnings) == 3 and all("\n" not in w for w in warnings)
+    err = "\n".join(warnings)
     assert f"skipping {other / 'results.csv'}: lacks the column(s)" in err
     assert f"skipping {junk / 'results.csv'}" in err and f"skipping {empty / 'results.csv'}" in err
     with pytest.raises(ConfigError, match="none of the inputs holds a usable results table"):
@@ -389,3 +396,41 @@ def test_a_run_from_an_older_config_pools_with_an_equal_newer_one(tmp_path):
     table = aggregate(load_results([tmp_path]))
     assert len(table) == 1 and table["seeds"].tolist() == [2]
     assert table["method_label"].tolist() == ["ACT"]  # filled from the registry
+
+
+def test_aggregation_outputs_exactly_the_schemas_seed_statistics(study):
+    """The aggregated table: the schema's key and first columns, then one column per declared
+    seed statistic (:class:`harness.results.Seeds`) of the columns the rows hold."""
+    from harness import results
+
+    frame = load_results([study])
+    table = aggregate(frame)
+    expected_stats = []
+    for column in results.COLUMNS:
+        if column.seeds is None or column.name not in frame:
+            continue
+        names = (column.seeds.count, column.seeds.mean, column.seeds.std)
+        expected_stats += [n for n in names if n]
+    keys = [c.name for c in results.columns_aggregated("key") if c.name in frame]
+    first = [c.name for c in results.columns_aggregated("first") if c.name in frame]
+    assert sorted(table.columns) == sorted({*keys, *first, *expected_stats})
+    act = table[table["method"] == "act"].iloc[0]
+    assert act["peak_memory_bytes"] == pytest.approx(1001.0)  # mean of 1000, 1001, 1002
+
+
+def test_a_methods_table_note_appears_only_under_tables_with_its_rows(study, tmp_path):
+    from harness.registry import get_method
+
+    note = get_method("pact").table_note
+    assert note  # PACT declares that its rows are a reconstruction
+    make_report([study], tmp_path / "no_pact")
+    assert note not in (tmp_path / "no_pact" / "paper_table.md").read_text()
+    pact = [r | {"method": "pact", "time_penalty_name": "lambda"} for r in rows()[:1]]
+    pact[0].update(
+        experiment("pact", 14, lambda_=0.01), trial_id="pact_s0", eval_mode="deterministic"
+    )
+    (study / "trials" / "pact_s0").mkdir()
+    pd.DataFrame(pact).to_csv(study / "trials" / "pact_s0" / "results.csv", index=False)
+    make_report([study], tmp_path / "with_pact")
+    assert note in (tmp_path / "with_pact" / "paper_table.md").read_text()
+    assert note in (tmp_path / "with_pact" / "paper_table.tex").read_text()

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from harness.report import make_report
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    """``pact-harness report INPUT... --out DIR``: print every written path."""
-    for path in make_report(args.inputs, args.out):
+    """``pact-harness report INPUT... --out DIR``: print every written path (warnings about
+    skipped input on stderr)."""
+    for path in make_report(args.inputs, args.out, warn=_warn):
         print(path)
     return 0
 

@@ -1,0 +1,72 @@
+"""``report.md``: the index of a report, every table and figure with a line on what it shows
+and on what data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report.aggregate import _describe
+from harness.store import atomic_write_text
+
+
+def write_index(out: Path, written: list[Path], table: pd.DataFrame, inputs: list) -> Path:
+    """``report.md``: every table and figure with one line on what it shows and on what."""
+    names = {p.name for p in written}
+    splits = ", ".join(sorted(set(table["split"])))
+    experiments = table["experiment_id"].nunique()
+    lines = [
+        "# pact-harness report",
+        "",
+        f"Inputs: {', '.join(str(i) for i in inputs)}. {experiments} experiments "
+        f"({_describe(table)}); splits: {splits}. Seeds are pooled only within one "
+        "experiment (the full configuration except the seed).",
+        "",
+    ]
+    differing = table.attrs.get("differing", [])
+    if differing:
+        lines += [
+            f"Configuration fields that differ between experiments: {', '.join(differing)}.",
+            "",
+        ]
+    for stem, text in (
+        (
+            "paper_table",
+            "SACT-paper layout: accuracy ± std over seeds, GFLOPs, % of vanilla, "
+            "peak evaluation memory, default mode of each experiment.",
+        ),
+        ("modes_table", "Methods with several evaluation modes, modes side by side."),
+    ):
+        if f"{stem}.md" in names:
+            body = (out / f"{stem}.md").read_text()
+            lines += [
+                f"## {stem.replace('_', ' ')}",
+                "",
+                text,
+                f"([LaTeX]({stem}.tex))",
+                "",
+                body,
+                "",
+            ]
+    figures = (
+        (
+            "accuracy_vs_flops",
+            "Accuracy vs FLOPs per image; points labelled by time penalty, "
+            "seed error bars, vanilla depth series in black, threshold sweeps dotted.",
+        ),
+        ("memory", "Peak memory of one evaluation batch per method, mode and depth."),
+        ("units_histogram", "Units executed per test image, one panel per run."),
+        ("ponder_maps", "Spatial ponder-cost maps (one clipped colour scale) beside the images."),
+    )
+    for stem, text in figures:
+        if f"{stem}.png" in names:
+            lines += [f"## {stem.replace('_', ' ')}", "", text, "", f"![{stem}]({stem}.png)", ""]
+    lines += [
+        "Full table (every mode, threshold, execution, split): [results_table.csv]"
+        "(results_table.csv).",
+        "",
+    ]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

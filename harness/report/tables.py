@@ -1,0 +1,165 @@
+"""Tables: the tidy CSV and the compact paper-style tables (Markdown and LaTeX), formatted as
+the schema declares (:attr:`harness.results.Column.display`), with the FLOP convention and the
+notes of the methods they show under each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness import results
+from harness.costs.flops import CONVENTION
+from harness.errors import HarnessError
+from harness.registry import get_method
+from harness.report.aggregate import (
+    _ORDER,
+    ACCURACY,
+    ACCURACY_STD,
+    FLOPS,
+    MEMORY,
+    SEEDS,
+    _at_default_threshold,
+    _default_mode_rows,
+    _penalty_text,
+    _vanilla_fraction,
+)
+from harness.store import atomic_write_text
+
+_ACCURACY = results.SCHEMA["accuracy"].display
+_GFLOPS = results.SCHEMA["flops_per_image_mean"].display
+_MEMORY = results.SCHEMA["peak_memory_bytes"].display
+
+
+def _mib(value: Any) -> str:
+    return _MEMORY.format(value)
+
+
+def _accuracy_text(row: pd.Series) -> str:
+    """Mean ± sample std over seeds; the mean alone for one seed (no spread was measured)."""
+    mean = _ACCURACY.format(row[ACCURACY])
+    if int(row[SEEDS]) < 2:
+        return mean
+    return f"{mean} ± {_ACCURACY.format(row[ACCURACY_STD])}"
+
+
+def paper_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """The SACT paper's layout, one row per experiment in its default mode (threshold 0.5 for
+    threshold modes), on ``split``."""
+    data = _default_mode_rows(table)
+    data = data[(data["split"] == split) & _at_default_threshold(data)].copy()
+    data["fraction"] = _vanilla_fraction(table).loc[data.index]
+    data = (
+        data.sort_values(_ORDER, kind="stable")
+        .groupby("experiment_id", sort=False, as_index=False)
+        .first()
+    )
+    rows = []
+    for _, row in data.iterrows():
+        record = {
+            "method": row["method_label"],
+            "depth": int(row["depth"]),
+            "penalty": _penalty_text(row),
+            "mode": row["eval_mode"],
+            _ACCURACY.header: _accuracy_text(row),
+            "seeds": int(row[SEEDS]),
+            _GFLOPS.header: _GFLOPS.format(row[FLOPS]),
+            "% of vanilla": "-" if pd.isna(row["fraction"]) else f"{row['fraction']:.1f}",
+            _MEMORY.header: _mib(row.get(MEMORY)),
+        }
+        for key in table.attrs.get("differing", []):
+            record[key] = row[key]
+        rows.append(record)
+    return pd.DataFrame(rows)
+
+
+def modes_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Experiments of methods with several evaluation modes, their modes side by side."""
+    data = table[table["split"] == split]
+    multi = data.groupby("experiment_id")["eval_mode"].nunique()
+    data = data[data["experiment_id"].isin(multi[multi > 1].index)]
+    data = data[_at_default_threshold(data)]
+    data = data.sort_values(_ORDER, kind="stable")
+    rows = []
+    for _, group in data.groupby("experiment_id", sort=False):
+        first = group.iloc[0]
+        record = {
+            "method": first["method_label"],
+            "depth": int(first["depth"]),
+            "penalty": _penalty_text(first),
+        }
+        for _, row in group.iterrows():
+            mode = row["eval_mode"]
+            record[f"{mode} acc %"] = _ACCURACY.format(row[ACCURACY])
+            record[f"{mode} GFLOPs"] = _GFLOPS.format(row[FLOPS])
+            record[f"{mode} MiB"] = _mib(row.get(MEMORY))
+        for key in table.attrs.get("differing", []):
+            record[key] = first[key]
+        rows.append(record)
+    return pd.DataFrame(rows)
+
+
+#: Under every table: the FLOP convention, what the accuracy cells hold, how memory was measured.
+NOTE = (
+    f"FLOPs: {CONVENTION}. Accuracy: mean ± sample std over seeds (the mean alone for one "
+    "seed). "
+    "Peak memory: one evaluation batch (see cost_batch_size)."
+)
+
+
+def method_notes(table: pd.DataFrame) -> list[str]:
+    """The table notes (:attr:`harness.contract.MethodSpec.table_note`) of the methods whose
+    rows ``table`` holds, each once, in method order."""
+    notes: list[str] = []
+    for method in sorted(set(table["method"].astype(str))):
+        try:
+            note = get_method(method).table_note
+        except HarnessError:  # a method no longer installed: its rows carry no note
+            continue
+        if note and note not in notes:
+            notes.append(note)
+    return notes
+
+
+def table_note(table: pd.DataFrame) -> str:
+    """:data:`NOTE` and the notes of the methods in ``table``."""
+    return " ".join([NOTE, *method_notes(table)])
+
+
+_NUMBER = r"^(-|-?\d+(\.\d+)?( ± \d+(\.\d+)?)?)$"
+
+
+def _markdown(compact: pd.DataFrame) -> str:
+    """A compact table as Markdown with its cells exactly as formatted (no re-parsing: 0.0760
+    stays 0.0760), number columns right-aligned."""
+    align = [
+        "right" if compact[col].astype(str).str.match(_NUMBER).all() else "left"
+        for col in compact.columns
+    ]
+    return compact.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def write_tables(table: pd.DataFrame, out: Path) -> list[Path]:
+    """The full tidy CSV and the compact paper-style tables (Markdown and LaTeX)."""
+    paths = [out / "results_table.csv"]
+    atomic_write_text(paths[0], table.to_csv(index=False))
+    splits = [s for s in ("test", "val") if s in set(table["split"])]
+    note = table_note(table)
+    for stem, build in (("paper_table", paper_table), ("modes_table", modes_table)):
+        parts_md, parts_tex = [], []
+        for split in splits:
+            compact = build(table, split)
+            if compact.empty:
+                continue
+            parts_md.append(f"### {split} split\n\n{_markdown(compact)}\n")
+            parts_tex.append(
+                compact.to_latex(index=False, caption=f"{split} split. {note}", escape=True)
+            )
+        if not parts_md:
+            continue
+        atomic_write_text(out / f"{stem}.md", "\n".join(parts_md) + f"\n{note}\n")
+        atomic_write_text(out / f"{stem}.tex", "\n".join(parts_tex))
+        paths += [out / f"{stem}.md", out / f"{stem}.tex"]
+    return paths
