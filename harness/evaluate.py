@@ -229,11 +229,14 @@ def evaluate_modes(
     progress: bool = False,
     split: str = "test",
     per_image_path=None,
+    correct: dict[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """Every requested mode, threshold and seeded repeat; one summary row per (mode, threshold).
 
     With ``per_image_path``, the first pass (default mode, first threshold, first repeat) is
-    also saved per image there (:func:`write_per_image`).
+    also saved per image there (:func:`write_per_image`). With ``correct``, each row's
+    per-image correctness (mean over repeats: 0/1 for a deterministic mode) is put there under
+    the row's ``per_image_key`` (:func:`per_image_key`), for the comparisons' bootstrap.
     """
     rows = []
     for index, spec in enumerate(plan_evaluations(model, cfg)):
@@ -266,8 +269,27 @@ def evaluate_modes(
             "split": split,
         }
         row.update(summarize(passes, flop_counter.vanilla_flops if flop_counter else None))
+        if correct is not None:
+            row["per_image_key"] = per_image_key(row)
+            stacked = torch.stack([p.correct.double() for p in passes]).mean(0)
+            correct[row["per_image_key"]] = stacked.numpy().astype(np.float32)
         rows.append(results.fields("evaluate", row))
     return rows
+
+
+def per_image_key(row: Mapping[str, Any]) -> str:
+    """The name of a result row's per-image correctness in ``per_image_correct.npz``:
+    ``split|mode|execution|threshold`` (threshold empty for modes without one)."""
+    threshold = row.get("threshold")
+    threshold = "" if threshold is None or threshold != threshold else f"{float(threshold):g}"
+    return f"{row['split']}|{row['eval_mode']}|{row['execution']}|{threshold}"
+
+
+def write_correct(correct: Mapping[str, np.ndarray], path) -> None:
+    """Save every row's per-image correctness (:func:`evaluate_modes`' ``correct``) as npz."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **dict(correct))
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 #: Ponder maps kept per run in ``per_image.npz`` (test images spread evenly over the split).

@@ -139,6 +139,13 @@ COLUMNS: tuple[Column, ...] = (
         "first",
     ),
     _c(
+        "code_version",
+        "",
+        "the code the run trained with: source fingerprint (git commit for older runs, +dirty "
+        "for a dirty tree), torch and method-package versions; seeds are pooled only within one",
+        "train",
+    ),
+    _c(
         "eval_mode",
         "",
         "evaluation mode (one of the model's eval_modes, e.g. standard, deterministic)",
@@ -200,14 +207,26 @@ COLUMNS: tuple[Column, ...] = (
     _c(
         "flops_fraction_of_vanilla",
         "fraction",
-        "flops_per_image_mean / FLOPs of the fully executed network",
+        "flops_per_image_mean / FLOPs of the model's own backbone with every unit executed (same "
+        "backbone, same input size, decision branches excluded)",
         "evaluate",
+        "mean",
+        Seeds(mean="fraction_of_full_network"),
+        Display("% of vanilla", "{:.1f}", 100.0),
         required=False,
     ),
     _c(
         "flops_per_block",
         "FLOPs",
         "JSON list: mean FLOPs per image in each block",
+        "evaluate",
+        required=False,
+    ),
+    _c(
+        "per_image_key",
+        "",
+        "the row's per-image correctness in per_image_correct.npz (split|mode|execution|"
+        "threshold; empty in runs made before it was stored)",
         "evaluate",
         required=False,
     ),

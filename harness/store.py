@@ -10,6 +10,7 @@ A run directory holds::
     failed.json        only if training failed (diverged): the error, epoch and step
     results.csv        one row per evaluation (mode x threshold x split); harness.results
     per_image.npz      per-image units/ponder cost of the default mode (+ spatial ponder maps)
+    per_image_correct.npz  per result row (its per_image_key), each image's correctness
 
 Every file is written to a temporary name in the same folder and renamed into place, so a crash
 never leaves a half-written file behind; the temporary files a killed writer leaves
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -56,6 +58,8 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 PER_IMAGE_FILE = "per_image.npz"
+#: Per result row, the correctness of every evaluated image (the comparisons' bootstrap).
+CORRECT_FILE = "per_image_correct.npz"
 RESULTS_FILE = "results.csv"
 FAILED_FILE = "failed.json"
 #: A study folder's identity (preset and resolved trial configs) and its run directories' folder.
@@ -390,6 +394,47 @@ def _device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+_FINGERPRINTS: dict[tuple[str, ...], str] = {}
+
+
+def code_fingerprint(packages: Iterable[str | Path]) -> str:
+    """A hash of the Python source that trains and evaluates (the harness, the backbones and the
+    method's package, given as their folders): equal source, equal fingerprint, whatever the
+    commit (a commit that changes only docs changes no result). sha256 over every ``*.py`` file
+    (relative path and bytes), first 16 hex digits; computed once per process."""
+    folders = tuple(sorted(str(Path(p).resolve()) for p in packages))
+    if folders not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for folder in folders:
+            root = Path(folder)
+            for file in sorted(root.rglob("*.py")):
+                digest.update(f"{root.name}/{file.relative_to(root).as_posix()}\0".encode())
+                digest.update(file.read_bytes())
+        _FINGERPRINTS[folders] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[folders]
+
+
+def code_version(provenance: Mapping[str, Any]) -> str:
+    """The code a run's results come from, as one string: the source fingerprint (or, for runs
+    made before it was recorded, the git commit) with ``+dirty`` for a dirty tree, torch's
+    version and the method package's version. Runs with different strings are never pooled as
+    seeds unless the user allows mixed code."""
+    fingerprint = provenance.get("code_fingerprint")
+    if fingerprint:
+        code = f"src {fingerprint[:10]}"
+    else:
+        commit = provenance.get("git_commit")
+        code = f"git {str(commit)[:7]}" if commit else "unknown"
+        if provenance.get("git_dirty"):
+            code += "+dirty"
+    torch_version = (provenance.get("library_versions") or {}).get("torch")
+    package = provenance.get("method_package") or {}
+    parts = [code, f"torch {torch_version}" if torch_version else "torch ?"]
+    if package.get("name"):
+        parts.append(f"{package['name']} {package.get('version')}")
+    return " / ".join(parts)
 
 
 def collect_provenance(seed: int, device: torch.device, argv: list[str] | None = None) -> dict:

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,11 +48,11 @@ from harness.costs.flops import FlopAccountant
 from harness.costs.measure import add_cost_columns
 from harness.data import DataBundle, resolve_data_root
 from harness.errors import CheckpointError, ConfigError, DivergenceError, StorageError
-from harness.evaluate import evaluate, evaluate_modes, plan_evaluations
+from harness.evaluate import evaluate, evaluate_modes, plan_evaluations, write_correct
+from harness.models import build_model
 from harness.progress import progress_bar, want_progress
 from harness.registry import method_origin
 from harness.runs import (
-    build_model,
     build_run_data,
     init_from_source,
     load_checkpoint,
@@ -94,14 +95,14 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     validate_run_config(cfg)
     spec, method_config, cfg = resolve_method(cfg)
     # Build the model once on the default class count to reject bad depths before data loads.
-    spec.build(cfg.model, method_config)
+    build_model(cfg)
     device = resolve_device(cfg.device)
     root = resolve_data_root(cfg.data.root)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root.resolve())))
     speed = resolve_speed(cfg.speed, device)
     data = build_run_data(cfg, root, device=device if speed.device_data else None)
     torch.manual_seed(cfg.seed)
-    _, _, model = build_model(cfg, num_classes=data.num_classes)
+    model = build_model(cfg, num_classes=data.num_classes)
     specs = plan_evaluations(model, cfg.eval)  # unknown eval modes fail now, not after training
     model.to(device)
     if cfg.channels_last:
@@ -324,6 +325,23 @@ class TrainingState:
     train_seconds: float = 0.0
 
 
+def source_folders(model: nn.Module) -> list[Path]:
+    """The folders of the source that trains and evaluates ``model``: the harness and every
+    top-level package (other than torch's) that a class of the model or of its submodules
+    comes from (a built-in method's package and the backbones, or a plug-in's own)."""
+    tops = {"harness"}
+    for module in model.modules():
+        for cls in type(module).__mro__:
+            tops.add(cls.__module__.split(".")[0])
+    folders = []
+    for top in sorted(tops - {"torch", "builtins", "typing", "abc"}):
+        package = sys.modules.get(top)
+        path = getattr(package, "__file__", None)
+        if path and Path(path).name == "__init__.py":
+            folders.append(Path(path).parent)
+    return folders
+
+
 def restore_or_start(
     prepared: PreparedRun,
     run_dir: Path,
@@ -353,6 +371,7 @@ def restore_or_start(
     store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(cfg)))
     provenance = store.collect_provenance(cfg.seed, device, argv)
     provenance["method_package"] = method_origin(cfg.method)
+    provenance["code_fingerprint"] = store.code_fingerprint(source_folders(model))
     provenance["init_from"] = str(init_from) if init_from else None
     provenance["fresh_parameters"] = fresh_keys
     store.atomic_write_json(run_dir / store.PROVENANCE_FILE, provenance)
@@ -499,6 +518,7 @@ def finish_run(
     """Evaluate every mode, write ``results.csv`` and ``summary.json``."""
     cfg, model = prepared.cfg, prepared.model
     flop_counter = FlopAccountant(model, image_size=prepared.data.image_size)
+    correct: dict[str, Any] = {}
     rows = evaluate_modes(
         model,
         prepared.data.test_loader,
@@ -507,6 +527,7 @@ def finish_run(
         flop_counter,
         want_progress(cfg.progress),
         per_image_path=run_dir / store.PER_IMAGE_FILE,
+        correct=correct,
     )
     # Peak memory and time per row, on the first test batch (the evaluation's batch size).
     first = next(iter(prepared.data.test_loader), None)
@@ -521,6 +542,7 @@ def finish_run(
             flop_counter,
             want_progress(cfg.progress),
             split="val",
+            correct=correct,
         )
         cost_keys = results.columns_of("costs")
         for val_row, test_row in zip(val_rows, rows, strict=True):  # the same plan, in order
@@ -534,12 +556,16 @@ def finish_run(
                 "epochs": cfg.optim.epochs,
                 "num_train": prepared.data.num_train,
                 "num_val": prepared.data.num_val,
+                "code_version": store.code_version(
+                    store.read_json(run_dir / store.PROVENANCE_FILE)
+                ),
             },
         )
     )
     rows = [{**columns, **row} for row in rows]
     if evaluation_hook is not None:
         evaluation_hook(prepared, rows)
+    write_correct(correct, run_dir / store.CORRECT_FILE)
     store.write_results_csv(run_dir / store.RESULTS_FILE, rows)
     main = rows[0]
     summary = {

@@ -59,14 +59,19 @@ def test_evaluate_and_costs_producers_write_exactly_their_columns(method: str):
     loader = _loader()
     cfg = EvalConfig(repeats=2, thresholds=(0.3, 0.5), batch_size=6)
     accountant = FlopAccountant(model, (32, 32))
-    rows = evaluate_modes(model, loader, cfg, torch.device("cpu"), accountant)
+    correct: dict = {}
+    rows = evaluate_modes(model, loader, cfg, torch.device("cpu"), accountant, correct=correct)
     assert rows  # one row per mode (and threshold)
     for row in rows:
         assert list(row) == list(results.columns_of("evaluate"))
-    # Without an accountant, the FLOP columns (optional) are left out, nothing else.
+        # its per-image correctness, stored under its key, averages to its accuracy
+        assert correct[row["per_image_key"]].shape == (12,)
+        assert correct[row["per_image_key"]].mean() == pytest.approx(row["accuracy"])
+    assert len(correct) == len(rows)
+    # Without an accountant and a correctness sink, their optional columns are left out.
     bare = evaluate_modes(model, loader, cfg, torch.device("cpu"), None)
     flop_columns = {"flops_per_image_mean", "flops_per_image_std", "flops_per_block"}
-    flop_columns.add("flops_fraction_of_vanilla")
+    flop_columns.update({"flops_fraction_of_vanilla", "per_image_key"})
     for row in bare:
         assert set(results.columns_of("evaluate")) - set(row) == flop_columns
     before = [set(row) for row in rows]

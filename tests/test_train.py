@@ -65,6 +65,7 @@ def test_run_directory_holds_every_file(finished_run, tiny_npz_root: Path):
             store.SUMMARY_FILE,
             store.RESULTS_FILE,
             store.PER_IMAGE_FILE,
+            store.CORRECT_FILE,
         ]
     )  # and no temporary files left behind
 

@@ -82,14 +82,20 @@ __all__ = [
 ]
 
 
-def make_report(inputs: list[str | Path], out: str | Path, warn: Warn | None = None) -> list[Path]:
+def make_report(
+    inputs: list[str | Path],
+    out: str | Path,
+    warn: Warn | None = None,
+    allow_mixed_code: bool = False,
+) -> list[Path]:
     """Load, aggregate, write tables, figures and ``report.md``; returns the written paths.
-    ``warn`` receives one line per input the report skips or cannot pool (default: logged)."""
+    ``warn`` receives one line per input the report skips or cannot pool (default: logged);
+    seeds from different code versions are refused unless ``allow_mixed_code``."""
     options = {} if warn is None else {"warn": warn}
     frame = load_results(inputs, **options)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = aggregate(frame)
+    table = aggregate(frame, allow_mixed_code)
     written = write_tables(table, out)
     if FLOPS in table and table[FLOPS].notna().any():
         written += plot_accuracy_vs_flops(accuracy_figure(table), out)

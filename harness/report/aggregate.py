@@ -15,6 +15,7 @@ import pandas as pd
 
 from harness import results
 from harness.config import flatten
+from harness.errors import ConfigError
 from harness.report.load import ROW_KEYS
 
 #: The aggregated columns' names, as the schema declares them (:class:`harness.results.Seeds`).
@@ -24,6 +25,7 @@ FLOPS = results.SCHEMA["flops_per_image_mean"].seeds.mean
 FLOPS_STD = results.SCHEMA["flops_per_image_mean"].seeds.std
 SEEDS = results.SCHEMA["seed"].seeds.count
 MEMORY = results.SCHEMA["peak_memory_bytes"].seeds.mean
+FRACTION = results.SCHEMA["flops_fraction_of_vanilla"].seeds.mean
 COST_BATCH = results.SCHEMA["cost_batch_size"].seeds.mean
 
 #: Experiment-level columns shown in tables (constant within an experiment: the schema's
@@ -76,13 +78,41 @@ def _config_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+def _versions(values: pd.Series) -> list[str]:
+    return sorted(set(map(str, values)))
+
+
+def check_code_versions(frame: pd.DataFrame, allow_mixed_code: bool = False) -> None:
+    """Seeds of one experiment must come from one code version (:func:`harness.store.
+    code_version`); else one ``ConfigError`` line naming the experiment and the versions,
+    unless ``allow_mixed_code``."""
+    if allow_mixed_code or "code_version" not in frame:
+        return
+    versions = frame.groupby("experiment_id")["code_version"].agg(
+        lambda v: sorted(set(map(str, v)))
+    )
+    for eid, found in versions.items():
+        if len(found) > 1:
+            first = frame[frame["experiment_id"] == eid].iloc[0]
+            name = f"{first['method']} d{first['depth']} {_penalty_text(first)}"
+            raise ConfigError(
+                f"report: the seeds of {name} come from {len(found)} code versions "
+                f"({'; '.join(found)}); they are not pooled or paired. Pass --allow-mixed-code "
+                "to pool them anyway (tables then show a code column)"
+            )
+
+
+def aggregate(frame: pd.DataFrame, allow_mixed_code: bool = False) -> pd.DataFrame:
     """Seed statistics per (experiment, mode, threshold, execution, split), as the schema
     declares them (:attr:`harness.results.Column.seeds`): means, sample std over seeds (0 for
     one seed) and the seed count.
 
     Configuration fields that differ between experiments are added as columns, so that two
-    experiments never look alike in a table."""
+    experiments never look alike in a table. Seeds from different code versions are refused
+    (:func:`check_code_versions`) unless ``allow_mixed_code``; each row's ``code`` lists the
+    versions it pools, and ``table.attrs["show_code"]`` says whether tables must show them
+    (rows spanning several versions, or a dirty tree)."""
+    check_code_versions(frame, allow_mixed_code)
     keys = ["experiment_id"] + [k for k in ROW_KEYS if k in frame]
     frame = _blank_nan(frame, keys)
     stats: dict[str, tuple[str, str]] = {}
@@ -95,6 +125,8 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
         stats[column.seeds.mean] = (column.name, "mean")
         if column.aggregate == "mean_std":
             stats[column.seeds.std] = (column.name, "std")
+    if "code_version" in frame:
+        stats["code"] = ("code_version", lambda v: "; ".join(_versions(v)))
     table = frame.groupby(keys, dropna=False, sort=True).agg(**stats)
     for column in results.COLUMNS:
         if column.aggregate == "mean_std" and column.seeds.std in table:
@@ -110,6 +142,9 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
             _config_value(flatten(json.loads(configs[eid])).get(key))
             for eid in table["experiment_id"]
         ]
+    if "code" in table:
+        spans = table["code"].str.contains("; ") | table["code"].str.contains(r"\+dirty")
+        table.attrs["show_code"] = bool(spans.any())
     table.attrs["differing"] = differing
     return table
 

@@ -33,10 +33,13 @@ from harness.registry import get_method
 from harness.store import (
     CONFIG_FILE,
     PER_IMAGE_FILE,
+    PROVENANCE_FILE,
     RESULTS_FILE,
     STUDY_FILE,
     SUMMARY_FILE,
     TRIALS_DIR,
+    code_version,
+    read_json,
 )
 
 log = logging.getLogger(__name__)
@@ -178,6 +181,34 @@ def _with_budget(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame
 
 
+def _run_folder(path: Path, trial_id: Any) -> Path:
+    """The run directory of a row of ``path`` (a study's table: ``trials/<trial_id>``)."""
+    trial = path.parent / TRIALS_DIR / str(trial_id)
+    return trial if trial.is_dir() else path.parent
+
+
+def _with_code(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Every row's ``code_version``: as written, or for rows written before that column
+    existed, from the run's ``provenance.json`` (:func:`harness.store.code_version`: the git
+    commit and dirty flag of older runs); ``unknown`` when neither exists."""
+    frame = frame.copy()
+    if "code_version" not in frame:
+        frame["code_version"] = None
+    missing = frame["code_version"].isna()
+    if missing.any():
+        cache: dict[Path, str] = {}
+        trials = frame.get("trial_id", pd.Series([None] * len(frame), index=frame.index))
+        for index in frame.index[missing]:
+            folder = _run_folder(path, trials[index])
+            if folder not in cache:
+                try:
+                    cache[folder] = code_version(read_json(folder / PROVENANCE_FILE))
+                except HarnessError:
+                    cache[folder] = "unknown"
+            frame.loc[index, "code_version"] = cache[folder]
+    return frame
+
+
 def load_results(paths: Iterable[str | Path], warn: Warn = _log_warning) -> pd.DataFrame:
     """Every usable result row, each (experiment, seed, mode, threshold, execution, split)
     once: the same run reached through two inputs counts once, while two runs that merely
@@ -187,7 +218,7 @@ def load_results(paths: Iterable[str | Path], warn: Warn = _log_warning) -> pd.D
         frame = _read_table(path, warn)
         if frame is None:
             continue
-        frame = _with_experiment(_with_budget(frame, path), path, warn)
+        frame = _with_code(_with_experiment(_with_budget(frame, path), path, warn), path)
         frame["source"] = str(path)
         frames.append(frame)
     if not frames:

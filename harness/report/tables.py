@@ -19,6 +19,7 @@ from harness.report.aggregate import (
     ACCURACY,
     ACCURACY_STD,
     FLOPS,
+    FRACTION,
     MEMORY,
     SEEDS,
     _at_default_threshold,
@@ -50,7 +51,10 @@ def paper_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     threshold modes), on ``split``."""
     data = _default_mode_rows(table)
     data = data[(data["split"] == split) & _at_default_threshold(data)].copy()
-    data["fraction"] = _vanilla_fraction(table).loc[data.index]
+    if FRACTION in data:  # the model's own full network
+        data["fraction"] = 100 * data[FRACTION]
+    else:  # tables written before rows carried it: the vanilla run of the same architecture
+        data["fraction"] = _vanilla_fraction(table).loc[data.index]
     data = (
         data.sort_values(_ORDER, kind="stable")
         .groupby("experiment_id", sort=False, as_index=False)
@@ -71,6 +75,8 @@ def paper_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
         }
         for key in table.attrs.get("differing", []):
             record[key] = row[key]
+        if table.attrs.get("show_code"):
+            record["code"] = row["code"]
         rows.append(record)
     return pd.DataFrame(rows)
 
@@ -97,6 +103,8 @@ def modes_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
             record[f"{mode} MiB"] = _mib(row.get(MEMORY))
         for key in table.attrs.get("differing", []):
             record[key] = first[key]
+        if table.attrs.get("show_code"):
+            record["code"] = "; ".join(sorted(set("; ".join(group["code"]).split("; "))))
         rows.append(record)
     return pd.DataFrame(rows)
 
@@ -105,6 +113,8 @@ def modes_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 NOTE = (
     f"FLOPs: {CONVENTION}. Accuracy: mean ± sample std over seeds (the mean alone for one "
     "seed). "
+    "% of vanilla: FLOPs over those of the same model with every unit executed (its own "
+    "backbone and input size, decision branches excluded). "
     "Peak memory: one evaluation batch (see cost_batch_size)."
 )
 
