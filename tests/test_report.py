@@ -413,7 +413,9 @@ def test_aggregation_outputs_exactly_the_schemas_seed_statistics(study):
         expected_stats += [n for n in names if n]
     keys = [c.name for c in results.columns_aggregated("key") if c.name in frame]
     first = [c.name for c in results.columns_aggregated("first") if c.name in frame]
-    assert sorted(table.columns) == sorted({*keys, *first, *expected_stats})
+    # plus the code versions each row pools (from provenance; none stored here: unknown)
+    assert sorted(table.columns) == sorted({*keys, *first, *expected_stats, "code"})
+    assert set(table["code"]) == {"unknown"} and not table.attrs["show_code"]
     act = table[table["method"] == "act"].iloc[0]
     assert act["peak_memory_bytes"] == pytest.approx(1001.0)  # mean of 1000, 1001, 1002
 
