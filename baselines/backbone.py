@@ -5,7 +5,6 @@ the vanilla network is :meth:`ResNetBackbone.forward`.
 """
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -137,16 +136,6 @@ class ResNetBackbone(nn.Module):
         self.dataset = dataset
         self.variant = variant
         self.depth = depth
-
-    def units_per_block(self) -> list[int]:
-        """Number of residual units in each block."""
-        return [len(block) for block in self.blocks]
-
-    def units(self) -> Iterator[tuple[int, int, ResidualUnit]]:
-        """Yield ``(block_index, unit_index, unit)`` in execution order."""
-        for i, block in enumerate(self.blocks):
-            for j, unit in enumerate(block):
-                yield i, j, unit
 
     def forward(self, images: Tensor) -> Tensor:
         """Vanilla network: stem, every unit of every block (dense), head."""

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from harness.errors import ConfigError
-
-if TYPE_CHECKING:  # annotation only: backbone.py imports this module
-    from baselines.backbone import ResNetBackbone
 
 _LAYER = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 _DOWNSAMPLE = {"downsample.0.": "shortcut_conv.", "downsample.1.": "shortcut_bn."}
@@ -42,9 +38,13 @@ def torchvision_key(key: str) -> str:
 
 
 def load_torchvision_state_dict(
-    backbone: ResNetBackbone, state_dict: Mapping[str, Tensor], strict: bool = True
+    backbone: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = True
 ) -> tuple[list[str], list[str]]:
     """Copy a torchvision ``resnet50/101/152`` state dict into a ``"torchvision"`` backbone.
+
+    ``backbone`` is a :class:`baselines.ResNetBackbone` (its ``dataset`` and ``variant`` say
+    whether it can take the weights); this module needs only those two attributes, so that it
+    does not import the backbone module, which imports it.
 
     Returns ``(missing_keys, unexpected_keys)`` as ``nn.Module.load_state_dict`` does.
 
@@ -52,9 +52,10 @@ def load_torchvision_state_dict(
         ConfigError: the backbone is not the ImageNet ``"torchvision"`` variant.
         KeyError: a key is not a torchvision ResNet key (only with ``strict``).
     """
-    if backbone.dataset != "imagenet" or backbone.variant != "torchvision":
+    dataset, variant = getattr(backbone, "dataset", None), getattr(backbone, "variant", None)
+    if dataset != "imagenet" or variant != "torchvision":
         raise ConfigError(
-            f"variant={backbone.variant!r} (dataset={backbone.dataset!r}) cannot load torchvision "
+            f"variant={variant!r} (dataset={dataset!r}) cannot load torchvision "
             "weights; allowed: dataset 'imagenet' with variant 'torchvision'"
         )
     mapped: dict[str, Tensor] = {}

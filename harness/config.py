@@ -138,9 +138,13 @@ class SpeedConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One training run: method, backbone, data, optimisation, evaluation."""
+    """One training run: method, backbone, data, optimisation, evaluation.
 
-    method: str = "resnet"
+    ``method`` has no default (empty: not given): the harness names no method, so a run names
+    its own (``--method``, ``method:`` in a config file, a preset's trials).
+    """
+
+    method: str = ""
     method_config: Mapping[str, Any] = field(default_factory=dict)
     model: ModelSpec = ModelSpec()
     data: DataConfig = DataConfig()

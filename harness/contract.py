@@ -30,7 +30,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -302,15 +302,20 @@ class ModelSpec:
     num_classes: int | None = None
 
 
+#: A method's config class (``MethodSpec[ACTConfig]``: ``build`` takes an ``ACTConfig``).
+ConfigT = TypeVar("ConfigT", bound=MethodConfig)
+
+
 @dataclass(frozen=True)
-class MethodSpec:
+class MethodSpec(Generic[ConfigT]):
     """A registered method.
 
     ``name`` is the method's name (``--method``), equal to its entry-point name.
     ``config_cls`` is a :class:`MethodConfig` dataclass of the method's hyper-parameters (its
-    defaults are the paper's); ``build(model_spec, method_config)`` returns an instance of
-    ``model_cls``, an :class:`AdaptiveModel` subclass whose class attributes tell the harness the
-    modes and executions.
+    defaults are the paper's); ``build(model_spec, method_config)``, called with an instance of
+    ``config_cls`` (built from the run's ``method`` section and validated by the harness),
+    returns an instance of ``model_cls``, an :class:`AdaptiveModel` subclass whose class
+    attributes tell the harness the modes and executions.
 
     One spelling rule: ``time_penalty_field`` and the keys of ``search_space`` are *field names*
     of ``config_cls``, exactly as in the dataclass (``tau``, ``lambda_``). Files, flags, presets
@@ -322,9 +327,9 @@ class MethodSpec:
     """
 
     name: str
-    config_cls: type
+    config_cls: type[ConfigT]
     model_cls: type[AdaptiveModel]
-    build: Callable[[ModelSpec, Any], AdaptiveModel]
+    build: Callable[[ModelSpec, ConfigT], AdaptiveModel]
     search_space: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     time_penalty_field: str | None = None
     description: str = ""

@@ -1,21 +1,24 @@
-"""One call from a method name to a model, for notebooks and tests.
+"""The one way to build a model: a method's model for a run config, or from keyword arguments.
 
-    >>> from harness.models import create_model
-    >>> model = create_model("pact", depth=20, lambda_=0.03)
+    >>> from harness.models import build_model, create_model
+    >>> model = build_model(cfg, num_classes=data.num_classes)     # a run's model (train, study)
+    >>> model = create_model("pact", depth=20, lambda_=0.03)       # notebooks and tests
     >>> out = model(torch.randn(2, 3, 32, 32), EvalSpec("deterministic"))
 
-No data, no run directory, no device: the model is built on the CPU exactly as ``train`` builds
-it (method defaults filled in, the method config validated). A run's model, with the classes of
-its data, comes from :func:`harness.runs.build_model`.
+Both take the same path (:func:`build_model`): the method looked up in the registry, its config
+built from the ``method`` section (defaults filled in, unknown keys refused) and validated
+(:func:`build_method_config`), the dataset checked, then the method's ``build``. No data, no run
+directory, no device: the model is returned in training mode on the CPU, as ``build`` made it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
-from harness.config import DATASETS, config_key, from_dict
-from harness.contract import AdaptiveModel, ModelSpec
+from harness.config import DATASETS, RunConfig, config_key, from_dict
+from harness.contract import AdaptiveModel, MethodConfig, MethodSpec, ModelSpec
 from harness.errors import ConfigError, check_choice
 from harness.registry import get_method
 
@@ -52,17 +55,36 @@ def split_overrides(name: str, overrides: dict[str, Any]) -> tuple[dict, dict]:
     return model, method
 
 
+def build_method_config(spec: MethodSpec, values: Mapping[str, Any]) -> MethodConfig:
+    """``spec``'s config from a ``method`` section (config keys: ``lambda``, not ``lambda_``):
+    defaults filled in, unknown keys and bad types refused, then ``validate()``d."""
+    config = from_dict(spec.config_cls, values, "method")
+    config.validate()
+    return config
+
+
+def build_model(cfg: RunConfig, num_classes: int | None = None) -> AdaptiveModel:
+    """The model of ``cfg``: method ``cfg.method`` with ``cfg.method_config`` on ``cfg.model``.
+
+    ``num_classes`` (the data's) applies when ``cfg.model.num_classes`` is None. The method
+    config is resolved and validated on the way (:func:`build_method_config`);
+    :func:`harness.runs.resolve_method` returns the resolved config itself.
+    """
+    spec = get_method(cfg.method)
+    model_spec = cfg.model
+    check_choice("model.dataset", model_spec.dataset, DATASETS)
+    if num_classes is not None and model_spec.num_classes is None:
+        model_spec = dataclasses.replace(model_spec, num_classes=num_classes)
+    return spec.build(model_spec, build_method_config(spec, cfg.method_config))
+
+
 def create_model(name: str, **overrides: Any) -> AdaptiveModel:
     """Build method ``name``'s model; keyword arguments set the backbone and the method config.
 
     ``create_model("pact", depth=20, lambda_=0.03)`` is PACT on a CIFAR ResNet-20 with
-    lambda 0.03 and every other hyper-parameter at its default. The model is returned in
-    training mode on the CPU, as ``build`` made it.
+    lambda 0.03 and every other hyper-parameter at its default: :func:`build_model` of the run
+    config those arguments describe.
     """
     model_keys, method_keys = split_overrides(name, overrides)
-    spec = get_method(name)
     model_spec = from_dict(ModelSpec, model_keys, "model")
-    check_choice("model.dataset", model_spec.dataset, DATASETS)
-    method_config = from_dict(spec.config_cls, method_keys, "method")
-    method_config.validate()
-    return spec.build(model_spec, method_config)
+    return build_model(RunConfig(method=name, method_config=method_keys, model=model_spec))

@@ -21,7 +21,7 @@ A preset is a readable file shipped in ``harness/preset_files/`` (``smoke.yaml``
     depths: [14]                    # backbone depths of the method trials
     seeds: [0]
     vanilla_depths: [8, 14]         # extra trials of the vanilla method (the depth series)
-    vanilla_method: resnet          # the method those trials use (default resnet)
+    vanilla_method: resnet          # the method those trials use (required with vanilla_depths)
     init_from: null                 # run directory whose backbone initialises the method
                                     # trials (not the vanilla series); "required": the user
                                     # must give one (--set init_from=RUN_DIR)
@@ -121,7 +121,7 @@ class Preset:
     depths: tuple[int, ...] = ()
     seeds: tuple[int, ...] = ()
     vanilla_depths: tuple[int, ...] = ()
-    vanilla_method: str = "resnet"
+    vanilla_method: str = ""  # required with vanilla_depths: the harness names no method
     init_from: str | None = None
     resources: Mapping[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     max_concurrent: int | None = None
@@ -301,6 +301,11 @@ def parse_preset(tree: Mapping[str, Any], source: str = "") -> Preset:
     _check_ints(preset.seeds, "seeds", 0)
     _check_ints(preset.depths, "depths", 1)
     _check_ints(preset.vanilla_depths, "vanilla_depths", 1)
+    if preset.vanilla_depths and not preset.vanilla_method:
+        raise ConfigError(
+            f"vanilla_depths={list(preset.vanilla_depths)} needs vanilla_method: the registered "
+            "method those trials use (the plain backbone)"
+        )
     if not preset.seeds:
         raise ConfigError("seeds: give at least one seed")
     if not preset.methods:

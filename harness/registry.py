@@ -224,16 +224,21 @@ def broken_methods(pattern: str = "*") -> dict[str, str]:
 
 
 def get_method(name: str) -> MethodSpec:
-    """The spec registered as ``name``; ``ConfigError`` listing the known names otherwise."""
+    """The spec registered as ``name``; ``ConfigError`` listing the known names otherwise (an
+    empty name is a run that names no method: the harness has no default one)."""
     _load_entry_points()
     if name in _BROKEN:
         raise ConfigError(f"method {name!r} is broken: {_BROKEN[name]}")
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "(none)"
-        broken = f" (broken: {', '.join(sorted(_BROKEN))})" if _BROKEN else ""
-        raise ConfigError(f"unknown method {name!r}; registered methods: {known}{broken}") from None
+    known = ", ".join(sorted(_REGISTRY)) or "(none)"
+    broken = f" (broken: {', '.join(sorted(_BROKEN))})" if _BROKEN else ""
+    if not name:
+        raise ConfigError(
+            f"no method given: name one (--method NAME, or method: in a config file); "
+            f"registered methods: {known}{broken}"
+        )
+    raise ConfigError(f"unknown method {name!r}; registered methods: {known}{broken}")
 
 
 def method_origin(name: str) -> dict[str, Any]:

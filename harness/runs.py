@@ -1,5 +1,5 @@
-"""Core services around one run: resolve its method, build its model and data, read what a run
-directory holds, and the per-trial columns of its result rows.
+"""Core services around one run: resolve its method, build its data, read what a run directory
+holds, and the per-trial columns of its result rows (its model: :func:`harness.models.build_model`).
 
 Every job (train, profile, study, report) uses these; none of them is a job itself. The run
 lifecycle (prepare, train, resume, evaluate) is :mod:`harness.train`.
@@ -26,9 +26,10 @@ from harness.config import (
     load_yaml,
     to_dict,
 )
-from harness.contract import AdaptiveModel, MethodSpec
+from harness.contract import AdaptiveModel, MethodConfig, MethodSpec
 from harness.data import DataBundle, build_data
 from harness.errors import CheckpointError, ConfigError
+from harness.models import build_method_config
 from harness.registry import get_method, time_penalty_key
 
 
@@ -41,27 +42,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_method(cfg: RunConfig) -> tuple[MethodSpec, Any, RunConfig]:
-    """Look up the method and fill its config defaults into ``cfg.method_config``."""
+def resolve_method(cfg: RunConfig) -> tuple[MethodSpec, MethodConfig, RunConfig]:
+    """Look up the method, build and validate its config, and fill its defaults into
+    ``cfg.method_config``: ``(spec, method config, resolved cfg)``."""
     spec = get_method(cfg.method)
-    method_config = from_dict(spec.config_cls, cfg.method_config, "method")
-    check = getattr(method_config, "validate", None)
-    if callable(check):
-        check()
+    method_config = build_method_config(spec, cfg.method_config)
     cfg = dataclasses.replace(cfg, method_config=to_dict(method_config))
     return spec, method_config, cfg
-
-
-def build_model(
-    cfg: RunConfig, num_classes: int | None = None
-) -> tuple[MethodSpec, Any, AdaptiveModel]:
-    """Resolve the method and build its model for ``cfg.model`` (``num_classes`` from data)."""
-    spec, method_config, cfg = resolve_method(cfg)
-    model_spec = cfg.model
-    if num_classes is not None and model_spec.num_classes is None:
-        model_spec = dataclasses.replace(model_spec, num_classes=num_classes)
-    model = spec.build(model_spec, method_config)
-    return spec, method_config, model
 
 
 def build_run_data(cfg: RunConfig, root: Path, **data_overrides: Any) -> DataBundle:

@@ -40,6 +40,13 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def units_of(model: ResNetBackbone):
+    """``(block, unit index, unit)`` in execution order, from ``model.blocks``."""
+    for i, block in enumerate(model.blocks):
+        for j, unit in enumerate(block):
+            yield i, j, unit
+
+
 def meta_backbone(dataset: str, depth: int, variant: str, **kw: int) -> ResNetBackbone:
     with torch.device("meta"):
         return build_backbone(dataset, depth, variant, **kw)
@@ -79,7 +86,7 @@ def test_forward_shapes(dataset: str, depth: int, variant: str, size: int, class
     model.eval()
     # The vanilla forward is exactly stem -> every unit (dense) -> head.
     x = model.stem(images)
-    for _, _, unit in model.units():
+    for _, _, unit in units_of(model):
         x = unit(x)
     torch.testing.assert_close(model.head(x), model(images), rtol=0, atol=0)
 
@@ -107,11 +114,11 @@ def test_imagenet_meta_shapes(depth: int, variant: str) -> None:
 def test_cifar_structure(depth: int, units: int, variant: str) -> None:
     assert cifar_units(depth) == units
     model = meta_backbone("cifar10", depth, variant)
-    assert model.units_per_block() == [units] * 3
+    assert [len(block) for block in model.blocks] == [units] * 3
     assert model.block_channels == [16, 32, 64]
     assert (model.dataset, model.variant, model.depth) == ("cifar10", variant, depth)
     assert [block[0].stride for block in model.blocks] == [1, 2, 2]
-    for i, j, unit in model.units():
+    for i, j, unit in units_of(model):
         assert unit.stride == (2 if i > 0 and j == 0 else 1)
         # Option A everywhere: no shortcut parameters; identity for every later unit.
         assert not any(p.numel() for p in unit.shortcut.parameters())
@@ -125,9 +132,9 @@ def test_cifar_structure(depth: int, units: int, variant: str) -> None:
 def test_imagenet_structure(depth: int, variant: str) -> None:
     assert list(imagenet_units(depth)) == IMAGENET_UNITS[depth]
     model = meta_backbone("imagenet", depth, variant)
-    assert model.units_per_block() == IMAGENET_UNITS[depth]
+    assert [len(block) for block in model.blocks] == IMAGENET_UNITS[depth]
     assert model.block_channels == [256, 512, 1024, 2048]
-    for i, j, unit in model.units():
+    for i, j, unit in units_of(model):
         assert unit.stride == (2 if i > 0 and j == 0 else 1)
         assert unit.conv2.stride == (unit.stride, unit.stride)  # stride on the 3x3 (v1.5)
         assert unit.conv1.stride == (1, 1)
@@ -366,7 +373,7 @@ def test_mask_on_downsampling_units_returns_shortcut() -> None:
 @pytest.mark.parametrize(("dataset", "variant"), ALL_VARIANTS)
 def test_dilated_convs_name_conv_submodules(dataset: str, variant: str) -> None:
     model = meta_backbone(dataset, 8 if dataset == "cifar10" else 50, variant)
-    for _, _, unit in model.units():
+    for _, _, unit in units_of(model):
         assert unit.DILATED_CONVS == ("conv1",)
         for name in unit.DILATED_CONVS:
             conv = unit.get_submodule(name)
@@ -425,7 +432,7 @@ def test_sact_variants_use_the_sact_code_init(dataset: str, depth: int) -> None:
             assert torch.equal(m.weight, torch.ones_like(m.weight))
             assert torch.equal(m.bias, torch.zeros_like(m.bias))
     pooled = torch.cat(normalised)
-    assert layers == len(list(model.units())) * (2 if dataset == "cifar10" else 3) + 2 + (
+    assert layers == len(list(units_of(model))) * (2 if dataset == "cifar10" else 3) + 2 + (
         4 if dataset == "imagenet" else 0  # projections
     )
     # 1.7M (CIFAR) / 25M (ImageNet) draws: standard error of the std below 0.06%.
@@ -440,7 +447,7 @@ def test_cifar_sact_batch_norm_and_biases() -> None:
             assert (m.eps, m.momentum) == (1e-3, 0.1)  # TF epsilon 1e-3, decay 0.9
     # TF-slim convs without a normalizer have a bias: the stem and every unit's conv2.
     assert model.stem.conv.bias is not None
-    for _, _, unit in model.units():
+    for _, _, unit in units_of(model):
         assert unit.conv1.bias is None and unit.conv2.bias is not None
     assert isinstance(model.head.fc, nn.Linear) and model.head.fc.bias is not None
 
@@ -448,7 +455,7 @@ def test_cifar_sact_batch_norm_and_biases() -> None:
 def test_imagenet_sact_biases_and_torchvision_none() -> None:
     sact = meta_backbone("imagenet", 50, "sact")
     assert sact.stem.conv.bias is not None
-    for _, j, unit in sact.units():
+    for _, j, unit in units_of(sact):
         assert unit.conv1.bias is None and unit.conv2.bias is None
         assert unit.conv3.bias is not None
         assert (unit.shortcut_conv is not None) == (j == 0)

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from harness import store
-from harness.cli import main
-from harness.registry import get_method, list_methods
+from harness.cli import flags, main, make_parser
+from harness.cli.train import config_from_args
+from harness.errors import ConfigError
+from harness.registry import get_method, list_methods, time_penalty_key
 
 
 def one_error_line(capsys) -> str:
@@ -186,6 +188,59 @@ def test_bad_flags_fail_with_one_line_and_write_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_run_without_a_method_is_refused(tiny_npz_root: Path, tmp_path: Path, capsys):
+    """The harness has no default method: a run names its own."""
+    out = tmp_path / "run"
+    argv = ["train", "--depth", "8", "--data-root", str(tiny_npz_root), "--out", str(out)]
+    assert main(argv) == 2
+    message = one_error_line(capsys)
+    assert "no method given: name one (--method NAME, or method: in a config file)" in message
+    assert "registered methods: " in message and "pact" in message
+    assert not out.exists()
+
+
+# -- time-penalty flags: one per registered method's penalty key ------------------------------
+
+
+def _train_config(*argv: str):
+    return config_from_args(make_parser().parse_args(["train", *argv]))
+
+
+def test_every_registered_penalty_key_is_a_flag(capsys):
+    """The flags come from the registry (the example plug-in's target_rate too), not a list."""
+    keys = {time_penalty_key(get_method(name)) for name in list_methods()} - {None}
+    assert {"tau", "lambda", "target_rate"} <= keys
+    expected = {key.replace("_", "-") for key in keys}
+    assert set(flags.penalty_aliases()) == expected
+    for key in keys:
+        method = next(m for m in list_methods() if time_penalty_key(get_method(m)) == key)
+        cfg = _train_config("--method", method, f"--{key.replace('_', '-')}", "0.25")
+        assert cfg.method_config == {key: 0.25}
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--target-rate TARGET_RATE alias of --time-penalty for aig" in shown
+    assert "--lambda LAMBDA alias of --time-penalty for pact, spatial_pact" in shown
+
+
+def test_a_penalty_flag_of_another_method_names_the_right_one():
+    with pytest.raises(ConfigError, match="use --tau or --time-penalty") as err:
+        _train_config("--method", "act", "--target-rate", "0.5")
+    assert "--target-rate: method 'act' names its time penalty 'tau'" in str(err.value)
+    cfg = _train_config("--method", "aig", "--time-penalty", "0.5")
+    assert cfg.method_config == {"target_rate": 0.5}
+
+
+def test_a_penalty_key_taken_by_another_flag_gets_no_alias(monkeypatch):
+    """A plug-in whose penalty is called ``lr`` keeps --lr for the learning rate."""
+    aliases = {**flags.penalty_aliases(), "lr": ["lr_method"], "time-penalty": ["tp_method"]}
+    monkeypatch.setattr(flags, "penalty_aliases", lambda: aliases)
+    args = make_parser().parse_args(["train", "--method", "act", "--lr", "0.3", "--tau", "0.2"])
+    assert args.lr == 0.3 and args.penalty_aliases == {"tau": 0.2}
+    assert "lr" not in args.penalty_alias_flags and "tau" in args.penalty_alias_flags
+    assert "time-penalty" not in args.penalty_alias_flags
+
+
 def test_cuda_without_a_gpu_fails_cleanly(tiny_args, tmp_path: Path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
@@ -217,8 +272,8 @@ def test_missing_data_root(no_data_root_env, tiny_args, tmp_path: Path, capsys):
 def test_bad_data_roots(root, expected, broken_roots, tmp_path: Path, capsys):
     data_root = broken_roots.get(root, tmp_path / "no" / "such" / "folder")
     out = tmp_path / "run"
-    argv = ["train", "--depth", "8", "--data-root", str(data_root), "--out", str(out)]
-    assert main([*argv, "--device", "cpu", "--progress", "off"]) == 2
+    argv = ["train", "--method", "resnet", "--depth", "8", "--data-root", str(data_root)]
+    assert main([*argv, "--out", str(out), "--device", "cpu", "--progress", "off"]) == 2
     message = one_error_line(capsys)
     for part in expected:
         assert part in message

@@ -1,4 +1,4 @@
-"""The explicit contract: required hooks, backbone and config protocols, create_model."""
+"""The explicit contract: required hooks, backbone and config protocols, building a model."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 import methods.template
 from baselines import build_backbone
 from harness import registry
+from harness.config import RunConfig
 from harness.contract import (
     AdaptiveModel,
     EvalSpec,
@@ -20,7 +21,7 @@ from harness.contract import (
     check_backbone,
 )
 from harness.errors import ConfigError
-from harness.models import create_model
+from harness.models import build_model, create_model
 
 BUILT_IN = ["act", "pact", "resnet", "sact", "spatial_pact"]
 
@@ -115,3 +116,25 @@ def test_create_model_refuses_unknown_and_bad_arguments():
         create_model("resnet", depth="deep")
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         create_model("nope")
+
+
+def test_a_run_config_and_keyword_arguments_build_the_same_model():
+    """One way to build a model: ``create_model`` is ``build_model`` of the config it describes;
+    the data's class count applies only where the config leaves it open."""
+    torch.manual_seed(3)
+    by_keywords = create_model("pact", depth=8, variant="he", **{"lambda": 0.05})
+    model = ModelSpec(depth=8, variant="he")
+    cfg = RunConfig(method="pact", method_config={"lambda": 0.05}, model=model)
+    torch.manual_seed(3)
+    by_config = build_model(cfg)
+    assert type(by_config) is type(by_keywords) and by_config.config == by_keywords.config
+    mine, theirs = by_config.state_dict(), by_keywords.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert build_model(cfg, num_classes=7).backbone.num_classes == 7
+    fixed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=5))
+    assert build_model(fixed, num_classes=7).backbone.num_classes == 5
+    with pytest.raises(ConfigError, match=r"method\.lambda=-1.0 must be >= 0"):
+        build_model(dataclasses.replace(cfg, method_config={"lambda": -1.0}))
+    with pytest.raises(ConfigError, match="no method given"):
+        build_model(RunConfig())

@@ -8,10 +8,16 @@ from halting_helpers import calibrate_bn
 from torch import nn
 
 from harness.contract import EvalSpec, ModelSpec
-from harness.costs.memory import LiveTensorTracker, measure_peak_memory, model_bytes
+from harness.costs.memory import LiveTensorTracker, measure_peak_memory
 from harness.registry import get_method
 
 F32 = 4
+I64 = 8
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer, element by element (state-dict entries)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def test_tracker_counts_new_storage_only():
@@ -39,9 +45,21 @@ def test_linear_relu_peak_is_analytic():
     assert report.parameter_bytes == (32 * 64 + 64) * F32
     assert report.input_bytes == 5 * 32 * F32
     assert report.peak_bytes == report.parameter_bytes + report.input_bytes + 2 * 5 * 64 * F32
-    assert report.device == "cpu" and report.method.startswith("live tensor")
+    assert report.device == "cpu" and report.technique.startswith("live tensor")
     assert report.live_at_peak[0].shape == (5, 64)
     assert out.shape == (5, 64)
+
+
+def test_parameter_bytes_count_buffers_by_hand():
+    """Parameters and buffers: a BN's running statistics and its int64 step counter count."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        report, _ = measure_peak_memory(lambda: net(x), net, x)
+    parameters = 8 * 3 * 3 * 3 + 8 + 8  # conv weight, BN weight and bias
+    buffers = 8 + 8  # BN running mean and variance (float32) ...
+    assert report.parameter_bytes == (parameters + buffers) * F32 + I64  # ... num_batches_tracked
+    assert report.input_bytes == 2 * 3 * 6 * 6 * F32
 
 
 def test_cpu_never_reads_cuda_statistics(monkeypatch):
@@ -91,7 +109,8 @@ def test_cpu_peak_is_identical_run_to_run(mode, execution):
     first, second = _peak(model, images, mode, execution), _peak(model, images, mode, execution)
     assert first == second
     assert first.peak_bytes > first.parameter_bytes + first.input_bytes
-    assert first.parameter_bytes == model_bytes(model)
+    assert first.parameter_bytes == state_bytes(model)  # parameters and buffers (BN statistics)
+    assert first.input_bytes == 8 * 3 * 32 * 32 * F32
 
 
 def test_deterministic_pact_needs_less_memory_than_act_and_stochastic():

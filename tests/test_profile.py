@@ -16,10 +16,12 @@ from harness.contract import EvalSpec, ModelSpec
 from harness.costs.timing import time_interleaved
 from harness.errors import ConfigError
 from harness.evaluate import plan_specs
+from harness.models import create_model
 from harness.profile import PROFILE_FIELDS, format_table
 from harness.registry import get_method
 
 FAST = ["--device", "cpu", "--warmup", "0", "--repeats", "1"]
+F32 = 4
 #: Keys every profile row holds (the --out JSON and the table read them).
 ROW_KEYS = (
     "method",
@@ -34,6 +36,11 @@ ROW_KEYS = (
 )
 
 
+def state_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer, element by element (state-dict entries)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
 def test_profile_architecture_writes_json_rows(tmp_path, capsys):
     out = tmp_path / "profile.json"
     argv = ["profile", "--method", "resnet,pact", "--depth", "8", "--batch-sizes", "1,3"]
@@ -41,11 +48,19 @@ def test_profile_architecture_writes_json_rows(tmp_path, capsys):
     rows = json.loads(out.read_text())
     # resnet: standard; pact: deterministic x2 executions, stochastic, sampled x2; two batches.
     assert len(rows) == 2 * (1 + 5)
+    # The memory columns against values counted here: every parameter and buffer of the model
+    # (element by element), the image batch [B, 3, 32, 32] in float32, and an activation peak of
+    # at least two first-block states [B, 16, 32, 32] (a unit's input and its conv's output).
+    state = {name: state_bytes(create_model(name, depth=8)) for name in ("resnet", "pact")}
     for row in rows:
         assert set(ROW_KEYS) <= set(row)
         assert row["peak_memory_device"] == "cpu"
+        batch = row["batch_size"]
+        assert row["parameter_bytes"] == state[row["method"]]
+        assert row["input_bytes"] == batch * 3 * 32 * 32 * F32
+        assert row["activation_peak_bytes"] >= 2 * batch * 16 * 32 * 32 * F32
         assert row["peak_memory_bytes"] == (
-            row["parameter_bytes"] + row["input_bytes"] + row["activation_peak_bytes"]
+            state[row["method"]] + batch * 3 * 32 * 32 * F32 + row["activation_peak_bytes"]
         )
         assert row["seconds_per_batch"] > 0 and row["vanilla_seconds_per_batch"] > 0
     assert {(r["method"], r["eval_mode"], r["execution"]) for r in rows} >= {

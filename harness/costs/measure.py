@@ -88,7 +88,7 @@ def cost_row(
         "units_executed_mean": torch.stack(units, 1).sum(1).mean().item() if units else None,
         "peak_memory_bytes": memory.peak_bytes,
         "peak_memory_device": memory.device,
-        "peak_memory_method": memory.method,
+        "peak_memory_technique": memory.technique,
         "parameter_bytes": memory.parameter_bytes,
         "input_bytes": memory.input_bytes,
         "activation_peak_bytes": memory.activation_bytes,

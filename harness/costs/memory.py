@@ -34,8 +34,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-#: How each device's figure is obtained (the ``peak_memory_method`` column).
-METHODS = {"cpu": "live tensor storage (exact)", "cuda": "CUDA caching-allocator peak"}
+#: The measurement technique of each device's figure (the ``peak_memory_technique`` column).
+TECHNIQUES = {"cpu": "live tensor storage (exact)", "cuda": "CUDA caching-allocator peak"}
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ class MemoryReport:
         return self.parameter_bytes + self.input_bytes + self.activation_bytes
 
     @property
-    def method(self) -> str:
-        """How the figure was measured."""
-        return METHODS[self.device]
+    def technique(self) -> str:
+        """How the figure was measured (:data:`TECHNIQUES`)."""
+        return TECHNIQUES[self.device]
 
 
 class LiveTensorTracker(TorchDispatchMode):
