@@ -54,7 +54,7 @@ def t_interval(differences: Sequence[float]) -> Interval | None:
     if n < 2:
         return None
     mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
-    q95, q90 = stats.t.ppf(0.975, n - 1), stats.t.ppf(0.95, n - 1)
+    q95, q90 = float(stats.t.ppf(0.975, n - 1)), float(stats.t.ppf(0.95, n - 1))
     return Interval(
         mean,
         mean - q95 * se,
@@ -80,8 +80,8 @@ def welch_interval(
     if var == 0:
         return Interval(mean, mean, mean, mean, mean, method, n)
     df = var**2 / (se_a**4 / df_a + se_b**4 / df_b)
-    half95 = stats.t.ppf(0.975, df) * math.sqrt(var)
-    half90 = stats.t.ppf(0.95, df) * math.sqrt(var)
+    half95 = float(stats.t.ppf(0.975, df)) * math.sqrt(var)
+    half90 = float(stats.t.ppf(0.95, df)) * math.sqrt(var)
     return Interval(mean, mean - half95, mean + half95, mean - half90, mean + half90, method, n)
 
 

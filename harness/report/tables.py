@@ -13,6 +13,7 @@ import pandas as pd
 from harness import results
 from harness.costs.flops import CONVENTION
 from harness.errors import HarnessError
+from harness.inference import EQUIVALENT, INCONCLUSIVE, Interval
 from harness.registry import get_method
 from harness.report.aggregate import (
     _ORDER,
@@ -27,6 +28,7 @@ from harness.report.aggregate import (
     _penalty_text,
     _vanilla_fraction,
 )
+from harness.report.compare import CurveComparison, PairComparison, VanillaComparison
 from harness.store import atomic_write_text
 
 _ACCURACY = results.SCHEMA["accuracy"].display
@@ -173,3 +175,69 @@ def write_tables(table: pd.DataFrame, out: Path) -> list[Path]:
         atomic_write_text(out / f"{stem}.tex", "\n".join(parts_tex))
         paths += [out / f"{stem}.md", out / f"{stem}.tex"]
     return paths
+
+
+# ------------------------------------------------------------------------------ comparisons
+def _interval_text(interval: Interval | None) -> str:
+    if interval is None:
+        return "-"
+    return f"{interval.estimate:+.2f} [{interval.low95:+.2f}, {interval.high95:+.2f}]"
+
+
+def _verdict_text(verdict: str, margin: float) -> str:
+    return f"equivalent within ±{margin:g}" if verdict == EQUIVALENT else verdict
+
+
+def format_pair(c: PairComparison) -> list[str]:
+    """The lines ``compare`` prints for two experiments paired by seed."""
+    lines = [
+        f"A: {c.a.label}" + (f"; {c.a.note}" if c.a.note else ""),
+        f"B: {c.b.label}" + (f"; {c.b.note}" if c.b.note else ""),
+        f"split {c.a.rows['split'].iloc[0]}, {c.a.images} images, paired seeds "
+        f"{c.seeds} (n = {len(c.seeds)}); code: {'; '.join(c.codes)}",
+        "accuracy %  A: "
+        + ", ".join(f"{v:.2f}" for v in c.a.accuracy)
+        + "  B: "
+        + ", ".join(f"{v:.2f}" for v in c.b.accuracy),
+        "A - B per seed: " + ", ".join(f"{d:+.2f}" for d in c.differences),
+        f"A - B, paired t 95% CI:               {_interval_text(c.t)}",
+        f"A - B, bootstrap seeds x images 95%:  {_interval_text(c.bootstrap)}"
+        + (f"  ({c.bootstrap_note})" if c.bootstrap_note else ""),
+        f"test-set noise floor of one accuracy: SE {c.noise_se:.2f}, 95% ±{c.noise_half_width:.2f} "
+        f"points ({c.a.images} images)",
+    ]
+    needed = "" if c.seeds_needed is None else f"; about {c.seeds_needed} seeds would decide it"
+    if c.verdict != INCONCLUSIVE:
+        needed = ""
+    lines.append(
+        f"verdict: {_verdict_text(c.verdict, c.margin)} (margin ±{c.margin:g} points, "
+        f"basis: {c.basis}, n = {len(c.seeds)}){needed}"
+    )
+    return lines
+
+
+def format_vanilla(c: VanillaComparison) -> list[str]:
+    """The lines for an experiment against the vanilla series at matched FLOPs."""
+    lo, hi = c.neighbours
+    return [
+        f"A: {c.a.label}; B: vanilla depth series interpolated at A's "
+        f"{c.a.flops / 1e9:.4f} GFLOPs between {lo.label} and {hi.label}",
+        f"accuracy %  A: {c.a.accuracy.mean():.2f} (n = {len(c.a.accuracy)})  vanilla there: "
+        f"{c.vanilla_accuracy:.2f} (n = {len(lo.accuracy)}/{len(hi.accuracy)})",
+        f"A - vanilla, 95% CI ({c.interval.method if c.interval else 'none'}): "
+        f"{_interval_text(c.interval) if c.interval else f'{c.difference:+.2f} [-]'}"
+        + (f"  ({c.note})" if c.note else ""),
+        f"verdict: {_verdict_text(c.verdict, c.margin)} (margin ±{c.margin:g} points)",
+    ]
+
+
+def format_curves(c: CurveComparison) -> list[str]:
+    """The lines for the mean gap between two curves."""
+    return [
+        f"A: {c.a_label} ({len(c.a)} points); B: {c.b_label} ({len(c.b)} points)",
+        f"common FLOPs range {c.low_flops / 1e9:.4f}-{c.high_flops / 1e9:.4f} GFLOPs; mean "
+        f"A - B over it (area / width), 95% CI: "
+        f"{_interval_text(c.interval) if c.interval else f'{c.gap:+.2f} [-]'}"
+        + (f"  ({c.interval.method})" if c.interval else f"  ({c.note})"),
+        f"verdict: {_verdict_text(c.verdict, c.margin)} (margin ±{c.margin:g} points)",
+    ]
