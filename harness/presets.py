@@ -64,6 +64,8 @@ from harness.registry import get_method, list_methods, time_penalty_key
 from harness.runs import resolve_method
 
 PRESET_DIR = Path(__file__).resolve().parent / "preset_files"
+#: Files in PRESET_DIR that are not grid presets: the bench's plan (``harness.bench.plan``).
+NOT_PRESETS = frozenset({"bench"})
 
 #: Top-level keys of a preset file; every other key is an error.
 PRESET_KEYS = (
@@ -160,7 +162,7 @@ def plugin_presets() -> tuple[dict[str, Path], dict[str, str]]:
 def list_presets() -> dict[str, str]:
     """Name -> first line of the description, for every shipped and plug-in preset."""
     out = {}
-    files = {path.stem: path for path in sorted(PRESET_DIR.glob("*.yaml"))}
+    files = {p.stem: p for p in sorted(PRESET_DIR.glob("*.yaml")) if p.stem not in NOT_PRESETS}
     files.update(plugin_presets()[0])
     for name, path in files.items():
         try:
@@ -178,7 +180,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def preset_path(name_or_path: str) -> Path:
     """The file of a shipped or plug-in preset name, or ``name_or_path`` if it is a YAML file."""
     shipped = PRESET_DIR / f"{name_or_path}.yaml"
-    if shipped.is_file():
+    if shipped.is_file() and name_or_path not in NOT_PRESETS:
         return shipped
     usable, broken = plugin_presets()
     if name_or_path in usable:

@@ -38,10 +38,12 @@ from harness.conformance import preflight
 from harness.contract import AdaptiveModel, EvalSpec
 from harness.costs.flops import CONVENTION, FlopAccountant
 from harness.costs.measure import cost_row, measure_pass
+from harness.costs.timing import set_threads
 from harness.data import resolve_data_root
 from harness.errors import CheckpointError, ConfigError, DataError
 from harness.evaluate import plan_specs
-from harness.runs import build_model, build_run_data, load_run, resolve_device
+from harness.models import build_model
+from harness.runs import build_run_data, load_run, resolve_device
 
 #: Image size of an untrained architecture, per dataset (override with ``--image-size``).
 DEFAULT_IMAGE_SIZE = {"cifar10": (32, 32), "imagenet": (224, 224)}
@@ -188,7 +190,7 @@ def run_target(options: ProfileOptions, device: torch.device):
     else:
         size = _image_size(options.image_size, cfg.model.dataset)
         images = random_images(size, device, options.seed, cfg.channels_last)
-    _, _, model = build_model(cfg, num_classes=num_classes)
+    model = build_model(cfg, num_classes=num_classes)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:
@@ -232,7 +234,7 @@ def architecture_targets(options: ProfileOptions, device: torch.device):
         cfg = build_run_config(flags, overrides=options.overrides)
         validate_run_config(cfg)
         torch.manual_seed(options.seed)
-        _, _, model = build_model(cfg)
+        model = build_model(cfg)
         model.to(device)
         size = _image_size(options.image_size, cfg.model.dataset)
         images = random_images(size, device, options.seed)
@@ -289,7 +291,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def run_profile(options: ProfileOptions) -> list[dict[str, Any]]:
-    """Profile a run or architectures: print the table, optionally write JSON rows; returns them.
+    """Profile a run or architectures and optionally write the JSON rows; returns the rows
+    (:func:`format_table` renders them; ``pact-harness profile`` prints that).
 
     Every input (flags, output path, models, plans) is checked before the first measurement.
     """
@@ -306,10 +309,7 @@ def run_profile(options: ProfileOptions) -> list[dict[str, Any]]:
     if options.out is not None:
         store.check_writable_file(options.out, "--out")
     device = resolve_device(options.device)
-    if options.threads is not None:
-        if options.threads < 1:
-            raise ConfigError(f"--threads {options.threads} must be >= 1")
-        torch.set_num_threads(options.threads)
+    set_threads(options.threads)
     if options.run is not None:
         targets = [run_target(options, device)]
     else:
@@ -335,10 +335,8 @@ def run_profile(options: ProfileOptions) -> list[dict[str, Any]]:
             warmup=options.warmup,
             repeats=options.repeats,
         )
-    print(format_table(rows))
     if options.out:
         # Strict JSON: a non-finite value becomes null, listed in its row's non_finite_keys.
         strict = [json.loads(store.json_text(row)) for row in rows]
         store.atomic_write_text(options.out, store.json_text(strict, indent=2) + "\n")
-        print(f"wrote {len(rows)} rows to {options.out}")
     return rows

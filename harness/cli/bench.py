@@ -1,43 +1,103 @@
-"""``pact-harness bench``: speed figures as ratios measured side by side (see harness.bench)."""
+"""``pact-harness bench``: speed figures as ratios measured side by side (see harness.bench).
+
+The grid figure runs a preset through :func:`harness.grid.run_grid`; the grid sits above the
+bench in the layers, so this command times it (:func:`grid_runner`) and hands the bench the
+runner.
+"""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+import time
+from pathlib import Path
 
-from harness.bench import GROUPS, BenchOptions, run_bench
-from harness.cli.flags import csv_list
+import torch
+import yaml
+
+from harness.bench import GROUPS, PLAN_FILE, BenchOptions, GridRunner, GridTimes, run_bench
+from harness.bench.plan import GridPlan
+from harness.cli.flags import add_command, csv_list, options_from
+from harness.data import resolve_data_root
+from harness.grid import run_grid
+from harness.presets import load_preset_tree
+from harness.study import GridOptions, plan_study
+from harness.train import run_trial
 
 EXAMPLES = """examples:
   # every figure at reduced sizes (under 10 minutes on 2 CPU cores)
   pact-harness bench --quick --out results/bench_cpu_quick.json
   # on a GPU: the CPU figures plus training images/s of ResNet-32 and ResNet-110
   pact-harness bench --device cuda --out bench_cuda.json
+  # another plan: other methods, keys or targets (same keys as the shipped plan)
+  pact-harness bench --quick --plan my_bench.yaml
 """
+
+
+def _grid_preset(folder: Path, grid: GridPlan, trials: int | None) -> str:
+    """The plan's preset, or (``trials``) a copy cut to its quick methods plus one vanilla
+    depth per extra trial."""
+    tree, _ = load_preset_tree(grid.preset)
+    if trials is not None:
+        tree = dict(tree)
+        tree["name"] = f"{grid.preset}-{trials}"
+        tree["methods"] = {method: {} for method in grid.quick_methods}
+        tree["vanilla_depths"] = list(tree.get("vanilla_depths", [8]))[: max(trials - 1, 0)]
+    path = folder / "preset.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return str(path)
+
+
+def grid_runner(data_root: str | None) -> GridRunner:
+    """Times the plan's preset through the grid (Ray Tune) and the same trials in a plain loop
+    of :func:`harness.train.run_trial`, the loop first (it also fills the decompressed-data
+    cache both then read)."""
+
+    def run(grid: GridPlan, trials: int | None) -> GridTimes:
+        root = str(resolve_data_root(data_root))
+        with tempfile.TemporaryDirectory(prefix="pact-harness-bench-grid-") as tmp:
+            folder = Path(tmp)
+            preset = _grid_preset(folder, grid, trials)
+            loop_options = GridOptions(preset=preset, out=str(folder / "loop"), data_root=root)
+            grid_options = GridOptions(preset=preset, out=str(folder / "grid"), data_root=root)
+            study = plan_study(loop_options)
+            threads = torch.get_num_threads()
+            tic = time.perf_counter()
+            for trial in study.trials:
+                torch.set_num_threads(max(1, int(study.preset.resources.get("cpu", 1))))
+                run_trial(trial.run_config, study.run_dir(trial), init_from=trial.init_from)
+            loop = time.perf_counter() - tic
+            torch.set_num_threads(threads)
+            tic = time.perf_counter()
+            outcome = run_grid(grid_options)
+            seconds = time.perf_counter() - tic
+        complete = outcome is not None and outcome.complete
+        return GridTimes([t.name for t in study.trials], seconds, loop, complete)
+
+    return run
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure, print the table, write the JSON."""
-    options = BenchOptions(
-        quick=args.quick,
-        device=args.device,
-        out=args.out,
-        data_root=args.data_root,
-        threads=args.threads,
-        skip=tuple(args.skip or ()),
+    options = options_from(
+        BenchOptions, args, skip=tuple(args.skip or ()), grid_runner=grid_runner(args.data_root)
     )
-    run_bench(options)
+    result = run_bench(options, progress=lambda line: print(line, flush=True))
+    for line in result.lines:
+        print(line)
     return 0
 
 
 def add_parser(sub) -> None:
     """Add the ``bench`` subcommand."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "bench",
-        help="speed ratios measured side by side (harness vs bare loop, early exit, memory, grid)",
+        help_text="speed ratios measured side by side (harness vs bare loop, early exit, memory, "
+        "grid)",
         description="Every figure is a ratio of things timed in turn in one process "
         "(interleaved repeats after warm-up, medians); prints figure, value, target, met?",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="reduced sizes: minutes on 2 CPU cores")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
@@ -46,5 +106,10 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's)")
     p.add_argument(
         "--skip", type=csv_list(str), help=f"figure groups to leave out: {', '.join(GROUPS)}"
+    )
+    p.add_argument(
+        "--plan",
+        help="the bench plan: which methods each figure measures, its key and target "
+        f"(default: {PLAN_FILE.parent.name}/{PLAN_FILE.name})",
     )
     p.set_defaults(func=cmd_bench)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.cli.flags import add_set_flag
+from harness.cli.flags import add_set_flag, options_from
 from harness.errors import ConfigError
 from harness.grid import run_grid
 from harness.presets import list_presets
@@ -18,25 +18,11 @@ def cmd_grid(args: argparse.Namespace) -> int:
         for name, description in list_presets().items():
             print(f"{name:<16} {description}")
         return 0
-    options = GridOptions(
-        preset=args.preset,
+    options = options_from(
+        GridOptions,
+        args,
         overrides=args.set or [],
-        out=args.out,
-        data_root=args.data_root,
-        address=args.address,
-        resume=args.resume,
-        download=args.download,
-        dry_run=args.dry_run,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent,
-        max_failures=args.max_failures,
-        verbose=args.verbose,
         argv=list(getattr(args, "argv", None) or sys.argv),
-        estimate=args.estimate,
-        gpus=args.gpus,
-        cpus=args.cpus,
-        throughput=args.throughput,
     )
     if not options.dry_run and (options.estimate or options.throughput):
         options.dry_run = True  # --estimate sizes a study; it never runs one

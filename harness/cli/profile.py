@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.flags import MODEL_FLAGS, add_device_flag, add_model_flags, add_set_flag, csv_list
-from harness.profile import ProfileOptions, run_profile
+from harness.cli.flags import (
+    MODEL_FLAGS,
+    add_command,
+    add_device_flag,
+    add_model_flags,
+    add_set_flag,
+    csv_list,
+    options_from,
+)
+from harness.profile import ProfileOptions, format_table, run_profile
 
 EXAMPLES = """examples:
   # the memory table (CIFAR ResNet-110, batch 128, CPU: exact bytes)
@@ -22,38 +30,33 @@ def cmd_profile(args: argparse.Namespace) -> int:
     model_flags = {
         key: getattr(args, dest) for dest, key in MODEL_FLAGS.items() if getattr(args, dest)
     }
-    options = ProfileOptions(
-        run=args.run,
+    options = options_from(
+        ProfileOptions,
+        args,
         methods=list(args.method or []),
         model_flags=model_flags,
         overrides=list(args.set or []),
-        batch_sizes=args.batch_sizes,
         modes=tuple(args.modes or ()),
         executions=tuple(args.executions),
         thresholds=tuple(args.thresholds),
-        device=args.device,
         seed=args.seed or 0,
-        threads=args.threads,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        image_size=args.image_size,
-        images=args.images,
-        data_root=args.data_root,
-        out=args.out,
     )
-    run_profile(options)
+    rows = run_profile(options)
+    print(format_table(rows))
+    if options.out:
+        print(f"wrote {len(rows)} rows to {options.out}")
     return 0
 
 
 def add_parser(sub) -> None:
     """Add the ``profile`` subcommand."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "profile",
-        help="FLOPs, peak memory and time per evaluation mode and batch size",
+        help_text="FLOPs, peak memory and time per evaluation mode and batch size",
         description="FLOPs, peak memory and time per evaluation mode, execution and batch size, "
         "for a trained run (--run) or an untrained architecture (--method/--depth/--dataset).",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run", help="a trained run directory (profiles its checkpoint)")
     add_model_flags(p, "method(s) of an untrained architecture, comma separated", csv_list(str))

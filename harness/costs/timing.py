@@ -67,8 +67,10 @@ def time_interleaved(
     }
 
 
-def time_calls(
-    run: Callable[[], Any], device: torch.device, warmup: int = 2, repeats: int = 5
-) -> TimingReport:
-    """Median wall-clock seconds of ``run()`` over ``repeats`` calls, after ``warmup`` calls."""
-    return time_interleaved({"run": run}, device, warmup, repeats)["run"]
+def set_threads(threads: int | None, flag: str = "--threads") -> None:
+    """Set torch's CPU intra-op threads for the measurements to come (None: leave torch's)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"{flag} {threads} must be >= 1")
+    torch.set_num_threads(threads)
