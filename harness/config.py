@@ -104,6 +104,9 @@ class EvalConfig:
     thresholds: tuple[float, ...] = (0.5,)
     batch_size: int = 256
     execution: str = "auto"  # auto: the cheapest exact execution the model offers
+    #: Peak memory is measured over this many evaluation batches of the test split (0: every
+    #: batch); the row reports the maximum and the median over them.
+    memory_batches: int = 0
 
 
 #: ``speed.*`` switches: ``auto`` turns a fast path on where it pays (a CUDA device), ``on``/``off``
@@ -363,6 +366,10 @@ def validate_run_config(cfg: RunConfig) -> None:
     ):
         raise ConfigError(
             f"optim.lr_drops={list(cfg.optim.lr_drops)} must be increasing fractions in (0, 1)"
+        )
+    if cfg.eval.memory_batches < 0:
+        raise ConfigError(
+            f"eval.memory_batches={cfg.eval.memory_batches} must be >= 0 (0: every test batch)"
         )
     if cfg.data.crop_padding < 0:
         raise ConfigError(f"data.crop_padding={cfg.data.crop_padding} must be >= 0")

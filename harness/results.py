@@ -233,11 +233,29 @@ COLUMNS: tuple[Column, ...] = (
     _c(
         "peak_memory_bytes",
         "bytes",
-        "peak memory of one evaluation batch of cost_batch_size images (see peak_memory_device)",
+        "peak memory of the evaluation pass: the maximum over its measured batches "
+        "(memory_batches batches of up to cost_batch_size images; see peak_memory_device)",
         "costs",
         "mean",
         Seeds(mean="peak_memory_bytes"),
         _MIB,
+        required=False,
+    ),
+    _c(
+        "peak_memory_median_bytes",
+        "bytes",
+        "median over the measured batches of each batch's peak memory",
+        "costs",
+        "mean",
+        Seeds(mean="peak_memory_median_bytes"),
+        Display("median MiB", "{:.1f}", per=2**20),
+        required=False,
+    ),
+    _c(
+        "memory_batches",
+        "batches",
+        "evaluation batches whose peak memory was measured (the first ones of the test split)",
+        "costs",
         required=False,
     ),
     _c(

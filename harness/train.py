@@ -18,6 +18,7 @@ written (a full disk) is a :class:`~harness.errors.StorageError` that names the 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -529,10 +530,14 @@ def finish_run(
         per_image_path=run_dir / store.PER_IMAGE_FILE,
         correct=correct,
     )
-    # Peak memory and time per row, on the first test batch (the evaluation's batch size).
-    first = next(iter(prepared.data.test_loader), None)
+    # Time per row on the first test batch; peak memory over the first eval.memory_batches
+    # batches (0: all); add_cost_columns moves each to the device only while it measures it.
+    batches = iter(prepared.data.test_loader)
+    first = next(batches, None)
     images = first[0].to(prepared.device) if first is not None else None
-    add_cost_columns(model, images, rows, cfg.eval.seed)
+    limit = cfg.eval.memory_batches - 1 if cfg.eval.memory_batches else None
+    more = (b[0] for b in itertools.islice(batches, limit))
+    add_cost_columns(model, images, rows, cfg.eval.seed, memory_batches=more)
     if prepared.data.val_loader is not None:
         val_rows = evaluate_modes(
             model,

@@ -123,3 +123,24 @@ def test_write_results_csv_refuses_a_missing_required_column(tmp_path: Path):
     store.write_results_csv(tmp_path / store.RESULTS_FILE, [shuffled])
     columns = list(pd.read_csv(tmp_path / store.RESULTS_FILE).columns)
     assert columns == [c.name for c in results.COLUMNS if c.name in shuffled]
+
+
+def test_peak_memory_is_the_maximum_over_the_measured_batches():
+    """A row measured over a batch of 4 and one of 12 images: its peak is the 12-image pass's
+    (measured alone, independently), its median the mean of the two passes' peaks."""
+    from harness.contract import EvalSpec
+    from harness.costs.measure import peak_of_pass
+
+    model = create_model("resnet", depth=8)
+    model.eval()
+    small, large = torch.randn(4, 3, 32, 32), torch.randn(12, 3, 32, 32)
+    rows = [{"eval_mode": "standard", "execution": "masked", "threshold": None}]
+    add_cost_columns(model, small, rows, random_seed=0, warmup=0, repeats=1, memory_batches=[large])
+    spec = EvalSpec("standard", "masked")
+    alone_small = peak_of_pass(model, small, spec, None).peak_bytes
+    alone_large = peak_of_pass(model, large, spec, None).peak_bytes
+    assert alone_large > alone_small
+    row = rows[0]
+    assert row["memory_batches"] == 2 and row["cost_batch_size"] == 4
+    assert row["peak_memory_bytes"] == alone_large
+    assert row["peak_memory_median_bytes"] == (alone_small + alone_large) / 2

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -112,12 +113,18 @@ def add_cost_columns(
     random_seed: int,
     warmup: int = 1,
     repeats: int = 3,
+    memory_batches: Iterable[torch.Tensor] = (),
 ) -> None:
-    """Give a trained run's result rows ``peak_memory_bytes``, ``peak_memory_device``,
-    ``activation_peak_bytes`` and ``seconds_per_batch``, measured on ``images`` (the first test
-    batch: ``cost_batch_size``); random modes are seeded with ``random_seed``."""
+    """Give a trained run's result rows their cost columns: ``seconds_per_batch`` timed on
+    ``images`` (the first test batch: ``cost_batch_size``) and the peak memory of the pass
+    over ``images`` and every batch of ``memory_batches`` (the rest of the measured test
+    batches): ``peak_memory_bytes`` the maximum over the batches, ``peak_memory_median_bytes``
+    the median, ``memory_batches`` how many. Random modes are seeded with ``random_seed`` on
+    every batch. A method whose memory depends on its halting pattern thus reports the range its
+    batches reach, not one batch's draw."""
     if images is None:
         return
+    extra = list(memory_batches)
     for row in rows:
         mode = row["eval_mode"]
         threshold = row.get("threshold")
@@ -125,26 +132,61 @@ def add_cost_columns(
         seed = random_seed if mode in model.random_modes else None
         memory, timing, _, output = measure_pass(model, images, spec, seed, warmup, repeats)
         del output
+        reports = [memory]
+        for batch in extra:
+            reports.append(peak_of_pass(model, batch.to(images.device), spec, seed))
+        peaks = [r.peak_bytes for r in reports]
         row.update(
             results.fields(
                 "costs",
                 {
-                    "peak_memory_bytes": memory.peak_bytes,
+                    "peak_memory_bytes": max(peaks),
+                    "peak_memory_median_bytes": float(statistics.median(peaks)),
+                    "memory_batches": len(peaks),
                     "peak_memory_device": memory.device,
                     "seconds_per_batch": timing.seconds_per_batch,
                     "cost_batch_size": int(images.shape[0]),
-                    "activation_peak_bytes": memory.activation_bytes,
+                    "activation_peak_bytes": max(r.activation_bytes for r in reports),
                 },
             )
         )
+
+
+def peak_of_pass(
+    model: AdaptiveModel, images: torch.Tensor, spec: EvalSpec, seed: int | None
+) -> MemoryReport:
+    """The peak memory of one evaluation call on ``images`` (no warm-up, no timing)."""
+
+    def run() -> ModelOutput:
+        call_spec = spec
+        if seed is not None:
+            generator = torch.Generator(device=images.device).manual_seed(seed)
+            call_spec = dataclasses.replace(spec, generator=generator)
+        return model(images, call_spec)
+
+    with torch.no_grad(), evaluating(model):
+        memory, output = measure_peak_memory(run, model, images)
+    del output
+    return memory
 
 
 def cost_passes_per_row(warmup: int | None = None, repeats: int | None = None) -> int:
     """Forward passes of the cost batch that :func:`add_cost_columns` makes per result row:
     :func:`measure_pass`'s ``warmup`` passes, its one peak-memory pass and its ``repeats`` timed
     passes (no vanilla pass). ``None``: :func:`add_cost_columns`' defaults, as a trained run
-    uses them. ``grid --estimate`` charges a trial this many passes per row."""
+    uses them. ``grid --estimate`` charges a trial this many passes per row, plus one pass of
+    every further memory batch (:func:`memory_pass_images`)."""
     defaults = inspect.signature(add_cost_columns).parameters
     warmup = defaults["warmup"].default if warmup is None else warmup
     repeats = defaults["repeats"].default if repeats is None else repeats
     return warmup + 1 + repeats
+
+
+def memory_pass_images(test_images: int, batch_size: int, memory_batches: int) -> int:
+    """Images :func:`add_cost_columns` passes per row beyond the cost batch, to measure peak
+    memory over the test split: every batch after the first (``memory_batches`` 0), or the first
+    ``memory_batches``."""
+    batches = -(-test_images // batch_size) if batch_size > 0 else 0
+    if memory_batches:
+        batches = min(batches, memory_batches)
+    return max(0, min(test_images, batches * batch_size) - batch_size)

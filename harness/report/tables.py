@@ -21,6 +21,7 @@ from harness.report.aggregate import (
     ACCURACY_STD,
     FLOPS,
     FRACTION,
+    MEDIAN_MEMORY,
     MEMORY,
     SEEDS,
     _at_default_threshold,
@@ -34,6 +35,7 @@ from harness.store import atomic_write_text
 _ACCURACY = results.SCHEMA["accuracy"].display
 _GFLOPS = results.SCHEMA["flops_per_image_mean"].display
 _MEMORY = results.SCHEMA["peak_memory_bytes"].display
+_MEDIAN = results.SCHEMA["peak_memory_median_bytes"].display
 
 
 def _mib(value: Any) -> str:
@@ -74,6 +76,11 @@ def paper_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
             _GFLOPS.header: _GFLOPS.format(row[FLOPS]),
             "% of vanilla": "-" if pd.isna(row["fraction"]) else f"{row['fraction']:.1f}",
             _MEMORY.header: _mib(row.get(MEMORY)),
+            **(
+                {_MEDIAN.header: _MEDIAN.format(row.get(MEDIAN_MEMORY))}
+                if MEDIAN_MEMORY in table and table[MEDIAN_MEMORY].notna().any()
+                else {}
+            ),
         }
         for key in table.attrs.get("differing", []):
             record[key] = row[key]
@@ -117,7 +124,9 @@ NOTE = (
     "seed). "
     "% of vanilla: FLOPs over those of the same model with every unit executed (its own "
     "backbone and input size, decision branches excluded). "
-    "Peak memory: one evaluation batch (see cost_batch_size)."
+    "Peak memory: the maximum over the evaluation pass's measured batches (memory_batches of "
+    "cost_batch_size images; eval.memory_batches, 0 = every batch), the median beside it; rows "
+    "made before the whole pass was measured hold the first test batch only (no median)."
 )
 
 
