@@ -28,6 +28,10 @@ A preset is a readable file shipped in ``harness/preset_files/`` (``smoke.yaml``
     resources: {cpu: 1, gpu: 0}     # per trial; fractions allowed
     max_concurrent: null            # at most this many trials at once (null: as resources allow)
     max_failures: 2                 # retries of a failed trial, each from its last checkpoint
+    equivalence_margin: 1.0         # accuracy points within which results are "equivalent"
+    comparisons:                    # what the report compares (pact-harness compare)
+      - {a: "method=pact,mode=deterministic", b: "method=act", curve: true}
+      - {a: "method=act,tau=0.01", b: vanilla}
 
 A trial is one (method, grid point, depth, seed); its name (``act_d14_tau0.01_s0``) is stable,
 so a study can be listed (``--dry-run``), compared with the one already in its folder and resumed.
@@ -81,6 +85,8 @@ PRESET_KEYS = (
     "resources",
     "max_concurrent",
     "max_failures",
+    "equivalence_margin",
+    "comparisons",
 )
 #: Keys that ``--set`` may override at the preset level (the others go into ``base``).
 GRID_KEYS = tuple(k for k in PRESET_KEYS if k not in ("name", "description", "base"))
@@ -128,6 +134,12 @@ class Preset:
     resources: Mapping[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     max_concurrent: int | None = None
     max_failures: int = 2
+    #: The margin (accuracy points) within which two results are called equivalent, declared
+    #: before the data (``pact-harness compare`` and the report's comparisons use it).
+    equivalence_margin: float = 1.0
+    #: Comparisons the report makes: ``{a: SELECTOR, b: SELECTOR | vanilla, curve: bool,
+    #: split: test | val}`` (see :mod:`harness.report.compare`).
+    comparisons: tuple[Mapping[str, Any], ...] = ()
     source: str = ""
 
 
@@ -318,7 +330,38 @@ def parse_preset(tree: Mapping[str, Any], source: str = "") -> Preset:
         )
     if preset.max_failures < 0:
         raise ConfigError(f"max_failures={preset.max_failures!r} must be an integer >= 0")
+    if not (math.isfinite(preset.equivalence_margin) and preset.equivalence_margin > 0):
+        raise ConfigError(
+            f"equivalence_margin={preset.equivalence_margin!r} must be a positive number of "
+            "accuracy points"
+        )
+    for index, entry in enumerate(preset.comparisons):
+        _check_comparison(entry, f"comparisons[{index}]")
     return preset
+
+
+#: Keys of a ``comparisons`` entry.
+COMPARISON_KEYS = ("a", "b", "curve", "split")
+
+
+def _check_comparison(entry: Any, where: str) -> None:
+    from harness.report.compare import parse_selector
+
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(COMPARISON_KEYS)}")
+    unknown = sorted(set(entry) - set(COMPARISON_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(COMPARISON_KEYS)}"
+        )
+    for side in ("a", "b"):
+        if not isinstance(entry.get(side), str):
+            raise ConfigError(f"{where}.{side}: required, a selector string (key=value,...)")
+        parse_selector(entry[side], f"{where}.{side}")
+    if not isinstance(entry.get("curve", False), bool):
+        raise ConfigError(f"{where}.curve: must be true or false")
+    if entry.get("split", "test") not in ("test", "val"):
+        raise ConfigError(f"{where}.split={entry.get('split')!r}; allowed: test, val")
 
 
 def load_preset(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> Preset:

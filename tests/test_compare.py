@@ -237,3 +237,32 @@ def test_bad_selectors_get_one_line(tmp_path, capsys):
         from harness.report.compare import run_compare
 
         run_compare([tmp_path], "vanilla", "method=act")
+
+
+def test_the_report_makes_the_declared_comparisons_at_the_declared_margin(tmp_path):
+    import yaml
+
+    from harness.report import make_report
+
+    for seed in range(3):
+        base = 0.55 + 0.002 * seed
+        write_run(tmp_path, "act", ("tau", 0.01), seed, correctness(base, seed))
+        write_run(tmp_path, "pact", ("lambda_", 0.01), seed, correctness(base + 0.03, 10 + seed))
+    declared = {
+        "preset": "synthetic",
+        "equivalence_margin": 2.0,
+        "comparisons": [
+            {"a": "method=pact", "b": "method=act"},
+            {"a": "method=pact", "b": "vanilla"},  # no vanilla series: a reason, not a crash
+        ],
+        "trials": [],
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(declared))
+    out = tmp_path / "report"
+    written = {p.name for p in make_report([tmp_path], out)}
+    assert "comparisons.md" in written
+    text = (out / "comparisons.md").read_text()
+    assert "Margin ±2 accuracy points, declared by" in text and "study.yaml" in text
+    assert "verdict: A better (margin ±2 points" in text
+    assert "not computed: compare: PACT d20 lambda 0.01 (deterministic) has 0 vanilla" in text
+    assert "## comparisons" in (out / "report.md").read_text()

@@ -45,6 +45,7 @@ from harness.report.aggregate import (
     memory_figure,
     ponder_figure,
 )
+from harness.report.compare import report_comparisons
 from harness.report.figures import (
     plot_accuracy_vs_flops,
     plot_memory,
@@ -60,7 +61,13 @@ from harness.report.load import (
     load_per_image,
     load_results,
 )
-from harness.report.tables import NOTE, modes_table, paper_table, write_tables
+from harness.report.tables import (
+    NOTE,
+    modes_table,
+    paper_table,
+    write_comparisons,
+    write_tables,
+)
 
 __all__ = [
     "MAX_CURVES",
@@ -109,5 +116,9 @@ def make_report(
     maps = ponder_figure(runs)
     if maps is not None:
         written += plot_ponder_maps(maps, out)
+    planned, margin, source = report_comparisons(frame, list(inputs), allow_mixed_code)
+    comparisons = write_comparisons(planned, margin, source, out)
+    if comparisons is not None:
+        written.append(comparisons)
     written.append(write_index(out, written, table, list(inputs)))
     return written

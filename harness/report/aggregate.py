@@ -26,6 +26,7 @@ FLOPS_STD = results.SCHEMA["flops_per_image_mean"].seeds.std
 SEEDS = results.SCHEMA["seed"].seeds.count
 MEMORY = results.SCHEMA["peak_memory_bytes"].seeds.mean
 FRACTION = results.SCHEMA["flops_fraction_of_vanilla"].seeds.mean
+MEDIAN_MEMORY = results.SCHEMA["peak_memory_median_bytes"].seeds.mean
 COST_BATCH = results.SCHEMA["cost_batch_size"].seeds.mean
 
 #: Experiment-level columns shown in tables (constant within an experiment: the schema's

@@ -306,8 +306,8 @@ def vanilla_series(frame: pd.DataFrame, like: Side) -> list[Point]:
     data = frame[is_vanilla(frame)]
     first = like.rows.iloc[0]
     for column in _SAME_DATA:
-        if column in data and column in like.rows:
-            data = data[data[column].map(lambda v, w=first[column]: _same(v, w))]
+        if column in data and column in like.rows and not data.empty:
+            data = data[data[column].map(lambda v, w=first[column]: _same(v, w)).astype(bool)]
     points = []
     for _, group in data.groupby("experiment_id"):
         group = group.sort_values("seed").drop_duplicates("seed")
@@ -434,6 +434,21 @@ def curve_sides(frame: pd.DataFrame, selector: Selector, flag: str, split: str) 
         )
         for eid in data["experiment_id"].unique()
     ]
+    # A curve's points differ in the time penalty only.
+    trees = []
+    for side in sides:
+        tree = flatten(json.loads(side.rows["experiment_config"].iloc[0]))
+        name = side.rows["time_penalty_name"].iloc[0]
+        tree.pop(f"method_config.{name}", None)
+        trees.append(tree)
+    differing = sorted(
+        {k for t in trees for k in t if any(t.get(k) != other.get(k) for other in trees)}
+    )
+    if differing:
+        raise ConfigError(
+            f"{flag} {selector.text!r}: its experiments differ in {', '.join(differing[:4])}, "
+            "not only in the time penalty; add keys that fix them"
+        )
     return sorted(sides, key=lambda side: side.flops)
 
 
@@ -566,3 +581,70 @@ def run_compare(
     else:
         result = compare_pair(frame, selector_a, selector_b, margin, split, allow_mixed_code)
     return result, source
+
+
+# ---------------------------------------------------------------------------------- report
+@dataclass
+class Planned:
+    """One comparison the report makes: its selectors, and its result or why it has none."""
+
+    a: str
+    b: str
+    curve: bool
+    split: str
+    result: PairComparison | VanillaComparison | CurveComparison | None = None
+    error: str = ""
+
+
+def declared_comparisons(inputs: list[str | Path]) -> list[dict[str, Any]]:
+    """The ``comparisons`` the inputs' studies declare (their presets', in ``study.yaml``)."""
+    entries: list[dict[str, Any]] = []
+    for raw in inputs:
+        folder = Path(raw) if Path(raw).is_dir() else Path(raw).parent
+        record = folder / STUDY_FILE
+        if record.is_file():
+            for entry in load_yaml(record, STUDY_FILE).get("comparisons") or []:
+                if entry not in entries:
+                    entries.append(dict(entry))
+    return entries
+
+
+def default_comparisons(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Without declared ones: each adaptive method's curve (two or more penalties, one
+    configuration otherwise) against the vanilla depth series, where the inputs hold one."""
+    if not is_vanilla(frame).any():
+        return []
+    entries = []
+    adaptive = frame[~is_vanilla(frame)]
+    for method, group in adaptive.groupby("method", sort=True):
+        if group["experiment_id"].nunique() >= 2:
+            entries.append({"a": f"method={method}", "b": VANILLA, "curve": True})
+    return entries
+
+
+def report_comparisons(
+    frame: pd.DataFrame, inputs: list[str | Path], allow_mixed_code: bool = False
+) -> tuple[list[Planned], float, str]:
+    """The report's comparisons (declared, else :func:`default_comparisons`), each computed or
+    with the one-line reason it could not be; the margin and its source."""
+    margin, source = declared_margin(inputs)
+    entries = declared_comparisons(inputs) or default_comparisons(frame)
+    planned = []
+    for entry in entries:
+        item = Planned(
+            entry["a"], entry["b"], bool(entry.get("curve", False)), entry.get("split", "test")
+        )
+        try:
+            a, b = parse_selector(item.a, "a"), parse_selector(item.b, "b")
+            if item.split not in set(frame["split"]):
+                raise ConfigError(f"no {item.split} split in the inputs")
+            if item.curve:
+                item.result = compare_curves(frame, a, b, margin, item.split, allow_mixed_code)
+            elif b.vanilla:
+                item.result = compare_vanilla(frame, a, margin, item.split, allow_mixed_code)
+            else:
+                item.result = compare_pair(frame, a, b, margin, item.split, allow_mixed_code)
+        except ConfigError as err:
+            item.error = str(err)
+        planned.append(item)
+    return planned, margin, source

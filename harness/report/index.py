@@ -49,6 +49,17 @@ def write_index(out: Path, written: list[Path], table: pd.DataFrame, inputs: lis
                 body,
                 "",
             ]
+    if "comparisons.md" in names:
+        lines += [
+            "## comparisons",
+            "",
+            "Each comparison with its evidence (n, paired and bootstrap intervals, the test-set "
+            "noise floor) and one verdict at the declared margin ([comparisons.md]"
+            "(comparisons.md)).",
+            "",
+            (out / "comparisons.md").read_text(),
+            "",
+        ]
     figures = (
         (
             "accuracy_vs_flops",

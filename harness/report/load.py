@@ -246,7 +246,9 @@ def load_per_image(
     paths: Iterable[str | Path], warn: Warn = _log_warning
 ) -> list[tuple[str, dict]]:
     """``(label, arrays)`` of every run's ``per_image.npz`` under the inputs, label from its
-    summary or results table (method, penalty, depth, mode, images evaluated)."""
+    summary or results table (method, penalty, depth, mode, images evaluated); ``arrays`` also
+    holds ``record`` (those summary and row fields) and ``experiment_config`` (the run's
+    experiment identity, :func:`canonical_identity`; None when its row carries none)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -275,5 +277,12 @@ def load_per_image(
         label += f" s{record.get('seed', '?')} ({arrays['eval_mode']}, {len(arrays['units'])} "
         label += "test imgs)"
         arrays["adaptive"] = bool(penalty)
+        # the run's row fields and its experiment (for figure titles that tell runs apart)
+        arrays["record"] = record
+        try:
+            tree = json.loads(record.get("experiment_config") or "null")
+        except (TypeError, json.JSONDecodeError):
+            tree = None
+        arrays["experiment_config"] = canonical_identity(tree) if isinstance(tree, dict) else None
         runs.append((label, arrays))
     return runs

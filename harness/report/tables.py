@@ -29,7 +29,7 @@ from harness.report.aggregate import (
     _penalty_text,
     _vanilla_fraction,
 )
-from harness.report.compare import CurveComparison, PairComparison, VanillaComparison
+from harness.report.compare import CurveComparison, PairComparison, Planned, VanillaComparison
 from harness.store import atomic_write_text
 
 _ACCURACY = results.SCHEMA["accuracy"].display
@@ -233,20 +233,69 @@ def format_vanilla(c: VanillaComparison) -> list[str]:
         f"{c.a.flops / 1e9:.4f} GFLOPs between {lo.label} and {hi.label}",
         f"accuracy %  A: {c.a.accuracy.mean():.2f} (n = {len(c.a.accuracy)})  vanilla there: "
         f"{c.vanilla_accuracy:.2f} (n = {len(lo.accuracy)}/{len(hi.accuracy)})",
-        f"A - vanilla, 95% CI ({c.interval.method if c.interval else 'none'}): "
-        f"{_interval_text(c.interval) if c.interval else f'{c.difference:+.2f} [-]'}"
-        + (f"  ({c.note})" if c.note else ""),
+        f"A - vanilla, 95% CI ({c.interval.method}): {_interval_text(c.interval)}"
+        if c.interval
+        else f"A - vanilla: {c.difference:+.2f} ({c.note})",
         f"verdict: {_verdict_text(c.verdict, c.margin)} (margin ±{c.margin:g} points)",
     ]
+
+
+def _points_text(points: list) -> str:
+    return "; ".join(
+        f"{p.label} {p.flops / 1e9:.4f} GFLOPs {p.mean:.2f}% (n = {len(p.accuracy)})"
+        for p in points
+    )
 
 
 def format_curves(c: CurveComparison) -> list[str]:
     """The lines for the mean gap between two curves."""
+    if c.interval is not None:
+        gap = f"{_interval_text(c.interval)}  ({c.interval.method})"
+    else:
+        gap = f"{c.gap:+.2f} ({c.note})"
     return [
-        f"A: {c.a_label} ({len(c.a)} points); B: {c.b_label} ({len(c.b)} points)",
+        f"A: {c.a_label}: {_points_text(c.a)}",
+        f"B: {c.b_label}: {_points_text(c.b)}",
         f"common FLOPs range {c.low_flops / 1e9:.4f}-{c.high_flops / 1e9:.4f} GFLOPs; mean "
-        f"A - B over it (area / width), 95% CI: "
-        f"{_interval_text(c.interval) if c.interval else f'{c.gap:+.2f} [-]'}"
-        + (f"  ({c.interval.method})" if c.interval else f"  ({c.note})"),
+        f"A - B over it (area between the curves / range width), 95% CI: {gap}",
         f"verdict: {_verdict_text(c.verdict, c.margin)} (margin ±{c.margin:g} points)",
     ]
+
+
+def comparison_lines(item: Planned) -> list[str]:
+    """One planned comparison's lines (its result, or why it has none)."""
+    if item.result is None:
+        return [f"not computed: {item.error}"]
+    if isinstance(item.result, CurveComparison):
+        return format_curves(item.result)
+    if isinstance(item.result, PairComparison):
+        return format_pair(item.result)
+    return format_vanilla(item.result)
+
+
+def write_comparisons(planned: list[Planned], margin: float, source: str, out: Path) -> Path | None:
+    """``comparisons.md``: each comparison with its command, its evidence and its verdict."""
+    if not planned:
+        return None
+    parts = [
+        f"Margin ±{margin:g} accuracy points, declared by {source}. Verdicts: equivalent when "
+        "the 90% interval of A - B lies inside ±margin (TOST), A or B better when the 95% "
+        "interval excludes 0, else inconclusive.",
+        "",
+    ]
+    for item in planned:
+        flags = f"--a '{item.a}' --b '{item.b}'" + (" --curve" if item.curve else "")
+        flags += f" --split {item.split}" if item.split != "test" else ""
+        parts += [
+            f"### {item.a} vs {item.b}" + (" (curves)" if item.curve else ""),
+            "",
+            f"`pact-harness compare INPUTS {flags}`",
+            "",
+            "```",
+            *comparison_lines(item),
+            "```",
+            "",
+        ]
+    path = out / "comparisons.md"
+    atomic_write_text(path, "\n".join(parts))
+    return path
