@@ -2,7 +2,8 @@
 
 A *selector* picks one experiment's rows (``method=NAME,PENALTY=VALUE,mode=MODE``; keys:
 any result column, ``mode`` for ``eval_mode``, a method's time-penalty name such as ``tau`` or
-``lambda``, or a config key such as ``method_config.prior``), or ``vanilla``: the vanilla depth
+``lambda``, or a config key such as ``method_config.prior``, a method-config key also
+bare: ``prior``), or ``vanilla``: the vanilla depth
 series under the same data and budget. Three comparisons, all ``A - B`` in accuracy points:
 
 - :func:`compare_pair`: two experiments paired by seed: the paired t-interval, a bootstrap
@@ -102,9 +103,10 @@ def _match(frame: pd.DataFrame, selector: Selector, flag: str) -> pd.Series:
             keep &= (frame["time_penalty_name"].astype(str) == key) & frame["time_penalty"].map(
                 lambda v, w=wanted: _equal(v, w)
             )
-        elif key in config_keys:
+        elif key in config_keys or f"method_config.{key}" in config_keys:
+            full = key if key in config_keys else f"method_config.{key}"
             keep &= frame["experiment_id"].map(
-                lambda e, k=key, w=wanted: _equal(configs[e].get(k), w)
+                lambda e, k=full, w=wanted: _equal(configs[e].get(k), w)
             )
         else:
             allowed = ["mode", *sorted(penalties), "method", "depth", "split", "threshold"]
