@@ -52,6 +52,7 @@ class PassStats:
     flops: torch.Tensor | None  # [N]
     flops_per_block: torch.Tensor | None  # [N, blocks]
     ponder_map: torch.Tensor | None = None  # [M, H_in, W_in], spatial methods, M images
+    units_map: torch.Tensor | None = None  # [M, H_in, W_in] int, units run per position (N)
     thumbnails: torch.Tensor | None = None  # [M, h, w, 3] uint8, the images of ponder_map
     map_index: torch.Tensor | None = None  # [M] positions in the pass of the mapped images
 
@@ -80,6 +81,15 @@ def _stack_blocks(values: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
     return torch.stack([per_image_mean(v).cpu() for v in values], dim=1)
 
 
+def _summed_map(blocks: Sequence[torch.Tensor], rows: torch.Tensor, size) -> torch.Tensor:
+    """Per-position block maps ``[B, h, w]`` of the images ``rows``, each resized (nearest) to
+    the input ``size`` and summed over blocks: ``[len(rows), H, W]`` on the CPU."""
+    summed = sum(
+        nn.functional.interpolate(b[rows, None].float(), size=size, mode="nearest") for b in blocks
+    )
+    return summed[:, 0].cpu()
+
+
 @torch.no_grad()
 def evaluate(
     model: AdaptiveModel,
@@ -93,11 +103,13 @@ def evaluate(
 ) -> PassStats:
     """Run ``model`` over ``loader`` once with ``spec``; per-image statistics, in loader order.
 
-    With ``max_maps`` > 0, spatial methods also keep the ponder maps of ``max_maps`` images
-    spread evenly over the pass (every ``len(loader.dataset) // max_maps``-th image, so that a
-    split stored class by class still shows every class; the first ones for a loader without a
-    dataset): each block's map resized (nearest) to the input and summed over blocks, as the
-    SACT code's ``sact_map`` does.
+    With ``max_maps`` > 0, spatial methods also keep two maps of ``max_maps`` images spread
+    evenly over the pass (every ``len(loader.dataset) // max_maps``-th image, so that a split
+    stored class by class still shows every class; the first ones for a loader without a
+    dataset): ``ponder_map``, the method's per-position ponder cost (SACT: N + R; PACT: its
+    expected N), and ``units_map``, the units executed per position N (the count of
+    ``units_ran``), one quantity for every method. Each is built as the SACT code's
+    ``sact_map`` does: each block's map resized (nearest) to the input, summed over blocks.
     """
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in PassStats.__dataclass_fields__}
@@ -121,16 +133,17 @@ def evaluate(
             parts["flops"].append(total.cpu())
             parts["flops_per_block"].append(per_block.cpu())
         spatial = [p for p in out.ponder_cost if p.dim() == 3]
-        if spatial and maps_kept < max_maps:
+        counts = [u for u in out.units_executed if u.dim() == 3]  # spatial: [B, H, W] each
+        if (spatial or counts) and maps_kept < max_maps:
             first = -seen % stride  # the first position in this batch on the stride
             local = torch.arange(first, batch, stride)[: max_maps - maps_kept]
             if len(local):
-                size, rows = images.shape[-2:], local.to(images.device)
-                summed = sum(
-                    nn.functional.interpolate(p[rows, None].float(), size=size, mode="nearest")
-                    for p in spatial
-                )
-                parts["ponder_map"].append(summed[:, 0].cpu())
+                rows = local.to(images.device)
+                if spatial:
+                    parts["ponder_map"].append(_summed_map(spatial, rows, images.shape[-2:]))
+                if counts:
+                    units = _summed_map(counts, rows, images.shape[-2:])
+                    parts["units_map"].append(units.round().to(torch.int32))  # counts
                 parts["thumbnails"].append(thumbnails(images[rows]))
                 parts["map_index"].append(local + seen)
                 maps_kept += len(local)
@@ -300,11 +313,12 @@ def write_per_image(stats: PassStats, mode: str, path) -> None:
     """Save one pass per image as ``npz`` (the report's histograms and maps read it).
 
     Arrays: ``units`` and ``ponder`` ``[N, blocks]`` (spatial: mean over positions), ``correct``
-    ``[N]``, ``eval_mode``, and for spatial methods ``ponder_map`` ``[M, H, W]`` with the
-    images it belongs to as ``thumbnails`` ``[M, h, w, 3]`` uint8 and their positions in the
-    split as ``map_index`` ``[M]``.
+    ``[N]``, ``eval_mode``, and for spatial methods ``units_map`` (units executed per position,
+    summed over blocks) and ``ponder_map`` (ponder cost, as the method defines it) ``[M, H, W]``
+    with the images they belong to as ``thumbnails`` ``[M, h, w, 3]`` uint8 and their positions
+    in the split as ``map_index`` ``[M]``.
     """
-    names = ("units", "ponder", "correct", "ponder_map", "thumbnails", "map_index")
+    names = ("units", "ponder", "correct", "ponder_map", "units_map", "thumbnails", "map_index")
     arrays = {
         name: getattr(stats, name).numpy() for name in names if getattr(stats, name) is not None
     }

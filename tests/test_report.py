@@ -256,6 +256,20 @@ def test_per_image_export_sums_resized_block_maps(tmp_path):
     )
     units = torch.stack([u.double().flatten(1).mean(1) for u in out.units_executed], 1)
     np.testing.assert_allclose(arrays["units"][:4], units.numpy())
+    # units executed per position, by hand from the masks: [B, L, h, w] -> count over L,
+    # each block's count map repeated up to 32x32, summed over the three blocks
+    by_hand = sum(
+        m.sum(1).repeat_interleave(32 // m.shape[-1], -1).repeat_interleave(32 // m.shape[-2], -2)
+        for m in out.units_ran
+    )
+    assert arrays["units_map"].shape == (8, 32, 32)
+    assert np.issubdtype(arrays["units_map"].dtype, np.integer)
+    np.testing.assert_array_equal(arrays["units_map"][:4], by_hand.numpy())
+    # nearest upsampling by whole factors keeps each block's mean over positions: the map's
+    # mean is the per-image units summed over blocks
+    np.testing.assert_allclose(arrays["units_map"].mean((1, 2)), arrays["units"].sum(1), rtol=1e-6)
+    # at least one unit per block (a halting method runs unit 1), at most all of them
+    assert arrays["units_map"].min() >= 3 and arrays["units_map"].max() <= 3 * 2
 
 
 def test_ponder_maps_are_kept_for_images_spread_over_the_split():
@@ -436,3 +450,344 @@ def test_a_methods_table_note_appears_only_under_tables_with_its_rows(study, tmp
     make_report([study], tmp_path / "with_pact")
     assert note in (tmp_path / "with_pact" / "paper_table.md").read_text()
     assert note in (tmp_path / "with_pact" / "paper_table.tex").read_text()
+
+
+# ------------------------------------------------------------------------- figures (issue 21)
+def _act_row(tau: float, seed: int, accuracy: float, flops: float, **extra) -> dict:
+    return {
+        **rows()[0],
+        "trial_id": f"act_t{tau}_s{seed}",
+        **experiment("act", 14, tau=tau),
+        "time_penalty": tau,
+        "seed": seed,
+        "accuracy": accuracy,
+        "flops_per_image_mean": flops,
+        "num_images": 2000,
+        **extra,
+    }
+
+
+def _pact_row(lam: float, seed: int, mode: str, accuracy: float, flops: float, **extra) -> dict:
+    return _act_row(0.01, seed, accuracy, flops) | {
+        "trial_id": f"pact_l{lam}_s{seed}",
+        **experiment("pact", 14, **{"lambda": lam}),
+        "method": "pact",
+        "time_penalty_name": "lambda",
+        "time_penalty": lam,
+        "eval_mode": mode,
+        **extra,
+    }
+
+
+def _table(tmp_path, table_rows: list[dict]) -> pd.DataFrame:
+    pd.DataFrame(table_rows).to_csv(tmp_path / "results.csv", index=False)
+    return aggregate(load_results([tmp_path / "results.csv"]))
+
+
+def _curve(panel, start: str):
+    (curve,) = [c for c in panel.curves if c.name.startswith(start) and c.style != "sweep"]
+    return curve
+
+
+def test_curves_join_points_in_flops_order_and_one_flops_families_stay_unjoined(tmp_path):
+    """ACT's penalties 0.01, 0.03, 0.1 cost 1.1e8, 0.8e8, 1.0e8 FLOPs: the curve runs
+    0.8 -> 1.0 -> 1.1 (labels follow their points). PACT's stochastic mode runs every unit:
+    its three penalties sit within 0.1% of 1.3e8 and are drawn as unjoined points, dodged
+    sideways; its deterministic mode spreads over FLOPs and is joined."""
+    from harness.report.aggregate import accuracy_figure, at_one_flops_value
+
+    table_rows = [
+        _act_row(tau, seed, acc, flops)
+        for tau, acc, flops in ((0.01, 0.80, 1.1e8), (0.03, 0.70, 0.8e8), (0.1, 0.75, 1.0e8))
+        for seed in (0, 1)
+    ]
+    for lam, stochastic_flops in ((0.01, 1.3001e8), (0.03, 1.2999e8), (0.1, 1.3e8)):
+        table_rows += [
+            _pact_row(lam, 0, "stochastic", 0.6 + lam, stochastic_flops),
+            _pact_row(lam, 0, "deterministic", 0.6 + lam, 1.3e8 - lam * 1e9),
+        ]
+    panel = accuracy_figure(_table(tmp_path, table_rows)).panels[0]
+    act = _curve(panel, "ACT")
+    assert act.style == "method"
+    assert act.x == pytest.approx([0.08, 0.10, 0.11])
+    assert act.y == pytest.approx([70.0, 75.0, 80.0])
+    assert act.labels == ["tau 0.03", "tau 0.1", "tau 0.01"]
+    stochastic = _curve(panel, "PACT (reconstruction) (stochastic)")
+    assert stochastic.style == "points" and "points not joined" in stochastic.name
+    assert len(set(stochastic.dodge)) == 3 and sum(stochastic.dodge) == pytest.approx(0.0)
+    assert None not in stochastic.labels  # every unjoined point keeps its penalty label
+    deterministic = _curve(panel, "PACT (reconstruction) (deterministic)")
+    assert deterministic.style == "method" and deterministic.dodge == []
+    assert deterministic.x == pytest.approx([0.03, 0.10, 0.12])  # 1.3e8 - lambda * 1e9
+    # the 0.1% rule itself: 0.09% apart is one value, 0.2% apart is not, one point never
+    assert at_one_flops_value([1.0, 1.0009]) and not at_one_flops_value([1.0, 1.002])
+    assert not at_one_flops_value([1.0])
+
+
+def test_error_bars_say_what_they_are_and_n(study, tmp_path):
+    """ACT has 3 seeds (bars: the sample SD), each vanilla depth 1 seed (no bar)."""
+    from harness.report.aggregate import accuracy_figure
+
+    panel = accuracy_figure(aggregate(load_results([study]))).panels[0]
+    assert panel.notes[0] == (
+        "error bars: ±1 sample SD over seeds (y: accuracy, x: FLOPs), n = 1-3 seeds per point; "
+        "no bar where n = 1"
+    )
+    act = _curve(panel, "ACT")
+    assert act.n == [3] and act.yerr == pytest.approx([100 * statistics.stdev([0.80, 0.84, 0.83])])
+    assert act.xerr == pytest.approx([statistics.stdev([1.0e8, 1.2e8, 1.1e8]) / 1e9])
+    vanilla = _curve(panel, "vanilla")
+    assert vanilla.n == [1, 1] and vanilla.labels == ["d8", "d14"]
+    one = aggregate(load_results([study]))
+    one = one[one["method"] == "resnet"]
+    only = accuracy_figure(one).panels[0]
+    assert only.notes[0] == "one seed per point: no error bars (no spread measured)"
+
+
+def test_ranges_narrower_than_the_noise_get_a_wider_axis_and_a_note(tmp_path):
+    """Three models at 0.79, 0.80, 0.81 GFLOPs (span 2.5% of the mean 0.80): the x axis is
+    widened to 0.80 ± 5% = [0.76, 0.84]. Accuracies 63.0, 64.0, 63.5% on 2000 test images:
+    span 1.0 point, under the binomial 95% half-width 1.96 sqrt(0.635 * 0.365 / 2000) =
+    2.110 points: noted."""
+    from harness.report.aggregate import accuracy_figure
+
+    table_rows = [
+        _act_row(tau, 0, acc, flops)
+        for tau, acc, flops in ((0.01, 0.630, 0.79e8), (0.03, 0.640, 0.80e8), (0.1, 0.635, 0.81e8))
+    ]
+    panel = accuracy_figure(_table(tmp_path, table_rows)).panels[0]
+    assert panel.xlim == pytest.approx((0.076, 0.084))
+    half = 100 * 1.959964 * (0.635 * 0.365 / 2000) ** 0.5
+    assert f"{half:.1f}" == "2.1"
+    assert any("x axis widened to ±5% of the mean FLOPs" in n and "2.5%" in n for n in panel.notes)
+    assert any(
+        n.startswith("accuracy span 1.0 points < ±2.1, the binomial 95% half-width of one test")
+        for n in panel.notes
+    )
+    # spread-out points: matplotlib's range, no note
+    wide = [
+        _act_row(tau, 0, acc, flops)
+        for tau, acc, flops in ((0.01, 0.50, 0.5e8), (0.1, 0.80, 1.0e8))
+    ]
+    (tmp_path / "wide").mkdir()
+    panel = accuracy_figure(_table(tmp_path / "wide", wide)).panels[0]
+    assert panel.xlim is None and len(panel.notes) == 1  # the error-bar note only
+
+
+def test_memory_bars_per_penalty_ordered_by_depth_with_seed_ranges(tmp_path):
+    """Vanilla at depths 20, 8, 14 (written in that order) comes out d8, d14, d20 (numeric,
+    not text order); ACT's two penalties are two bars, each the mean of three seeds' peaks
+    with their min-max as the range."""
+    from harness.report.aggregate import memory_figure
+
+    mib = 2**20
+    table_rows = []
+    for depth in (20, 8, 14):
+        table_rows.append(
+            rows()[3]
+            | {
+                "trial_id": f"resnet_d{depth}",
+                **experiment("resnet", depth),
+                "depth": depth,
+                "peak_memory_bytes": depth * mib,
+                "peak_memory_median_bytes": depth * mib,
+            }
+        )
+    peaks = {0.1: (60, 70, 95), 0.01: (100, 90, 110)}
+    for tau, values in peaks.items():
+        for seed, peak in enumerate(values):
+            table_rows.append(
+                _act_row(tau, seed, 0.8, 1e8)
+                | {
+                    "peak_memory_bytes": peak * mib,
+                    "peak_memory_median_bytes": (peak - 10) * mib,
+                    "memory_batches": 4,
+                    "peak_memory_device": "cpu",
+                }
+            )
+    pd.DataFrame(table_rows).to_csv(tmp_path / "results.csv", index=False)
+    frame = load_results([tmp_path / "results.csv"])
+    figure = memory_figure(aggregate(frame), frame)
+    bars = figure.bars
+    assert bars["configuration"].tolist() == [
+        "ResNet / standard / d8",
+        "ResNet / standard / d14",
+        "ResNet / standard / d20",
+        "ACT / act / d14 / tau 0.01",
+        "ACT / act / d14 / tau 0.1",
+    ]
+    act = bars.iloc[3:]
+    assert act["mean MiB"].tolist() == pytest.approx([100.0, 75.0])
+    assert act["min MiB"].tolist() == [90.0, 60.0] and act["max MiB"].tolist() == [110.0, 95.0]
+    assert act["seeds"].tolist() == [3, 3] and bars["seeds"].iloc[0] == 1
+    assert bars["min MiB"].iloc[0] == bars["max MiB"].iloc[0] == 8.0  # one seed: no range
+    assert "n = 1-3 seeds per bar" in figure.notes[0]
+    # ACT measured over 4 batches; the vanilla rows carry no batch count: an older protocol
+    assert figure.notes[-1] == (
+        "measured on cpu: max over the first 4 evaluation batches; one evaluation batch "
+        "(runs stored before memory was measured over the pass)"
+    )
+    # the median over batches: a marker, mean over seeds ((100+90+110)/3 - 10, (60+70+95)/3 - 10)
+    assert act["median MiB"].tolist() == pytest.approx([90.0, 65.0])
+    # without the per-seed rows: the means, no range
+    plain = memory_figure(aggregate(frame)).bars
+    assert (plain["min MiB"] == plain["mean MiB"]).all()
+
+
+def _run(method: str, label: str, penalty: tuple[str, float], seed: int, **method_config):
+    """A run as load_per_image returns it (no files): label, units and its configuration."""
+    import numpy as np
+
+    from harness.report.load import canonical_identity
+
+    name, value = penalty
+    config = to_dict(RunConfig(method=method, method_config={name: value, **method_config}))
+    record = {
+        "method": method,
+        "method_label": label,
+        "time_penalty_name": name,
+        "time_penalty": value,
+        "seed": seed,
+    }
+    arrays = {
+        "units": np.full((5, 3), 2.0),
+        "adaptive": True,
+        "record": record,
+        "experiment_config": canonical_identity(config),
+    }
+    return f"{label} d20 {name}={value:g} s{seed} (x, 5 test imgs)", arrays
+
+
+def test_histogram_titles_name_the_fields_that_tell_panels_apart():
+    """Three PACT runs, two with the default prior and one with bernoulli, and an ACT run:
+    the bernoulli panel says prior=bernoulli, the figure states the common prior; ACT (which
+    has no prior) names none; seeds and penalties are in the label already."""
+    from harness.report.aggregate import histogram_figure, run_fields
+
+    runs = [
+        _run("pact", "PACT", ("lambda", 0.01), 0),
+        _run("act", "ACT", ("tau", 0.01), 0),
+        _run("pact", "PACT", ("lambda", 0.01), 0, prior="bernoulli"),
+        _run("pact", "PACT", ("lambda", 0.03), 1),
+    ]
+    fields, common = run_fields(runs)
+    assert fields == [[], [], ["prior=bernoulli"], []]
+    assert common == ["PACT: prior=truncated_geometric"]
+    figure = histogram_figure(runs)
+    titles = [title for title, _ in figure.panels]
+    assert titles[0].startswith("ACT") and not any("prior" in t for t in titles[:1])
+    assert sum("prior=bernoulli" in t for t in titles) == 1
+    assert figure.notes == ["fields a title does not name: PACT: prior=truncated_geometric"]
+    # no common value (one run each): both panels name it
+    fields, common = run_fields([runs[0], runs[2]])
+    assert fields == [["prior=truncated_geometric"], ["prior=bernoulli"]] and common == []
+
+
+def _spatial_run(folder, method: str, label: str, penalty: tuple[str, float], mode: str):
+    """A real spatial model evaluated on 4 random images: per_image.npz as evaluate_modes
+    writes it, beside the results row load_per_image reads its record from."""
+    import torch
+
+    from harness.config import EvalConfig
+    from harness.contract import ModelSpec
+    from harness.evaluate import evaluate_modes
+    from methods.pact import PACTConfig
+    from methods.pact.model import build_spatial_pact
+    from methods.sact import SACTConfig
+    from methods.sact.model import build_sact
+
+    torch.manual_seed(0)
+    spec = ModelSpec("cifar10", 14, "sact")
+    if method == "sact":
+        model = build_sact(spec, SACTConfig(tau=penalty[1]))
+        gen = torch.Generator().manual_seed(3)
+        with torch.no_grad():  # halting branches that halt somewhere (as test_sact does)
+            for branches in model.halting:
+                for branch in branches:
+                    w = branch.local_conv.weight
+                    w.copy_(torch.randn(w.shape, generator=gen) * 0.5)
+                    branch.local_conv.bias.fill_(0.0)
+    else:
+        model = build_spatial_pact(spec, PACTConfig())
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    folder.mkdir(parents=True)
+    evaluate_modes(
+        model.eval(),
+        [(images, torch.arange(4))],
+        EvalConfig(modes=(mode,), execution="masked", repeats=1),
+        torch.device("cpu"),
+        per_image_path=folder / "per_image.npz",
+    )
+    name, value = penalty
+    row = _act_row(value, 0, 0.5, 1e8) | {
+        "trial_id": folder.name,
+        **experiment(method, 14, **{name: value}),
+        "method": method,
+        "method_label": label,
+        "time_penalty_name": name,
+        "eval_mode": mode,
+    }
+    pd.DataFrame([row]).to_csv(folder / "results.csv", index=False)
+
+
+def test_sact_and_spatial_pact_maps_show_one_quantity_on_one_scale(tmp_path):
+    """Real SACT and spatial PACT runs in one report: both rows show units executed per
+    position (their stored units_map) on the one units scale. SACT's stored ponder cost is
+    N + R, so its ponder map exceeds its units map by the remainders, each in (0, 1] per
+    block: the figure must not (and does not) draw that map."""
+    import numpy as np
+
+    from harness.report import load_per_image
+    from harness.report.aggregate import UNITS_MAP_LABEL, ponder_figure
+
+    _spatial_run(tmp_path / "study" / "sact", "sact", "SACT", ("tau", 0.01), "act")
+    _spatial_run(
+        tmp_path / "study" / "spatial",
+        "spatial_pact",
+        "spatial PACT",
+        ("lambda", 0.01),
+        "deterministic",
+    )
+    runs = load_per_image([tmp_path / "study"])
+    by_method = {a["record"]["method"]: a for _, a in runs}
+    sact = by_method["sact"]
+    excess = sact["ponder_map"] - sact["units_map"]
+    assert excess.min() > 0 and excess.max() <= 3 + 1e-6  # three blocks, R in (0, 1] each
+    figure = ponder_figure(runs, per_run=4)
+    assert [s.label for s in figure.scales] == [UNITS_MAP_LABEL] and figure.scales[0].discrete
+    assert [r.scale for r in figure.rows] == [0, 0]
+    for row in figure.rows:
+        method = "sact" if row.label.startswith("SACT") else "spatial_pact"
+        np.testing.assert_array_equal(np.stack(row.maps), by_method[method]["units_map"])
+    stored = np.concatenate([a["units_map"].ravel() for a in by_method.values()])
+    assert figure.scales[0].vmin == np.floor(np.percentile(stored, 0.1))
+    assert figure.scales[0].vmax == np.ceil(np.percentile(stored, 99.9))
+    written = {p.name for p in make_report([tmp_path / "study"], tmp_path / "report")}
+    assert "ponder_maps.png" in written
+
+
+def test_ponder_costs_of_older_runs_never_share_a_scale():
+    """Runs stored before units maps were kept have only their ponder cost, which each method
+    defines its own way: each such method gets its own scale, apart from the units' scale."""
+    import numpy as np
+
+    from harness.report.aggregate import UNITS_MAP_LABEL, ponder_figure
+
+    rng = np.random.default_rng(0)
+    new_sact = _run("sact", "SACT", ("tau", 0.01), 0)
+    new_sact[1]["units_map"] = rng.integers(3, 7, (4, 8, 8))
+    new_sact[1]["ponder_map"] = new_sact[1]["units_map"] + 0.5
+    old_sact = _run("sact", "SACT", ("tau", 0.1), 0)
+    old_sact[1]["ponder_map"] = rng.random((4, 8, 8)) + 6.0
+    old_pact = _run("spatial_pact", "spatial PACT", ("lambda", 0.01), 0)
+    old_pact[1]["ponder_map"] = rng.random((4, 8, 8)) + 3.0
+    figure = ponder_figure([old_pact, old_sact, new_sact], per_run=4)
+    labels = [s.label for s in figure.scales]
+    assert labels[0] == UNITS_MAP_LABEL
+    assert labels[1].startswith("ponder cost of SACT") and labels[2].startswith(
+        "ponder cost of spatial PACT"
+    )
+    assert [r.scale for r in figure.rows] == [0, 1, 2]
+    assert figure.rows[0].label.startswith("SACT d20 tau=0.01")
+    np.testing.assert_array_equal(np.stack(figure.rows[0].maps), new_sact[1]["units_map"])
+    assert figure.scales[1].vmin >= 6.0 and figure.scales[2].vmax <= 4.0  # own ranges

@@ -106,7 +106,7 @@ def make_report(
     written = write_tables(table, out)
     if FLOPS in table and table[FLOPS].notna().any():
         written += plot_accuracy_vs_flops(accuracy_figure(table), out)
-    memory = memory_figure(table)
+    memory = memory_figure(table, frame)
     if memory is not None:
         written += plot_memory(memory, out)
     runs = load_per_image(inputs, **options)

@@ -63,12 +63,36 @@ def write_index(out: Path, written: list[Path], table: pd.DataFrame, inputs: lis
     figures = (
         (
             "accuracy_vs_flops",
-            "Accuracy vs FLOPs per image; points labelled by time penalty, "
-            "seed error bars, vanilla depth series in black, threshold sweeps dotted.",
+            "Accuracy vs FLOPs per image, each point the mean over seeds and labelled by its "
+            "time penalty; error bars ±1 sample SD over seeds, with n stated in each panel "
+            "(no bar for one seed); curves join points in FLOPs order; a family whose points "
+            "all sit at one FLOPs value (a mode that runs every unit) is drawn as unjoined "
+            "points, each with its bars; vanilla depth series in black, threshold sweeps "
+            "dotted. An x range spanning under 5% of the mean FLOPs is widened to ±5%, and an "
+            "accuracy range narrower than the binomial 95% noise of one test set is noted "
+            "in the panel title.",
         ),
-        ("memory", "Peak memory of one evaluation batch per method, mode and depth."),
-        ("units_histogram", "Units executed per test image, one panel per run."),
-        ("ponder_maps", "Spatial ponder-cost maps (one clipped colour scale) beside the images."),
+        (
+            "memory",
+            "Peak evaluation memory, one bar per method, mode, depth and penalty (test split, "
+            "default threshold), ordered by depth and penalty numerically: the bar is the mean "
+            "over seeds, the black line the range (min-max) over seeds, a diamond the median "
+            "over measured batches where it was recorded; the figure states the protocol.",
+        ),
+        (
+            "units_histogram",
+            "Units executed per test image, one panel per run; each title names the "
+            "configuration fields in which that run differs from the others, and the figure "
+            "states the values of the fields a title leaves out.",
+        ),
+        (
+            "ponder_maps",
+            "Spatial maps beside their images, in one declared quantity for every method: "
+            "units executed per position (N, summed over blocks), one colour per count on one "
+            "scale. Runs stored before those maps were kept show their ponder cost instead "
+            "(SACT: N + R; spatial PACT: its expected N), each method on its own scale, "
+            "never on the units' scale; each colour bar names its quantity.",
+        ),
     )
     for stem, text in figures:
         if f"{stem}.png" in names:
