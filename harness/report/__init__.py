@@ -15,9 +15,12 @@ experiments of one report become columns of its tables. Output, in ``--out``:
     modes_table.md/.tex                methods with several evaluation modes, side by side
     accuracy_vs_flops.png/.pdf         accuracy vs FLOPs, points labelled by penalty, seed error
                                        bars, the vanilla depth curve; one panel per split
-    memory.png/.pdf                    peak evaluation memory per method, mode and depth
+    memory.png/.pdf                    peak evaluation memory per method, mode, depth and
+                                       penalty (mean over seeds, min-max range, median)
     units_histogram.png/.pdf           units executed per test image, one panel per run
-    ponder_maps.png/.pdf               spatial methods' ponder-cost maps beside their images
+    ponder_maps.png/.pdf               spatial methods' units executed per position (N)
+                                       beside their images, one scale
+    comparisons.md                     each declared (or default) comparison: evidence, verdict
 
 One module per job: :mod:`~harness.report.load` (results and per-image files in),
 :mod:`~harness.report.aggregate` (seed statistics as the schema declares them, and the rows each

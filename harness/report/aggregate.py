@@ -147,6 +147,15 @@ def aggregate(frame: pd.DataFrame, allow_mixed_code: bool = False) -> pd.DataFra
         spans = table["code"].str.contains("; ") | table["code"].str.contains(r"\+dirty")
         table.attrs["show_code"] = bool(spans.any())
     table.attrs["differing"] = differing
+    # The recipe facts a reader compares with the papers' (the SACT code's CIFAR crops pad 2).
+    table.attrs["crop_padding"] = sorted(
+        {
+            flatten(json.loads(text)).get("data.crop_padding")
+            for text in configs
+            if flatten(json.loads(text)).get("data.augment", True)
+        }
+        - {None}
+    )
     return table
 
 

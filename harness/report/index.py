@@ -24,6 +24,14 @@ def write_index(out: Path, written: list[Path], table: pd.DataFrame, inputs: lis
         "experiment (the full configuration except the seed).",
         "",
     ]
+    padding = table.attrs.get("crop_padding", [])
+    if padding:
+        lines += [
+            "Training augmentation: random crops of images padded by "
+            f"{'/'.join(map(str, padding))} pixels per side, and horizontal flips (the SACT "
+            "code's CIFAR recipe pads 2).",
+            "",
+        ]
     differing = table.attrs.get("differing", [])
     if differing:
         lines += [
