@@ -3,7 +3,9 @@
 :mod:`harness.study` plans, checks and records a study (its folder layout, its tables, the
 outcome) without Ray; this module runs the trials on Ray Tune: the trial trainable, the Ray
 session and cluster checks, the progress callback, the launch and the driver
-(:func:`run_grid`); ``harness.cli.grid`` is its command line.
+(:func:`run_grid`); ``harness.cli.grid`` is its command line. Nothing here prints: a running
+grid says what happens through an ``emit`` callback (default: this module's logger; the command
+line passes ``print``), and the dry run and the outcome are lines the command line prints.
 
 Fault tolerance has two layers. Within a launch, every epoch ends with ``tune.report`` and a
 Tune checkpoint of the run directory; a failed trial is retried ``max_failures`` times
@@ -25,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,13 @@ from harness.estimate import (
     Machine,
     cluster_machine,
     concurrency,
+    concurrency_text,
     estimate_study,
     format_estimate,
     gpu_machine,
     launch_order,
     local_machine,
+    machine_text,
 )
 from harness.presets import Trial
 from harness.study import (
@@ -56,8 +60,8 @@ from harness.study import (
     checkpoint_epoch,
     conclude_study,
     fetch_data,
+    plan_lines,
     plan_study,
-    print_plan,
     restore_run_dir,
     study_lock,
     study_record,
@@ -76,6 +80,11 @@ RAY_ENV_DEFAULTS = {
     # silent there, which leaves the study's own progress lines (GridProgress) alone.
     "RAY_AIR_NEW_OUTPUT": "0",
 }
+
+log = logging.getLogger(__name__)
+#: A receiver of the lines a running grid says, one at a time (default ``log.info``; the
+#: command line prints them).
+Emit = Callable[[str], None]
 
 
 # ------------------------------------------------------------------------------------ the trial
@@ -190,7 +199,7 @@ def record_placement(run_dir: Path, placement: Mapping[str, Any]) -> None:
         attempts = [a for a in attempts if a.get("started_unix") != entry["started_unix"]]
         store.update_json(path, {"placements": [*attempts, entry], "gpu_ids": entry["gpu_ids"]})
     except (OSError, HarnessError) as err:  # the trial goes on; provenance says what it lacks
-        logging.getLogger(__name__).warning("provenance: cannot record the placement: %s", err)
+        log.warning("provenance: cannot record the placement: %s", err)
 
 
 # ---------------------------------------------------------------------------------------- Ray
@@ -332,8 +341,9 @@ def make_progress_callback(
     best: tuple[float, str] | None = None,
     heartbeat_s: float = 300.0,
     on_change: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    emit: Emit = log.info,
 ):
-    """A Tune callback printing one line per trial state change (started, finished, retrying,
+    """A Tune callback emitting one line per trial state change (started, finished, retrying,
     failed) with the study's counts and the best accuracy so far, plus a line listing the
     running trials' epochs every ``heartbeat_s``. ``.records`` keeps per trial its status,
     Ray node, failures and error for ``trials.csv``; ``on_change(records)`` is called after
@@ -356,14 +366,14 @@ def make_progress_callback(
             try:
                 on_change(self.records)
             except (OSError, HarnessError) as err:  # the study goes on; the end rewrites it
-                logging.getLogger(__name__).warning("cannot update the trials table: %s", err)
+                log.warning("cannot update the trials table: %s", err)
 
         def _line(self, text: str) -> None:
             now = time.monotonic()
             self.last_line = now
             best = f" | best acc {self.best[0]:.3f} ({self.best[1]})" if self.best else ""
             counts = f"done {self.done}/{total} running {len(self.running)} failed {self.failed}"
-            print(f"[{_clock(now - self.started)}] {counts} | {text}{best}", flush=True)
+            emit(f"[{_clock(now - self.started)}] {counts} | {text}{best}")
 
         def _record(self, trial) -> dict[str, Any]:
             return self.records.setdefault(trial.config["trial"], {})
@@ -441,11 +451,12 @@ def _launch_name(folder: Path) -> str:
 
 
 def launch(
-    study: Study, names: list[str], finished: list[str], argv: list[str]
+    study: Study, names: list[str], finished: list[str], argv: list[str], emit: Emit = log.info
 ) -> dict[str, dict[str, Any]]:
     """Run the trials ``names`` as one Tune experiment; returns what it learnt per trial
     (status, node, failures, error). ``finished`` (trials done before) sets the progress counts;
-    ``argv`` is the command line recorded in each run's provenance."""
+    ``argv`` is the command line recorded in each run's provenance; ``emit`` gets the progress
+    lines."""
     from ray import tune
 
     preset = study.preset
@@ -462,6 +473,7 @@ def launch(
         len(finished),
         _best_accuracy(study, finished),
         on_change=lambda records: write_trials_table(study, records),
+        emit=emit,
     )
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
@@ -490,11 +502,10 @@ def launch(
             record.setdefault("error", _last_line(str(result.error)))
     on_cpu = sorted(n for n, r in records.items() if r.get("gpu_ids") and r.get("device") == "cpu")
     if on_cpu:
-        print(
+        emit(
             f"note: {len(on_cpu)} trial(s) were given a GPU by Ray but trained on the CPU "
             f"(device=auto, no CUDA device on their node): {', '.join(on_cpu[:3])}"
-            + (" ..." if len(on_cpu) > 3 else ""),
-            flush=True,
+            + (" ..." if len(on_cpu) > 3 else "")
         )
     return records
 
@@ -518,7 +529,7 @@ def dry_run_machine(options: GridOptions) -> Machine:
     return local_machine(probe=options.estimate)
 
 
-def print_capacity(study: Study, options: GridOptions, finished: list[str]) -> None:
+def capacity_lines(study: Study, options: GridOptions, finished: list[str]) -> list[str]:
     """``--dry-run``: how many trials run at once on the machine, and with ``--estimate`` the
     GPU-/CPU-hours, wall time, critical path and disk (:mod:`harness.estimate`) of the trials
     still to run (``finished``: those the study folder already holds)."""
@@ -526,36 +537,50 @@ def print_capacity(study: Study, options: GridOptions, finished: list[str]) -> N
     preset = study.preset
     if options.estimate:
         todo = [t for t in study.trials if t.name not in finished]
+        lines = []
         if finished:
-            print(
+            lines.append(
                 f"  {len(finished)} of {len(study.trials)} trials finished before in "
                 f"{study.folder}: the estimate covers the {len(todo)} still to run (--resume)"
             )
         if not todo:
-            print("  nothing to estimate: every trial of the study is finished")
-            return
+            return [*lines, "  nothing to estimate: every trial of the study is finished"]
         estimate = estimate_study(preset, todo, machine, options.throughput)
-        print("\n".join(format_estimate(estimate)))
-        return
-    _, text = concurrency(preset.resources, machine, preset.max_concurrent)
-    print(f"  on {machine.description}: {text}")
+        return lines + format_estimate(estimate)
+    found = concurrency(preset.resources, machine, preset.max_concurrent)
+    return [f"  on {machine_text(machine)}: {concurrency_text(found)}"]
 
 
-def run_grid(options: GridOptions) -> GridOutcome | None:
-    """Plan, check and run a study; returns what happened (None for ``--dry-run``).
+def dry_run_lines(options: GridOptions) -> Iterator[str]:
+    """``--dry-run``: the planned study, one line per trial, then what it takes on the machine
+    (:func:`capacity_lines`). Lazily: the plan comes before the machine is read (a short probe,
+    or a connection to ``--address``), so a caller printing each line shows it at once."""
+    study = plan_study(options)
+    finished = study.finished() if (study.folder / STUDY_FILE).is_file() else []
+    yield from plan_lines(study, finished)
+    yield from capacity_lines(study, options, finished)
+
+
+def _emit_all(lines: Iterable[str], emit: Emit) -> None:
+    for line in lines:
+        emit(line)
+
+
+def run_grid(options: GridOptions, emit: Emit = log.info) -> GridOutcome | None:
+    """Plan, check and run a study; returns what happened (None for ``--dry-run``, whose lines
+    go to ``emit``; :func:`harness.study.outcome_lines` says what happened).
 
     Every check (preset, trials, data, folder, Ray address and resources) passes before the
-    study folder is written.
+    study folder is written. ``emit`` gets the lines of a running study (its start, each
+    trial's progress); default: this module's logger at INFO.
     """
-    study = plan_study(options)
     if options.dry_run:
-        finished = study.finished() if (study.folder / STUDY_FILE).is_file() else []
-        print_plan(study, finished)
-        print_capacity(study, options, finished)
+        _emit_all(dry_run_lines(options), emit)
         return None
+    study = plan_study(options)
     held = check_study_folder(study, options.resume)
     if study.download:
-        fetch_data(study)
+        fetch_data(study, emit)
     tic = time.monotonic()
     finished = study.finished()
     todo = [t for t in study.trials if t.name not in finished]
@@ -570,20 +595,19 @@ def run_grid(options: GridOptions) -> GridOutcome | None:
             record = yaml.safe_dump(study_record(study), sort_keys=False)
             store.atomic_write_text(study.folder / STUDY_FILE, record)
         if held == "grown":
-            print(
+            emit(
                 f"study {study.preset.name}: grown to {len(study.trials)} trials; the stored "
-                "ones are kept",
-                flush=True,
+                "ones are kept"
             )
         res = study.preset.resources
         if todo:
-            print(
+            emit(
                 f"study {study.preset.name}: {len(study.trials)} trials, {len(finished)} "
                 f"finished before, {len(todo)} to run on {where} ({cluster}); "
-                f"{res['cpu']:g} CPU + {res['gpu']:g} GPU per trial\n  folder: {study.folder}",
-                flush=True,
+                f"{res['cpu']:g} CPU + {res['gpu']:g} GPU per trial"
             )
-            records = launch(study, todo_names, finished, options.argv)
+            emit(f"  folder: {study.folder}")
+            records = launch(study, todo_names, finished, options.argv, emit)
         else:
-            print(f"study {study.preset.name}: all {len(study.trials)} trials finished before")
+            emit(f"study {study.preset.name}: all {len(study.trials)} trials finished before")
         return conclude_study(study, records, time.monotonic() - tic)

@@ -15,8 +15,8 @@ directory. The study folder holds::
 This module holds everything about a study that needs no Ray: the options and the planned
 study, planning and its checks (trials, resources, data), the study's identity and folder
 (record, differences, lock), the two tables, run-directory checkpoints (epoch; restoring a
-Tune checkpoint's files), the dry-run plan and the outcome summary. It never imports ray;
-:mod:`harness.grid` runs the trials on Ray Tune.
+Tune checkpoint's files), the dry-run plan and the outcome summary (as lines, which the command
+line prints). It never imports ray; :mod:`harness.grid` runs the trials on Ray Tune.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,18 +45,18 @@ from harness.data import (
 )
 from harness.errors import ConfigError, DataError, HarnessError
 from harness.evaluate import plan_evaluations
+from harness.models import build_model
 from harness.presets import PRESET_DIR, Preset, Trial, expand, load_preset
 from harness.registry import get_method
 from harness.runs import (
-    build_model,
     check_torchvision_source,
     init_from_source,
     is_torchvision_source,
     trial_columns,
 )
 
-STUDY_FILE = "study.yaml"
-TRIALS_DIR = "trials"
+STUDY_FILE = store.STUDY_FILE  # the study folder's names live in harness.store
+TRIALS_DIR = store.TRIALS_DIR
 TRIALS_TABLE = "trials.csv"
 RAY_DIR = "ray"
 LOCK_FILE = store.LOCK_FILE
@@ -67,6 +68,8 @@ CHECKPOINTED_FILES = (
     store.METRICS_FILE,
     store.CHECKPOINT_FILE,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -193,8 +196,9 @@ def _data_root(base: Mapping[str, Any], data_root: str | None, download: bool) -
     return str(root)
 
 
-def fetch_data(study: Study) -> None:
-    """``--download``: fetch CIFAR-10 into the data root unless a dataset is already there."""
+def fetch_data(study: Study, emit: Callable[[str], None] = log.info) -> None:
+    """``--download``: fetch CIFAR-10 into the data root unless a dataset is already there
+    (``emit`` says so first: the download takes a while)."""
     root = Path(study.trials[0].config["data"]["root"])
     try:
         detect_format(root)
@@ -202,7 +206,7 @@ def fetch_data(study: Study) -> None:
     except DataError:
         pass
     root.mkdir(parents=True, exist_ok=True)
-    print(f"downloading CIFAR-10 into {root}", flush=True)
+    emit(f"downloading CIFAR-10 into {root}")
     load_torchvision_cifar10(root, download=True)
 
 
@@ -224,7 +228,7 @@ def _check_trials(trials: list[Trial], download: bool) -> None:
             classes = None
             if trial.init_from and cfg.model.num_classes is None and not download:
                 classes = count_classes(cfg.model.dataset, cfg.data)
-            model = build_model(cfg, num_classes=classes)[2]
+            model = build_model(cfg, num_classes=classes)
             plan_evaluations(model, cfg.eval)
             if is_torchvision_source(trial.init_from):
                 # checked here, loaded by each trial (torch's cache keeps one download)
@@ -428,14 +432,14 @@ def restore_run_dir(source: Path, run_dir: Path) -> bool:
 # ---------------------------------------------------------------------------- plan and outcome
 
 
-def print_plan(study: Study, finished: list[str]) -> None:
+def plan_lines(study: Study, finished: list[str]) -> list[str]:
     """The study as a list: one line per trial, with its status in the folder."""
     preset = study.preset
-    print(f"study {preset.name}: {len(study.trials)} trials -> {study.folder}")
+    lines = [f"study {preset.name}: {len(study.trials)} trials -> {study.folder}"]
     if preset.description:
-        print(f"  {preset.description}")
+        lines.append(f"  {preset.description}")
     res = preset.resources
-    print(
+    lines.append(
         f"  per trial: {res['cpu']:g} CPU, {res['gpu']:g} GPU; at most "
         f"{preset.max_concurrent or 'as resources allow'} at once; "
         f"up to {preset.max_failures} retries each"
@@ -443,11 +447,13 @@ def print_plan(study: Study, finished: list[str]) -> None:
     for trial in study.trials:
         state = "finished" if trial.name in finished else "to run"
         cfg = trial.config
-        print(f"  {trial.name:<40} {state:<9} epochs={cfg['optim']['epochs']}")
+        lines.append(f"  {trial.name:<40} {state:<9} epochs={cfg['optim']['epochs']}")
+    return lines
 
 
 def conclude_study(study: Study, records: dict[str, dict[str, Any]], seconds: float) -> GridOutcome:
-    """Gather the tables and sort the trials into finished, failed and unfinished."""
+    """Gather the tables and sort the trials into finished, failed and unfinished
+    (:func:`outcome_lines` says what happened)."""
     finished = study.finished()
     failed = {
         name: rec.get("error", "failed")
@@ -468,28 +474,28 @@ def conclude_study(study: Study, records: dict[str, dict[str, Any]], seconds: fl
         seconds=seconds,
     )
     write_trials_table(study, records)
-    _print_outcome(outcome)
     return outcome
 
 
-def _print_outcome(outcome: GridOutcome) -> None:
+def outcome_lines(outcome: GridOutcome) -> list[str]:
+    """What a launch did: the counts, each failure, the tables and how to continue."""
     study = outcome.study
     total = len(study.trials)
-    print(
+    lines = [
         f"study {study.preset.name}: {len(outcome.finished)}/{total} trials finished, "
         f"{len(outcome.failed)} failed, {len(outcome.unfinished)} unfinished "
         f"({outcome.seconds:.0f} s)"
-    )
-    for name, error in outcome.failed.items():
-        print(f"  FAILED {name}: {error}")
+    ]
+    lines += [f"  FAILED {name}: {error}" for name, error in outcome.failed.items()]
     if outcome.results_path is not None:
-        print(f"  results: {outcome.results_path}")
-    print(f"  trials:  {study.folder / TRIALS_TABLE}")
+        lines.append(f"  results: {outcome.results_path}")
+    lines.append(f"  trials:  {study.folder / TRIALS_TABLE}")
     if outcome.unfinished or outcome.failed:
         preset = study.preset.source if study.preset.source else study.preset.name
         if Path(preset).parent == PRESET_DIR:
             preset = study.preset.name
-        print(
+        lines.append(
             f"  continue with: pact-harness grid --preset {preset} --resume --out {study.folder}"
             " (and the same --set values)"
         )
+    return lines

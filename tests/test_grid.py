@@ -36,6 +36,7 @@ from harness.study import (
     GridOptions,
     check_study_folder,
     fetch_data,
+    outcome_lines,
     plan_study,
     restore_run_dir,
     study_record,
@@ -55,6 +56,7 @@ def write_preset(folder: Path, **changes) -> Path:
         "methods": {"resnet": {}},
         "depths": [8],
         "seeds": [0],
+        "vanilla_method": "resnet",
         "resources": {"cpu": 1, "gpu": 0},
         "max_failures": 1,
         **changes,
@@ -406,7 +408,7 @@ def test_crashed_trial_retries_from_its_checkpoint_and_finishes(
 
 @pytest.mark.ray
 def test_a_trial_out_of_retries_fails_the_study_and_resume_finishes_it(
-    ray_cluster, capsys, tmp_path, tiny_npz_root, monkeypatch
+    ray_cluster, tmp_path, tiny_npz_root, monkeypatch
 ):
     monkeypatch.setenv(CRASH_ENV, "1")  # forwarded to the trials (PACT_HARNESS_*)
     preset = write_preset(tmp_path)
@@ -417,10 +419,12 @@ def test_a_trial_out_of_retries_fails_the_study_and_resume_finishes_it(
         address=ray_cluster.address,
         max_failures=0,
     )
-    outcome = run_grid(options)
+    said: list[str] = []  # the progress lines the command line prints
+    outcome = run_grid(options, emit=said.append)
     assert list(outcome.failed) == ["resnet_d8_s0"] and not outcome.finished
     assert "InjectedCrash" in outcome.failed["resnet_d8_s0"]
-    assert "FAILED   resnet_d8_s0: harness.train.InjectedCrash" in capsys.readouterr().out
+    assert any("FAILED   resnet_d8_s0: harness.train.InjectedCrash" in line for line in said)
+    assert "  FAILED resnet_d8_s0: harness.train.InjectedCrash" in "\n".join(outcome_lines(outcome))
     table = pd.read_csv(outcome.study.folder / TRIALS_TABLE, keep_default_na=False)
     assert table.loc[0, "status"] == "failed"
     outcome = run_grid(dataclasses.replace(options, resume=True))
@@ -429,7 +433,7 @@ def test_a_trial_out_of_retries_fails_the_study_and_resume_finishes_it(
 
 @pytest.mark.ray
 def test_a_finished_study_grown_by_a_seed_runs_only_the_added_trial(
-    ray_cluster, capsys, tmp_path, tiny_npz_root
+    ray_cluster, tmp_path, tiny_npz_root
 ):
     options = GridOptions(
         preset=str(write_preset(tmp_path)),
@@ -440,11 +444,11 @@ def test_a_finished_study_grown_by_a_seed_runs_only_the_added_trial(
     assert run_grid(options).complete
     first = tmp_path / "study" / "trials" / "resnet_d8_s0"
     mtime = (first / store.SUMMARY_FILE).stat().st_mtime_ns
-    capsys.readouterr()
     grown = dataclasses.replace(options, resume=True, overrides=["seeds=[0,1]"])
-    outcome = run_grid(grown)
+    said: list[str] = []
+    outcome = run_grid(grown, emit=said.append)
     assert outcome.complete and sorted(outcome.finished) == ["resnet_d8_s0", "resnet_d8_s1"]
-    printed = capsys.readouterr().out
+    printed = "\n".join(said)
     assert "grown to 2 trials" in printed and "1 finished before, 1 to run" in printed
     assert (first / store.SUMMARY_FILE).stat().st_mtime_ns == mtime  # not rerun
     stored = yaml.safe_load((outcome.study.folder / STUDY_FILE).read_text())
@@ -455,23 +459,23 @@ def test_a_finished_study_grown_by_a_seed_runs_only_the_added_trial(
 
 
 @pytest.mark.ray
-def test_a_diverging_trial_is_retried_then_reported_failed(
-    ray_cluster, capsys, tmp_path, tiny_npz_root
-):
+def test_a_diverging_trial_is_retried_then_reported_failed(ray_cluster, tmp_path, tiny_npz_root):
     optim = {**TINY_BASE["optim"], "lr": 1e6}
     preset = write_preset(tmp_path, base={**TINY_BASE, "optim": optim})  # max_failures: 1
+    said: list[str] = []
     outcome = run_grid(
         GridOptions(
             preset=str(preset),
             out=str(tmp_path / "study"),
             data_root=str(tiny_npz_root),
             address=ray_cluster.address,
-        )
+        ),
+        emit=said.append,
     )
     assert list(outcome.failed) == ["resnet_d8_s0"] and not outcome.finished
     error = outcome.failed["resnet_d8_s0"]
     assert "DivergenceError: training diverged: the loss is " in error and "at epoch 1" in error
-    assert "retrying resnet_d8_s0 from its last checkpoint" in capsys.readouterr().out
+    assert any("retrying resnet_d8_s0 from its last checkpoint" in line for line in said)
     table = pd.read_csv(outcome.study.folder / TRIALS_TABLE, keep_default_na=False)
     row = table.loc[0].to_dict()
     assert row["status"] == "failed" and row["failures"] == 2, row  # the attempt and its retry
@@ -484,20 +488,23 @@ def test_a_diverging_trial_is_retried_then_reported_failed(
 
 @pytest.mark.ray
 def test_bad_input_inside_a_trial_fails_it_once_without_retries(
-    ray_cluster, capsys, tmp_path, tiny_npz_root
+    ray_cluster, tmp_path, tiny_npz_root
 ):
     # Only loading the data shows that 200 images cannot fill one batch of 256.
     preset = write_preset(tmp_path, base={**TINY_BASE, "optim": {"batch_size": 256}})
+    said: list[str] = []
     outcome = run_grid(
         GridOptions(
             preset=str(preset),
             out=str(tmp_path / "study"),
             data_root=str(tiny_npz_root),
             address=ray_cluster.address,
-        )
+        ),
+        emit=said.append,
     )
     assert "batch_size=256 exceeds the 200 training images" in outcome.failed["resnet_d8_s0"]
-    assert "retrying" not in capsys.readouterr().out
+    assert any("FAILED   resnet_d8_s0" in line for line in said)  # the progress lines came
+    assert not any("retrying" in line for line in said)
     table = pd.read_csv(outcome.study.folder / TRIALS_TABLE, keep_default_na=False)
     assert table.loc[0, "failures"] == 0 and table.loc[0, "status"] == "failed"
 

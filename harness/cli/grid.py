@@ -7,9 +7,13 @@ import sys
 
 from harness.cli.flags import add_set_flag, options_from
 from harness.errors import ConfigError
-from harness.grid import run_grid
+from harness.grid import dry_run_lines, run_grid
 from harness.presets import list_presets
-from harness.study import DEFAULT_PRESET, GridOptions
+from harness.study import DEFAULT_PRESET, GridOptions, outcome_lines
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # at once: a study's progress lines come minutes apart
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
@@ -29,9 +33,15 @@ def cmd_grid(args: argparse.Namespace) -> int:
     sizing = options.gpus is not None or options.cpus is not None or options.throughput
     if sizing and not options.dry_run:
         raise ConfigError("--gpus, --cpus and --throughput size a study for --dry-run/--estimate")
-    outcome = run_grid(options)
+    if options.dry_run:
+        for line in dry_run_lines(options):  # each at once: the plan before the machine probe
+            _say(line)
+        return 0
+    outcome = run_grid(options, emit=_say)
     if outcome is None:
         return 0
+    for line in outcome_lines(outcome):
+        _say(line)
     if outcome.failed:
         return 1
     return 130 if outcome.unfinished else 0
@@ -66,7 +76,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="study folder (default runs/grid/<preset>)")
     add_set_flag(
         p,
-        "override a config key of every trial (optim.epochs=1) or a preset key "
+        help_text="override a config key of every trial (optim.epochs=1) or a preset key "
         "(seeds=[0,1], methods.act.tau=[0.01], methods.pact=null)",
     )
     p.add_argument(
@@ -90,7 +100,7 @@ def add_parser(sub) -> None:
         "--throughput",
         metavar="FILE.json",
         help="--estimate: measured images/s from `pact-harness bench` (default: documented "
-        "defaults in harness/estimate.py)",
+        "defaults in harness/preset_files/throughput.json)",
     )
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (fractions allowed)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions allowed)")

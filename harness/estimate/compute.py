@@ -1,8 +1,4 @@
-"""What a study will cost before it runs: GPU- (or CPU-) hours, wall time, disk.
-
-``pact-harness grid --dry-run --estimate`` prints this for any preset, on the machine it runs on,
-on ``--gpus N [--cpus M]`` (one hypothetical machine) or on the Ray cluster at ``--address``
-(:mod:`harness.grid` reads its nodes). Nothing here imports Ray or trains anything.
+"""What a study will cost before it runs: the numbers (:mod:`harness.estimate.format` says them).
 
 The model, term by term (every constant below says where its number comes from):
 
@@ -15,19 +11,25 @@ The model, term by term (every constant below says where its number comes from):
 * **Trial time** = train + evaluation + overhead (:func:`estimate_trials`):
   ``epochs x train images per epoch / train throughput`` (full batches only: the loader drops
   the last partial one); evaluation images (every final test and validation pass, a random mode
-  counting ``eval.repeats`` passes, the per-epoch validation pass, and the cost columns' five
-  forward passes of one evaluation batch per result row) over the evaluation throughput; plus
+  counting ``eval.repeats`` passes, the per-epoch validation pass, and per result row the cost
+  columns' forward passes of the first test batch,
+  :func:`harness.costs.measure.cost_passes_per_row`, and their one peak-memory pass of each
+  further measured test batch, :func:`harness.costs.measure.memory_pass_images`) over the
+  evaluation throughput; plus
   :data:`TRIAL_OVERHEAD_S` (worker start, imports, loading the dataset, FLOP counting).
 * **Throughput** per (method, depth, device) comes from a ``pact-harness bench`` JSON file
   (``--throughput FILE.json``, a list ``"throughput"`` of ``{method, depth, device, batch_size,
-  train_images_per_s}`` entries, optionally ``eval_images_per_s``, ``threads``, ``dataset``), else
-  from :data:`DEFAULT_THROUGHPUT`. A missing (method, depth) is scaled from the nearest depth of
-  the same method by the backbone's dense cost (``depth - 2``: every CIFAR unit costs the same,
-  and a bottleneck ImageNet ResNet is within 10% of that proportion), and a missing method from
-  the vanilla ResNet by :data:`METHOD_TRAIN_COST`. On CPU a trial runs ``max(1, int(cpu))``
-  threads (``harness.grid``) and throughput scales linearly with them (a fractional CPU gets that
-  fraction of one core); on a GPU, ``k = floor(1 / g)`` packed trials share one GPU's
-  :data:`GPU_PACKING_AGGREGATE`.
+  train_images_per_s}`` entries, optionally ``eval_images_per_s``, ``threads``, ``dataset``,
+  ``source``), else from the documented defaults in :data:`DEFAULT_THROUGHPUT_FILE` (the same
+  format; its notes say where each number comes from). A missing (method, depth) is scaled from
+  the nearest depth of the same method by the backbone's dense cost (``depth - 2``: every CIFAR
+  unit costs the same, and a bottleneck ImageNet ResNet is within 10% of that proportion), and a
+  missing method from the preset's vanilla method (a preset without one: the registered methods
+  without a time penalty, :func:`vanilla_methods`) by the method's declared
+  ``MethodSpec.train_cost`` (undeclared: the dearest registered method's, :func:`train_cost`).
+  On CPU a trial runs ``max(1, int(cpu))`` threads (``harness.grid``) and throughput scales
+  linearly with them (a fractional CPU gets that fraction of one core); on a GPU,
+  ``k = floor(1 / g)`` packed trials share one GPU's :data:`GPU_PACKING_AGGREGATE`.
 * **A busy machine**: estimating for this machine, a 1 s single-thread probe measures wall time
   / CPU time (:func:`contention`: 1 when idle, 2 when other processes leave half a core), grown
   by fair sharing to the study's trial processes (:func:`study_slowdown`); CPU trial times and
@@ -36,14 +38,17 @@ The model, term by term (every constant below says where its number comes from):
   makespan of the trials scheduled longest first onto the concurrent slots (LPT list scheduling,
   within 4/3 of the optimum; the grid launches trials in that order, :func:`launch_order`); the
   longest trial is a lower bound no machine can beat.
-* **Disk**: per trial two copies of ``checkpoint.pt`` (the run directory's and Tune's,
-  ``num_to_keep=1``; a third exists while one is written) of the model's parameters and buffers
-  plus SGD's momentum buffers (each model built once), ``per_image.npz`` (uncompressed bound) and
-  the small files.
+* **Disk**: per trial :data:`CHECKPOINT_COPIES` copies of ``checkpoint.pt`` (the run
+  directory's and Tune's, ``num_to_keep=1``; a third exists while one is written) of the model's
+  parameters and buffers plus SGD's momentum buffers (each model built once), ``per_image.npz``
+  (uncompressed bound) and the small files.
+
+Nothing here imports Ray, trains anything or writes text for a user.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import math
@@ -57,78 +62,19 @@ from typing import Any
 import torch
 
 from harness.config import config_key
+from harness.costs.measure import cost_passes_per_row, memory_pass_images
 from harness.errors import ConfigError
 from harness.evaluate import PER_IMAGE_MAPS, THUMBNAIL_SIZE, plan_evaluations
-from harness.presets import Preset, Trial
-from harness.registry import get_method
-from harness.runs import build_model
+from harness.models import build_model
+from harness.presets import PRESET_DIR, Preset, Trial
+from harness.registry import get_method, list_methods
 
 #: (train, test) images of the full datasets (ImageNet: ILSVRC-2012 train and val).
 DATASET_IMAGES = {"cifar10": (50_000, 10_000), "imagenet": (1_281_167, 50_000)}
 #: Input side of each dataset's images (the ponder maps' size).
 IMAGE_SIDE = {"cifar10": 32, "imagenet": 224}
-
-
-@dataclass(frozen=True)
-class Throughput:
-    """Images per second of one trial of ``method`` at ``depth`` on a device kind."""
-
-    method: str
-    depth: int
-    device: str  # "cpu" or "cuda"
-    train_images_per_s: float
-    eval_images_per_s: float | None = None  # None: EVAL_TO_TRAIN x train
-    dataset: str = "cifar10"
-    threads: int = 1  # CPU: torch threads it was measured with (scaled per thread)
-    batch_size: int = 128
-    source: str = ""
-
-
-_CPU_SOURCE = "default: measured on this project's 2-core CPU"
-_H200_SOURCE = "default: ASSUMED H200 (not measured)"
-#: Documented defaults, used when no ``--throughput`` file gives a (method, depth, device).
-#: CPU: measured here as CPU time per image (wall time would measure the machine's load, which
-#: the estimate measures apart, Machine.slowdown): vanilla ResNet-20/32/110, batch 128, 1 thread,
-#: untrained, 3 interleaved rounds of one training step and one forward pass. (The ~320 and
-#: ~85 img/s for ResNet-32/110 on 2 idle cores quoted in issue #16 could not be reproduced on
-#: the busy machine; 2 x 122 and 2 x 34 are below them.)
-#: H200: an assumption, clearly not a measurement: a CIFAR ResNet at batch 128 is bound by
-#: kernel launches (a few hundred per step at ~10 us), not by FLOPs, so its time grows with the
-#: number of layers: ~12 ms a step for ResNet-32, ~40 ms for ResNet-110. ImageNet ResNet-101 at
-#: batch 256: ~1,200 img/s train (fp32, no channels_last; published A100 figures scaled by the
-#: H200's ~1.3x bandwidth). These are eager-speed guesses, deliberately conservative: the CUDA
-#: fast path (``speed: auto``, issue 13) aims at >= 21,000 img/s for ResNet-32
-#: (harness/bench.py TARGETS), unmeasured. Replace them with `pact-harness bench --out FILE`
-#: numbers (``--throughput FILE``) when you have a GPU. A bench file from a busy CPU already
-#: holds that machine's load in its wall-clock rates; the probe below then counts it twice.
-DEFAULT_THROUGHPUT: tuple[Throughput, ...] = (
-    Throughput("resnet", 20, "cpu", 192.0, 634.0, threads=1, source=_CPU_SOURCE),
-    Throughput("resnet", 32, "cpu", 122.0, 389.0, threads=1, source=_CPU_SOURCE),
-    Throughput("resnet", 110, "cpu", 34.0, 116.0, threads=1, source=_CPU_SOURCE),
-    Throughput("resnet", 32, "cuda", 10_000.0, source=_H200_SOURCE),
-    Throughput("resnet", 110, "cuda", 3_000.0, source=_H200_SOURCE),
-    Throughput(
-        "resnet", 101, "cuda", 1_200.0, dataset="imagenet", batch_size=256, source=_H200_SOURCE
-    ),
-    Throughput(
-        "resnet",
-        101,
-        "cpu",
-        2.2,
-        dataset="imagenet",
-        threads=1,
-        batch_size=256,
-        source="default: ASSUMED (CIFAR ResNet-110's CPU rate x FLOP ratio 5.1e8/7.8e9)",
-    ),
-)
-#: Training cost of each built-in method relative to the vanilla ResNet of the same depth (time
-#: per image). Measured here in CPU time (load-independent), 1 thread, batch 128, untrained
-#: models, interleaved rounds, ResNet-20/32/110: ACT 0.9-1.0, SACT 1.1-1.3, PACT 1.05-1.1,
-#: spatial PACT 1.6-1.7. Training never skips units (masked execution), so the extra cost is
-#: the halting branches and their bookkeeping; the same ratios on a GPU are an assumption.
-METHOD_TRAIN_COST = {"resnet": 1.0, "act": 1.0, "sact": 1.25, "pact": 1.1, "spatial_pact": 1.7}
-#: A method not in the table (a plug-in): assumed as costly as the dearest built-in one.
-UNKNOWN_METHOD_COST = 1.7
+#: The documented default throughputs (a bench-format file; preset files alone name methods).
+DEFAULT_THROUGHPUT_FILE = PRESET_DIR / "throughput.json"
 #: Evaluation throughput / training throughput when no measured evaluation rate exists
 #: (forward only: no backward or optimizer step; measured here as above: 2.9-3.4, every method).
 EVAL_TO_TRAIN = 3.2
@@ -147,10 +93,39 @@ TRIAL_OVERHEAD_S = {"cpu": 6.0, "cuda": 30.0}
 STUDY_OVERHEAD_S = 16.0
 #: Seconds of the probe that measures how busy this machine's CPUs are (:func:`contention`).
 CONTENTION_PROBE_S = 1.0
+#: Copies of a trial's checkpoint on disk: the run directory's and Tune's (``num_to_keep=1``).
+CHECKPOINT_COPIES = 2
 #: Run-directory files other than the checkpoint and per_image.npz (config, provenance,
 #: summary, results.csv) and Tune's per-trial files, in bytes; metrics add per epoch.
 SMALL_FILES_BYTES = 100_000
 SMALL_FILES_BYTES_PER_EPOCH = 2_000
+#: A method's training cost relative to the vanilla backbone when no registered method declares
+#: one (``MethodSpec.train_cost``).
+NO_DECLARED_COST = 1.0
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Images per second of one trial of ``method`` at ``depth`` on a device kind.
+
+    An entry scaled from another one (:func:`lookup_throughput`) says how: ``scaled_from_depth``
+    (the depth it was measured at) and ``train_cost`` (the method's cost relative to the vanilla
+    method it was scaled from; ``cost_declared`` False when the method declares none and the
+    dearest registered method's stands in).
+    """
+
+    method: str
+    depth: int
+    device: str  # "cpu" or "cuda"
+    train_images_per_s: float
+    eval_images_per_s: float | None = None  # None: EVAL_TO_TRAIN x train
+    dataset: str = "cifar10"
+    threads: int = 1  # CPU: torch threads it was measured with (scaled per thread)
+    batch_size: int = 128
+    source: str = ""
+    scaled_from_depth: int | None = None
+    train_cost: float | None = None
+    cost_declared: bool = True
 
 
 # ------------------------------------------------------------------------------- machines
@@ -164,15 +139,31 @@ class Node:
     gpu: float = 0.0
 
 
+#: Machine kinds: this machine, the Ray cluster at an address, a machine given by --gpus/--cpus.
+LOCAL, CLUSTER, GIVEN = "local", "cluster", "given"
+
+
 @dataclass(frozen=True)
 class Machine:
-    """Where a study would run: its nodes and how to say so."""
+    """Where a study would run: its nodes, what kind of place it is (:data:`LOCAL`,
+    :data:`CLUSTER` at ``address``, :data:`GIVEN`) and how busy."""
 
     nodes: tuple[Node, ...]
-    description: str
+    kind: str = GIVEN
+    address: str = ""
     #: CPU work takes this many times longer here now than on an idle machine (other processes
     #: hold the cores); measured by :func:`contention` for this machine, else 1.
     slowdown: float = 1.0
+
+    @property
+    def cpu(self) -> float:
+        """CPUs of all nodes (a node whose CPUs are not given counts none)."""
+        return sum(n.cpu or 0 for n in self.nodes)
+
+    @property
+    def gpu(self) -> float:
+        """GPUs of all nodes."""
+        return sum(n.gpu for n in self.nodes)
 
 
 def contention(seconds: float = CONTENTION_PROBE_S) -> float:
@@ -199,25 +190,21 @@ def local_machine(probe: bool = True) -> Machine:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    text = f"this machine ({cpus} CPU, {gpus} GPU)"
-    return Machine((Node(float(cpus), float(gpus)),), text, contention() if probe else 1.0)
+    slowdown = contention() if probe else 1.0
+    return Machine((Node(float(cpus), float(gpus)),), LOCAL, slowdown=slowdown)
 
 
 def gpu_machine(gpus: int, cpus: float | None = None) -> Machine:
     """``--gpus N [--cpus M]``: one machine with N GPUs (CPUs not limiting unless given)."""
     if gpus < 0 or (cpus is not None and cpus <= 0):
         raise ConfigError("--gpus must be >= 0 and --cpus > 0")
-    shown = f"{cpus:g} CPU" if cpus is not None else "CPUs assumed not limiting"
-    return Machine((Node(cpus, float(gpus)),), f"{gpus} GPU ({shown})")
+    return Machine((Node(cpus, float(gpus)),), GIVEN)
 
 
 def cluster_machine(nodes: Sequence[Mapping[str, float]], address: str) -> Machine:
     """A Ray cluster from its live nodes' resource dicts (``ray.nodes()[i]["Resources"]``)."""
     found = tuple(Node(float(n.get("CPU", 0)), float(n.get("GPU", 0))) for n in nodes)
-    cpu = sum(n.cpu or 0 for n in found)
-    gpu = sum(n.gpu for n in found)
-    text = f"the Ray cluster at {address} ({len(found)} node(s), {cpu:g} CPU, {gpu:g} GPU)"
-    return Machine(found, text)
+    return Machine(found, CLUSTER, address)
 
 
 _EPS = 1e-6  # Ray keeps resources in fixed point (1e-4); keep 2 x 0.5 == 1 exact
@@ -246,33 +233,50 @@ def node_slots(node: Node, resources: Mapping[str, float]) -> tuple[int, str]:
     return (cpu_slots, "CPU") if cpu_slots < gpu_slots else (gpu_slots, "GPU")
 
 
+@dataclass(frozen=True)
+class NodeSlots:
+    """One node's share of the concurrency: trials at once and the resource that binds."""
+
+    node: Node
+    slots: int
+    binding: str  # "CPU" or "GPU"
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """How many trials of ``resources`` run at once on a machine, node by node."""
+
+    resources: Mapping[str, float]
+    nodes: tuple[NodeSlots, ...]
+    max_concurrent: int | None = None
+
+    @property
+    def available(self) -> int:
+        """Trials the nodes hold together (before ``max_concurrent``)."""
+        return sum(n.slots for n in self.nodes)
+
+    @property
+    def unlimited(self) -> bool:
+        """No resource limits (CPUs not given and no GPU asked for)."""
+        return self.available >= UNLIMITED
+
+    @property
+    def capped(self) -> bool:
+        """``max_concurrent`` binds."""
+        return self.max_concurrent is not None and self.max_concurrent < self.available
+
+    @property
+    def slots(self) -> int:
+        """Trials at once."""
+        return self.max_concurrent if self.capped else self.available  # type: ignore[return-value]
+
+
 def concurrency(
     resources: Mapping[str, float], machine: Machine, max_concurrent: int | None = None
-) -> tuple[int, str]:
-    """How many trials run at once on ``machine``, with a one-line explanation."""
-    per_node = [node_slots(node, resources) for node in machine.nodes]
-    total = sum(slots for slots, _ in per_node)
-    parts = []
-    for node, (slots, binding) in zip(machine.nodes, per_node, strict=True):
-        cpu = "any CPU" if node.cpu is None else f"{node.cpu:g} CPU"
-        if not slots:
-            parts.append(f"0 ({cpu}, {node.gpu:g} GPU: cannot hold one trial)")
-        elif binding == "CPU":
-            parts.append(f"{slots} ({cpu} / {resources['cpu']:g} per trial: CPU-bound)")
-        elif resources["gpu"] == 0:
-            parts.append(f"{slots} (CPUs not limiting)")
-        else:
-            gpus = f"{node.gpu:g} GPU / {resources['gpu']:g} per trial"
-            parts.append(f"{slots} ({gpus}: GPU-bound, {cpu})")
-    text = f"{total} trial(s) at a time: " + (
-        parts[0] if len(parts) == 1 else " + ".join(parts) + " per node"
-    )
-    if total >= UNLIMITED:
-        text = "no limit (CPUs assumed not limiting and no GPU asked for: give --cpus)"
-    if max_concurrent is not None and max_concurrent < total:
-        total = max_concurrent
-        text += f", capped at {max_concurrent} by max_concurrent"
-    return total, text
+) -> Concurrency:
+    """How many trials run at once on ``machine`` (``.slots``), and why, node by node."""
+    per_node = tuple(NodeSlots(node, *node_slots(node, resources)) for node in machine.nodes)
+    return Concurrency(dict(resources), per_node, max_concurrent)
 
 
 # ----------------------------------------------------------------------------- throughput
@@ -282,9 +286,10 @@ def _device_kind(device: str) -> str:
     return "cpu" if str(device).lower().startswith("cpu") else "cuda"
 
 
-def load_throughput(path: str | Path) -> list[Throughput]:
-    """Read a ``pact-harness bench`` JSON file's ``"throughput"`` list."""
-    where = f"--throughput {path}"
+def load_throughput(path: str | Path, where: str | None = None) -> list[Throughput]:
+    """Read a ``pact-harness bench`` JSON file's ``"throughput"`` list (``where``: how errors
+    name the file; default ``--throughput PATH``)."""
+    where = where or f"--throughput {path}"
     try:
         data = json.loads(Path(path).read_text())
     except OSError as err:
@@ -299,6 +304,9 @@ def load_throughput(path: str | Path) -> list[Throughput]:
         try:
             rate = float(entry["train_images_per_s"])
             evaluation = entry.get("eval_images_per_s")
+            source = (
+                entry.get("source") or f"measured ({Path(path).name}, device {entry['device']})"
+            )
             item = Throughput(
                 method=str(entry["method"]),
                 depth=int(entry["depth"]),
@@ -308,7 +316,7 @@ def load_throughput(path: str | Path) -> list[Throughput]:
                 dataset=str(entry.get("dataset", "cifar10")),
                 threads=int(entry.get("threads") or 1),
                 batch_size=int(entry.get("batch_size") or 0),
-                source=f"measured ({Path(path).name}, device {entry['device']})",
+                source=str(source),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(
@@ -321,15 +329,50 @@ def load_throughput(path: str | Path) -> list[Throughput]:
     return out
 
 
+@functools.cache
+def default_throughput() -> tuple[Throughput, ...]:
+    """The documented defaults (:data:`DEFAULT_THROUGHPUT_FILE`), read as a ``--throughput``
+    file is."""
+    return tuple(load_throughput(DEFAULT_THROUGHPUT_FILE, str(DEFAULT_THROUGHPUT_FILE)))
+
+
+def train_cost(method: str) -> tuple[float, bool]:
+    """(training cost per image relative to the vanilla backbone, whether ``method`` declares
+    it): its ``MethodSpec.train_cost``, else the dearest registered method's (False)."""
+    try:
+        declared = get_method(method).train_cost
+    except ConfigError:
+        declared = None
+    if declared is not None:
+        return float(declared), True
+    costs = [c for c in (get_method(m).train_cost for m in list_methods()) if c is not None]
+    return float(max(costs, default=NO_DECLARED_COST)), False
+
+
+def vanilla_methods(preset: Preset) -> list[str]:
+    """The methods a method without a throughput of its own is scaled from: the preset's
+    ``vanilla_method``, else every registered method without a time penalty (sorted)."""
+    if preset.vanilla_method:
+        return [preset.vanilla_method]
+    return [m for m in list_methods() if get_method(m).time_penalty_field is None]
+
+
 def _depth_cost(depth: int) -> float:
     return max(depth - 2, 1)
 
 
 def lookup_throughput(
-    table: Sequence[Throughput], method: str, depth: int, device: str, dataset: str, batch: int
-) -> tuple[Throughput, str] | None:
-    """The entry for (method, depth, device, dataset), scaled from a near one if needed;
-    ``None`` when the table has nothing for that device and dataset."""
+    table: Sequence[Throughput],
+    method: str,
+    depth: int,
+    device: str,
+    dataset: str,
+    batch: int,
+    vanilla: Sequence[str] = (),
+) -> Throughput | None:
+    """The entry for (method, depth, device, dataset), scaled from the nearest depth of the same
+    method, else of the first ``vanilla`` method the table has (by ``method``'s
+    :func:`train_cost`); ``None`` when the table has none of them for that device and dataset."""
     kind = _device_kind(device)
     rows = [t for t in table if t.device == kind and t.dataset == dataset]
 
@@ -339,21 +382,15 @@ def lookup_throughput(
         same_batch = [t for t in nearest if t.batch_size == batch]
         return (same_batch or nearest)[0]
 
-    for method_rows, factor_of in (
-        ([t for t in rows if t.method == method], lambda t: 1.0),
-        ([t for t in rows if t.method == "resnet"], lambda t: _method_cost(method)),
-    ):
+    sources = [[t for t in rows if t.method == name] for name in (method, *vanilla)]
+    for method_rows in sources:
         if not method_rows:
             continue
         best = pick(method_rows)
-        scale = _depth_cost(best.depth) / _depth_cost(depth) / factor_of(best)
-        note = best.source
-        if best.depth != depth:
-            note += f", scaled from depth {best.depth}"
-        if best.method != method:
-            note += f", {method} = {_method_cost(method):g} x vanilla"
+        cost, declared = (1.0, True) if best.method == method else train_cost(method)
+        scale = _depth_cost(best.depth) / _depth_cost(depth) / cost
         evaluation = best.eval_images_per_s or EVAL_TO_TRAIN * best.train_images_per_s
-        scaled = Throughput(
+        return Throughput(
             method,
             depth,
             kind,
@@ -362,14 +399,12 @@ def lookup_throughput(
             dataset,
             best.threads,
             best.batch_size,
-            note,
+            best.source,
+            scaled_from_depth=best.depth if best.depth != depth else None,
+            train_cost=cost if best.method != method else None,
+            cost_declared=declared,
         )
-        return scaled, note
     return None
-
-
-def _method_cost(method: str) -> float:
-    return METHOD_TRAIN_COST.get(method, UNKNOWN_METHOD_COST)
 
 
 # --------------------------------------------------------------------------------- trials
@@ -377,7 +412,7 @@ def _method_cost(method: str) -> float:
 
 @dataclass
 class TrialEstimate:
-    """One trial's predicted seconds and bytes."""
+    """One trial's predicted seconds and bytes (``throughput``: the table entry it ran at)."""
 
     name: str
     method: str
@@ -390,7 +425,7 @@ class TrialEstimate:
     overhead_s: float
     checkpoint_bytes: int
     other_bytes: int
-    source: str
+    throughput: Throughput
 
     @property
     def seconds(self) -> float:
@@ -399,8 +434,8 @@ class TrialEstimate:
 
     @property
     def disk_bytes(self) -> int:
-        """Two checkpoint copies (run directory and Tune) + per-image file + small files."""
-        return 2 * self.checkpoint_bytes + self.other_bytes
+        """The checkpoint copies (run directory and Tune) + per-image file + small files."""
+        return CHECKPOINT_COPIES * self.checkpoint_bytes + self.other_bytes
 
 
 def _split_sizes(config: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -427,7 +462,7 @@ class _ModelFacts:
 
 def _model_facts(trial: Trial) -> _ModelFacts:
     cfg = trial.run_config
-    model = build_model(cfg)[2]
+    model = build_model(cfg)
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     trainable = [p for p in model.parameters() if p.requires_grad]
     momentum = cfg.optim.momentum > 0
@@ -455,10 +490,14 @@ def estimate_trials(
     slowdown: float = 1.0,
 ) -> list[TrialEstimate]:
     """Predicted time and disk of every trial (see the module docstring for the model); CPU
-    trials take ``slowdown`` times longer (a busy machine, :attr:`Machine.slowdown`)."""
+    trials take ``slowdown`` times longer (a busy machine, :attr:`Machine.slowdown`). A method
+    without a throughput of its own is scaled from the preset's vanilla method
+    (:func:`vanilla_methods`)."""
     resources = preset.resources
     kind = "cuda" if resources["gpu"] > 0 else "cpu"
     slowdown = slowdown if kind == "cpu" else 1.0
+    vanilla = vanilla_methods(preset)
+    cost_passes = cost_passes_per_row()
     facts: dict[str, _ModelFacts] = {}
     out = []
     for trial in trials:
@@ -469,20 +508,25 @@ def estimate_trials(
         cfg = trial.config
         method, depth, dataset = cfg["method"], int(cfg["model"]["depth"]), cfg["model"]["dataset"]
         batch, epochs = int(cfg["optim"]["batch_size"]), int(cfg["optim"]["epochs"])
-        found = lookup_throughput(measured, method, depth, kind, dataset, batch)
-        if found is None:
-            found = lookup_throughput(DEFAULT_THROUGHPUT, method, depth, kind, dataset, batch)
-        if found is None:
+        rate = lookup_throughput(measured, method, depth, kind, dataset, batch, vanilla)
+        if rate is None:
+            rate = lookup_throughput(
+                default_throughput(), method, depth, kind, dataset, batch, vanilla
+            )
+        if rate is None:
             raise ConfigError(
                 f"no throughput for {method} on {kind} ({dataset}): give --throughput FILE.json "
                 "from `pact-harness bench`"
             )
-        rate, source = found
         train_rate, eval_rate = (r / slowdown for r in _per_trial_rates(rate, resources))
         n_train, n_val, n_test = _split_sizes(cfg)
         per_epoch = (n_train // batch) * batch
-        eval_batch = min(int(cfg["eval"]["batch_size"]), n_test)
-        eval_images = (n_test + n_val) * fact.passes + epochs * n_val + fact.rows * 5 * eval_batch
+        eval_batch = int(cfg["eval"]["batch_size"])
+        # Per result row: the cost batch (the first test batch) cost_passes times, then one
+        # peak-memory pass of each further measured batch (eval.memory_batches, 0: all).
+        memory = memory_pass_images(n_test, eval_batch, int(cfg["eval"].get("memory_batches", 0)))
+        cost_images = cost_passes * min(eval_batch, n_test) + memory
+        eval_images = (n_test + n_val) * fact.passes + epochs * n_val + fact.rows * cost_images
         side = IMAGE_SIDE.get(dataset, 32)
         per_image = n_test * (2 * fact.blocks * 8 + 1)
         if fact.spatial:
@@ -501,43 +545,35 @@ def estimate_trials(
                 overhead_s=TRIAL_OVERHEAD_S[kind] * slowdown,
                 checkpoint_bytes=fact.checkpoint_bytes,
                 other_bytes=per_image + SMALL_FILES_BYTES + epochs * SMALL_FILES_BYTES_PER_EPOCH,
-                source=source,
+                throughput=rate,
             )
         )
     return out
+
+
+def gpu_packing(resources: Mapping[str, float]) -> tuple[int, float]:
+    """(k trials packed on one GPU, their aggregate speed relative to one alone)."""
+    gpu = resources["gpu"]
+    k = math.floor(1 / gpu + _EPS) if 0 < gpu < 1 else 1
+    return k, GPU_PACKING_AGGREGATE.get(k, GPU_PACKING_AGGREGATE[max(GPU_PACKING_AGGREGATE)])
+
+
+def cpu_threads(resources: Mapping[str, float]) -> float:
+    """Cores a CPU trial computes on: ``max(1, int(cpu))`` threads (as the grid sets them), or
+    the fraction of one core it asked for."""
+    cpu = resources["cpu"]
+    return cpu if cpu < 1 else max(1, int(cpu))
 
 
 def _per_trial_rates(rate: Throughput, resources: Mapping[str, float]) -> tuple[float, float]:
     """(train, eval) images/s of one trial given what it asks for and what it shares."""
     evaluation = rate.eval_images_per_s or EVAL_TO_TRAIN * rate.train_images_per_s
     if rate.device == "cpu":
-        cpu = resources["cpu"]
-        cores = cpu if cpu < 1 else max(1, int(cpu))  # threads = max(1, int(cpu)) in the grid
-        factor = cores / max(rate.threads, 1)
+        factor = cpu_threads(resources) / max(rate.threads, 1)
     else:
-        gpu = resources["gpu"]
-        k = math.floor(1 / gpu + _EPS) if gpu < 1 else 1
-        aggregate = GPU_PACKING_AGGREGATE.get(k, GPU_PACKING_AGGREGATE[max(GPU_PACKING_AGGREGATE)])
+        k, aggregate = gpu_packing(resources)
         factor = aggregate / k
     return rate.train_images_per_s * factor, evaluation * factor
-
-
-def sharing_text(resources: Mapping[str, float]) -> str:
-    """How a trial's speed follows from what it asks for (the rule of :func:`_per_trial_rates`)."""
-    cpu, gpu = resources["cpu"], resources["gpu"]
-    if gpu > 0:
-        k = math.floor(1 / gpu + _EPS) if gpu < 1 else 1
-        if k == 1:
-            return "one trial per GPU, at the full throughput"
-        aggregate = GPU_PACKING_AGGREGATE.get(k, GPU_PACKING_AGGREGATE[max(GPU_PACKING_AGGREGATE)])
-        return (
-            f"{k} trials share a GPU; together {aggregate:g}x one alone (assumed), so each "
-            f"runs at {aggregate / k:.2f}x"
-        )
-    threads = max(1, int(cpu))
-    if cpu < 1:
-        return f"1 thread per trial on {cpu:g} of a core: {cpu:g}x one core's throughput"
-    return f"{threads} thread(s) per trial: {threads}x one core's throughput (linear, assumed)"
 
 
 # ---------------------------------------------------------------------------------- study
@@ -570,6 +606,21 @@ def launch_order(preset: Preset, trials: Sequence[Trial]) -> list[str]:
     return [t.name for t in sorted(trials, key=lambda t: -seconds.get(t.name, 0.0))]
 
 
+@dataclass(frozen=True)
+class Disk:
+    """A study's bytes on disk: the checkpoint copies, everything else, and the largest
+    checkpoint (a third copy of it exists per running trial while one is written)."""
+
+    checkpoints: int
+    others: int
+    largest_checkpoint: int
+
+    @property
+    def total(self) -> int:
+        """Checkpoints + everything else."""
+        return self.checkpoints + self.others
+
+
 @dataclass
 class StudyEstimate:
     """A study's predicted cost on one machine or cluster."""
@@ -577,15 +628,24 @@ class StudyEstimate:
     preset: Preset
     machine: Machine
     trials: list[TrialEstimate]
-    slots: int
-    concurrency_text: str
+    concurrency: Concurrency
     measured_file: str | None
     slowdown: float = 1.0  # CPU trials and the study overhead on a busy machine (study_slowdown)
     wall_s: float = field(init=False)
 
     def __post_init__(self) -> None:
         span = makespan([t.seconds for t in self.trials], self.slots)
-        self.wall_s = STUDY_OVERHEAD_S * self.slowdown + span
+        self.wall_s = self.overhead_s + span
+
+    @property
+    def slots(self) -> int:
+        """Trials at once."""
+        return self.concurrency.slots
+
+    @property
+    def overhead_s(self) -> float:
+        """The study's own seconds (Ray start and stop, planning, tables) on this machine."""
+        return STUDY_OVERHEAD_S * self.slowdown
 
     @property
     def resource_hours(self) -> tuple[float, str]:
@@ -600,6 +660,23 @@ class StudyEstimate:
         """The critical path: the longest single trial."""
         return max(self.trials, key=lambda t: t.seconds)
 
+    @property
+    def per_method(self) -> list[TrialEstimate]:
+        """The first trial of each (method, depth), sorted by method and depth (the trials of
+        one method and depth run at the same rates)."""
+        seen: dict[tuple[str, int], TrialEstimate] = {}
+        for t in self.trials:
+            seen.setdefault((t.method, t.depth), t)
+        return [seen[key] for key in sorted(seen)]
+
+    @property
+    def disk(self) -> Disk:
+        """The trials' bytes on disk."""
+        checkpoints = sum(CHECKPOINT_COPIES * t.checkpoint_bytes for t in self.trials)
+        total = sum(t.disk_bytes for t in self.trials)
+        largest = max((t.checkpoint_bytes for t in self.trials), default=0)
+        return Disk(checkpoints, total - checkpoints, largest)
+
 
 def estimate_study(
     preset: Preset,
@@ -609,10 +686,10 @@ def estimate_study(
 ) -> StudyEstimate:
     """Estimate ``trials`` of ``preset`` on ``machine`` (``throughput_file``: bench JSON)."""
     measured = load_throughput(throughput_file) if throughput_file else []
-    slots, text = concurrency(preset.resources, machine, preset.max_concurrent)
-    slowdown = study_slowdown(machine, slots)
+    slots = concurrency(preset.resources, machine, preset.max_concurrent)
+    slowdown = study_slowdown(machine, slots.slots)
     estimates = estimate_trials(preset, trials, measured, slowdown)
-    return StudyEstimate(preset, machine, estimates, slots, text, throughput_file, slowdown)
+    return StudyEstimate(preset, machine, estimates, slots, throughput_file, slowdown)
 
 
 def study_slowdown(machine: Machine, slots: int) -> float:
@@ -621,80 +698,7 @@ def study_slowdown(machine: Machine, slots: int) -> float:
     gets C / (B + 1) of a core (the probe: ``s1 = (B + 1) / C``) and k more get C / (B + k):
     ``s1 + (k - 1) / C``. An idle machine (``s1`` ~ 1) stays at 1."""
     s1 = machine.slowdown
-    cpus = sum(n.cpu or 0 for n in machine.nodes)
+    cpus = machine.cpu
     if s1 <= 1.05 or cpus <= 0:
         return s1
     return s1 + (min(slots, cpus) - 1) / cpus
-
-
-def duration(seconds: float) -> str:
-    """``1d 02:03:04`` / ``2:03:04``."""
-    if math.isinf(seconds):
-        return "never"
-    seconds = round(seconds)
-    days, rest = divmod(seconds, 86400)
-    clock = f"{rest // 3600}:{rest // 60 % 60:02d}:{rest % 60:02d}"
-    return f"{days}d {clock}" if days else clock
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
-def format_estimate(est: StudyEstimate) -> list[str]:
-    """The lines ``--estimate`` prints."""
-    res = est.preset.resources
-    hours, unit = est.resource_hours
-    source = (
-        f"measured throughput from {est.measured_file} (documented defaults where it has none)"
-        if est.measured_file
-        else "no --throughput file: documented default throughputs (harness/estimate.py "
-        "DEFAULT_THROUGHPUT; the H200 numbers are assumptions)"
-    )
-    lines = [f"estimate on {est.machine.description}", f"  {source}"]
-    if est.slowdown > 1.05:
-        lines.append(
-            f"  busy: a {CONTENTION_PROBE_S:g} s probe ran {est.machine.slowdown:.1f}x slower "
-            f"(wall / CPU time) than on an idle machine; with {est.slots} trial(s) added, CPU "
-            f"work is taken {est.slowdown:.1f}x slower below (trial times and the Ray start)"
-        )
-    seen: dict[tuple[str, int], TrialEstimate] = {}
-    for t in est.trials:
-        seen.setdefault((t.method, t.depth), t)
-    lines.append("  method         depth  train img/s  eval img/s  trial time  throughput from")
-    for (method, depth), t in sorted(seen.items()):
-        rates = f"{t.train_images_per_s:>11.0f}  {t.eval_images_per_s:>10.0f}"
-        lines.append(f"  {method:<14} {depth:>5}  {rates}  {duration(t.seconds):>10}  {t.source}")
-    overhead = est.trials[0].overhead_s
-    lines.append(
-        f"  trial time = epochs x train images / train img/s + eval images / eval img/s + "
-        f"{overhead:.0f} s overhead; per trial {res['cpu']:g} CPU + {res['gpu']:g} GPU"
-    )
-    lines.append(f"  sharing: {sharing_text(res)}")
-    lines.append(f"  {len(est.trials)} trials: {hours:,.2f} {unit}-hours")
-    lines.append(f"  concurrency: {est.concurrency_text}")
-    if est.slots < 1:
-        lines.append("  wall time: cannot run there (no node holds one trial)")
-    else:
-        lines.append(
-            f"  wall time: {duration(est.wall_s)} (trials longest first on {est.slots} slot(s), "
-            f"+ {STUDY_OVERHEAD_S * est.slowdown:.0f} s Ray start)"
-        )
-    longest = est.longest
-    lines.append(
-        f"  longest trial (critical path): {longest.name} {duration(longest.seconds)} "
-        f"(train {duration(longest.train_s)}, eval {duration(longest.eval_s)})"
-    )
-    checkpoints = sum(2 * t.checkpoint_bytes for t in est.trials)
-    others = sum(t.other_bytes for t in est.trials)
-    biggest = max(t.checkpoint_bytes for t in est.trials)
-    lines.append(
-        f"  disk: {_size(checkpoints + others)} = checkpoints {_size(checkpoints)} (2 copies per "
-        f"trial, largest {_size(biggest)}) + per-image files and tables {_size(others)}; "
-        f"+{_size(biggest)} per running trial while a checkpoint is written"
-    )
-    return lines
