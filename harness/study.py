@@ -264,6 +264,9 @@ def study_record(study: Study) -> dict[str, Any]:
         "preset": study.preset.name,
         "description": study.preset.description,
         "source": study.preset.source,
+        # declared before any result: what the report and compare call equivalent, and compare
+        "equivalence_margin": study.preset.equivalence_margin,
+        "comparisons": [dict(c) for c in study.preset.comparisons],
         "trials": [
             {"name": t.name, "init_from": t.init_from, "config": t.config} for t in study.trials
         ],
@@ -280,6 +283,12 @@ def study_differences(stored: Mapping[str, Any], study: Study) -> tuple[list[str
     out = []
     if stored.get("preset") != study.preset.name:
         out.append(f"preset {stored.get('preset')!r} (stored) != {study.preset.name!r} (now)")
+    margin = stored.get("equivalence_margin")
+    if margin is not None and float(margin) != study.preset.equivalence_margin:
+        out.append(
+            f"equivalence_margin {margin} (stored) != {study.preset.equivalence_margin} (now): "
+            "a margin is declared before the results, not changed after them"
+        )
     old = {t["name"]: config_identity(t["config"], True) for t in stored.get("trials", [])}
     new = {t.name: config_identity(t.config, True) for t in study.trials}
     if only := sorted(set(old) - set(new)):

@@ -575,3 +575,30 @@ def test_interrupted_study_resumes_only_the_unfinished_trials(tmp_path, tiny_npz
     trials = [f"resnet_d8_s{seed}" for seed in range(3)]
     assert sorted(rows_of(out)["trial_id"]) == trials  # each trial once
     assert json.loads((out / "trials" / "resnet_d8_s2" / "summary.json").read_text())["seed"] == 2
+
+
+def test_the_equivalence_margin_is_recorded_and_cannot_change_after_the_fact(
+    tmp_path, tiny_npz_root
+):
+    from harness.study import GridOptions, plan_study, study_differences, study_record
+
+    preset = write_preset(
+        tmp_path,
+        equivalence_margin=0.5,
+        comparisons=[{"a": "method=resnet,depth=8", "b": "vanilla", "split": "test"}],
+    )
+    root = str(tiny_npz_root)
+    study = plan_study(GridOptions(preset=str(preset), out=str(tmp_path / "s"), data_root=root))
+    record = study_record(study)
+    assert record["equivalence_margin"] == 0.5
+    assert record["comparisons"] == [
+        {"a": "method=resnet,depth=8", "b": "vanilla", "split": "test"}
+    ]
+    assert study_differences(record, study) == ([], [])
+    changed = write_preset(tmp_path, equivalence_margin=2.0)
+    later = plan_study(GridOptions(preset=str(changed), out=str(tmp_path / "s"), data_root=root))
+    differences, _ = study_differences(record, later)
+    assert len(differences) == 1 and "equivalence_margin 0.5 (stored) != 2.0" in differences[0]
+    # A study stored before margins were recorded may declare one now.
+    old = {k: v for k, v in record.items() if k != "equivalence_margin"}
+    assert study_differences(old, later) == ([], [])
