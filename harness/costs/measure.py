@@ -25,6 +25,22 @@ from harness.costs.timing import TimingReport, time_interleaved
 from harness.stats import per_image_mean, sample_std
 
 
+def seeded_call(
+    model: AdaptiveModel, images: torch.Tensor, spec: EvalSpec, seed: int | None
+) -> Callable[[], ModelOutput]:
+    """One evaluation call on ``images``; with ``seed``, a fresh generator so seeded per call
+    that every call makes the same random decisions."""
+
+    def run() -> ModelOutput:
+        call_spec = spec
+        if seed is not None:
+            generator = torch.Generator(device=images.device).manual_seed(seed)
+            call_spec = dataclasses.replace(spec, generator=generator)
+        return model(images, call_spec)
+
+    return run
+
+
 def measure_pass(
     model: AdaptiveModel,
     images: torch.Tensor,
@@ -41,13 +57,7 @@ def measure_pass(
     timed on the same images in turn with the pass: the third item, else None.
     """
 
-    def run() -> ModelOutput:
-        call_spec = spec
-        if seed is not None:
-            generator = torch.Generator(device=images.device).manual_seed(seed)
-            call_spec = dataclasses.replace(spec, generator=generator)
-        return model(images, call_spec)
-
+    run = seeded_call(model, images, spec, seed)
     runs: dict[str, Callable[[], Any]] = {"pass": run}
     if vanilla:
         runs["vanilla"] = lambda: model.backbone(images)
@@ -156,14 +166,7 @@ def peak_of_pass(
     model: AdaptiveModel, images: torch.Tensor, spec: EvalSpec, seed: int | None
 ) -> MemoryReport:
     """The peak memory of one evaluation call on ``images`` (no warm-up, no timing)."""
-
-    def run() -> ModelOutput:
-        call_spec = spec
-        if seed is not None:
-            generator = torch.Generator(device=images.device).manual_seed(seed)
-            call_spec = dataclasses.replace(spec, generator=generator)
-        return model(images, call_spec)
-
+    run = seeded_call(model, images, spec, seed)
     with torch.no_grad(), evaluating(model):
         memory, output = measure_peak_memory(run, model, images)
     del output
