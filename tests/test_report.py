@@ -19,6 +19,7 @@ from harness.report import (
     load_results,
     make_report,
     modes_table,
+    paper_table,
 )
 
 
@@ -791,3 +792,51 @@ def test_ponder_costs_of_older_runs_never_share_a_scale():
     assert figure.rows[0].label.startswith("SACT d20 tau=0.01")
     np.testing.assert_array_equal(np.stack(figure.rows[0].maps), new_sact[1]["units_map"])
     assert figure.scales[1].vmin >= 6.0 and figure.scales[2].vmax <= 4.0  # own ranges
+
+
+def test_percent_of_vanilla_is_against_the_models_own_full_network():
+    """A plug-in with its own backbone runs 0.839 of *its* full network; a vanilla run of the
+    same (dataset, variant, depth) has other FLOPs. The table shows 83.9, not the lookup."""
+    base = {
+        "dataset": "cifar10",
+        "variant": "sact",
+        "split": "test",
+        "execution": "masked",
+        "seed": 0,
+        "threshold": None,
+        "depth": 20,
+        "num_images": 100,
+    }
+    frame = pd.DataFrame(
+        [
+            {
+                **base,
+                **experiment("act", 20, tau=0.01),
+                "trial_id": "own",
+                "method": "act",
+                "method_label": "own backbone",
+                "time_penalty_name": "tau",
+                "time_penalty": 0.01,
+                "eval_mode": "act",
+                "accuracy": 0.5,
+                "flops_per_image_mean": 7.0e7,
+                "flops_fraction_of_vanilla": 0.839,
+            },
+            {
+                **base,
+                **experiment("resnet", 20),
+                "trial_id": "vanilla",
+                "method": "resnet",
+                "method_label": "ResNet",
+                "time_penalty_name": None,
+                "time_penalty": 0.0,
+                "eval_mode": "standard",
+                "accuracy": 0.5,
+                "flops_per_image_mean": 8.29e7,  # 7e7 / 8.29e7 = 84.4%: the wrong reference
+                "flops_fraction_of_vanilla": 1.0,
+            },
+        ]
+    )
+    table = paper_table(aggregate(frame))
+    shown = dict(zip(table["method"], table["% of vanilla"], strict=True))
+    assert shown == {"own backbone": "83.9", "ResNet": "100.0"}
