@@ -73,6 +73,12 @@ class DataConfig:
     download: bool = False
     verify_checksums: bool = True
     num_workers: int = 0
+    #: What the data was, resolved at run start (never set by hand): the short form
+    #: ``FORMAT:FILES/NCc/SUBSETS`` of :mod:`harness.data.fingerprint` (files' checksums, class
+    #: count, subset indices). Part of a run's identity and its experiment id, so a run is never
+    #: resumed, nor pooled with other seeds, on other data; None in a study's trial configs
+    #: (a study records its data root's fingerprint in ``study.yaml``) and in runs made before.
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from harness.study import (
     GridOptions,
     GridOutcome,
     Study,
+    check_downloaded_data,
     check_study_folder,
     checkpoint_epoch,
     conclude_study,
@@ -581,6 +582,7 @@ def run_grid(options: GridOptions, emit: Emit = log.info) -> GridOutcome | None:
     held = check_study_folder(study, options.resume)
     if study.download:
         fetch_data(study, emit)
+        check_downloaded_data(study, held)
     tic = time.monotonic()
     finished = study.finished()
     todo = [t for t in study.trials if t.name not in finished]

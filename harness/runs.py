@@ -199,6 +199,7 @@ def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[st
                 f"--init-from {source}: its model.{name}={theirs!r} differs from this run's "
                 f"{mine!r}; initialise from a run with the same backbone"
             )
+    _check_init_data(source, other.data.fingerprint, cfg.data.fingerprint)
     state = load_checkpoint(source / store.CHECKPOINT_FILE)["model"]
     skip = model.finetune_skip_prefixes()
     wanted = {
@@ -222,6 +223,33 @@ def init_from_run(model: AdaptiveModel, source: Path, cfg: RunConfig) -> list[st
             + ", ".join(unexpected_fresh[:3])
         )
     return sorted(missing)
+
+
+def _check_init_data(source: Path, theirs: str | None, mine: str | None) -> None:
+    """``--init-from`` a run on other data is legitimate (pretraining, then fine-tuning on this
+    data), so only the class count its fingerprint names must match this run's: the copied
+    backbone's classifier must fit. Unknown on either side (a run made before fingerprints, a
+    study's pre-check before its data is read): not checked here (the weights' shapes are)."""
+    from harness.data.fingerprint import class_count_of
+
+    a, b = class_count_of(theirs), class_count_of(mine)
+    if a is not None and b is not None and a != b:
+        raise CheckpointError(
+            f"--init-from {source}: it was trained on {a} classes (data.fingerprint {theirs}) "
+            f"but this run's data has {b} (data.fingerprint {mine}); initialise from a run on "
+            "the same classes"
+        )
+
+
+def init_source_fingerprint(source: str | Path | None) -> str | None:
+    """The ``data.fingerprint`` of an ``--init-from`` run (None: torchvision weights, none
+    given, or a run made before fingerprints)."""
+    if source is None or is_torchvision_source(source):
+        return None
+    try:
+        return read_run_config(Path(source)).data.fingerprint
+    except CheckpointError:
+        return None
 
 
 def trial_columns(cfg: RunConfig, spec: MethodSpec, trial_id: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from harness import store
 from harness.config import config_diff, config_identity, load_yaml, parse_overrides, set_dotted
 from harness.data import (
     count_classes,
+    data_root_fingerprint,
     detect_format,
     load_torchvision_cifar10,
     resolve_data_root,
@@ -106,6 +107,9 @@ class Study:
     trials: list[Trial]
     folder: Path
     download: bool = False  # fetch CIFAR-10 into the data root before the trials start
+    #: The data root's fingerprint (``npz:3f2a9c01b2de/10c``, see
+    #: :func:`harness.data.data_root_fingerprint`); None until data to be downloaded is there.
+    data_fingerprint: str | None = None
 
     def run_dir(self, trial: Trial | str) -> Path:
         """The run directory of a trial."""
@@ -184,7 +188,21 @@ def plan_study(options: GridOptions) -> Study:
     _check_trials(trials, download)
     _check_resources_request(preset, trials)
     folder = Path(options.out or Path("runs") / "grid" / preset.name).expanduser().resolve()
-    return Study(preset, trials, folder, download)
+    study = Study(preset, trials, folder, download)
+    study.data_fingerprint = study_data_fingerprint(study)
+    return study
+
+
+def study_data_fingerprint(study: Study) -> str | None:
+    """The fingerprint of the study's data root (every trial reads the same root), or None
+    when it is still to be downloaded."""
+    cfg = study.trials[0].run_config
+    try:
+        return data_root_fingerprint(cfg.model.dataset, cfg.data)
+    except DataError:
+        if study.download:
+            return None
+        raise
 
 
 def _data_root(base: Mapping[str, Any], data_root: str | None, download: bool) -> str:
@@ -267,6 +285,8 @@ def study_record(study: Study) -> dict[str, Any]:
         # declared before any result: what the report and compare call equivalent, and compare
         "equivalence_margin": study.preset.equivalence_margin,
         "comparisons": [dict(c) for c in study.preset.comparisons],
+        # what the data was (files, class count): a study is never grown on other data
+        "data_fingerprint": study.data_fingerprint,
         "trials": [
             {"name": t.name, "init_from": t.init_from, "config": t.config} for t in study.trials
         ],
@@ -300,6 +320,38 @@ def study_differences(stored: Mapping[str, Any], study: Study) -> tuple[list[str
     return out, [t.name for t in study.trials if t.name not in old]
 
 
+def check_study_data(folder: Path, stored: str | None, study: Study) -> None:
+    """A study on other data is another study: one line naming both fingerprints. A study made
+    before data fingerprints (none stored) continues with a warning and records the current
+    one when it is next written (it grows); data still to be downloaded is checked after."""
+    now = study.data_fingerprint
+    if stored is None:
+        log.warning(
+            "--out %s: %s records no data fingerprint (made before they were recorded); "
+            "continuing without checking that its trials ran on this data (%s)",
+            folder,
+            STUDY_FILE,
+            now,
+        )
+        return
+    if now is not None and stored != now:
+        raise ConfigError(
+            f"--out {folder} holds a different study: it ran on other data (data fingerprint "
+            f"{stored} (stored) != {now} (now)); give the --data-root it ran on, or another --out"
+        )
+
+
+def check_downloaded_data(study: Study, held: str) -> None:
+    """After ``--download`` fetched the data: fingerprint it, and check it against the stored
+    study's (``held``: what :func:`check_study_folder` found)."""
+    if study.data_fingerprint is not None:
+        return
+    study.data_fingerprint = study_data_fingerprint(study)
+    if held != "new":
+        stored = load_yaml(study.folder / STUDY_FILE, f"--out {study.folder}: {STUDY_FILE}")
+        check_study_data(study.folder, stored.get("data_fingerprint"), study)
+
+
 def check_study_folder(study: Study, resume: bool) -> str:
     """Check the folder against the study; returns what the folder holds for it.
 
@@ -322,6 +374,7 @@ def check_study_folder(study: Study, resume: bool) -> str:
             )
         return "new"
     stored = load_yaml(record, f"--out {folder}: {STUDY_FILE}")
+    check_study_data(folder, stored.get("data_fingerprint"), study)
     differences, added = study_differences(stored, study)
     if differences:
         raise ConfigError(

@@ -56,6 +56,7 @@ from harness.registry import method_origin
 from harness.runs import (
     build_run_data,
     init_from_source,
+    init_source_fingerprint,
     load_checkpoint,
     read_run_config,
     resolve_device,
@@ -102,6 +103,14 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root.resolve())))
     speed = resolve_speed(cfg.speed, device)
     data = build_run_data(cfg, root, device=device if speed.device_data else None)
+    found = data.fingerprint["fingerprint"] if data.fingerprint else None
+    if cfg.data.fingerprint is not None and cfg.data.fingerprint != found:
+        raise ConfigError(
+            f"data.fingerprint={cfg.data.fingerprint} names other data than {root} holds "
+            f"({found}); it is recorded at run start, not set: remove it from the config to "
+            "train on this data"
+        )
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fingerprint=found))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, num_classes=data.num_classes)
     specs = plan_evaluations(model, cfg.eval)  # unknown eval modes fail now, not after training
@@ -293,7 +302,9 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
             pass  # a key that no longer exists: the diff below names it
     else:
         reference = config_identity(read_run_config(run_dir))
-    differences = config_diff(reference, config_identity(cfg), ("checkpoint", "now"))
+    now = config_identity(cfg)
+    _check_same_data(run_dir, reference, now)
+    differences = config_diff(reference, now, ("checkpoint", "now"))
     if differences:
         raise CheckpointError(
             f"run directory {run_dir} holds a run of another configuration ("
@@ -301,6 +312,29 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
             + "); use a different --out or the same settings"
         )
     return checkpoint
+
+
+def _check_same_data(run_dir: Path, reference: dict[str, Any], now: dict[str, Any]) -> None:
+    """A run on other data is another configuration: one line naming both fingerprints. A run
+    made before data fingerprints (none recorded) resumes with a warning; ``reference`` then
+    takes the current fingerprint so that the rest of the identity is compared."""
+    stored = (reference.get("data") or {}).get("fingerprint")
+    current = (now.get("data") or {}).get("fingerprint")
+    if stored is None:
+        log.warning(
+            "run directory %s records no data fingerprint (made before they were recorded): "
+            "resuming without checking that it is the same data (now %s)",
+            run_dir,
+            current,
+        )
+        reference.setdefault("data", {})["fingerprint"] = current
+        return
+    if stored != current:
+        raise CheckpointError(
+            f"run directory {run_dir} holds a run of another configuration: it was trained on "
+            f"other data (data.fingerprint {stored} (checkpoint) != {current} (now)); give the "
+            "--data-root it was trained on, or a different --out"
+        )
 
 
 def trim_metrics(path: Path, epochs_done: int) -> None:
@@ -375,6 +409,8 @@ def restore_or_start(
     provenance["code_fingerprint"] = store.code_fingerprint(source_folders(model))
     provenance["init_from"] = str(init_from) if init_from else None
     provenance["fresh_parameters"] = fresh_keys
+    provenance["data_fingerprint"] = prepared.data.fingerprint
+    provenance["init_from_data_fingerprint"] = init_source_fingerprint(init_from)
     store.atomic_write_json(run_dir / store.PROVENANCE_FILE, provenance)
     torch.manual_seed(cfg.seed)
     return TrainingState(optimizer, scheduler)

@@ -63,6 +63,15 @@ def write_tiny_npz(root: Path, n_train: int = 200, n_test: int = 100) -> Path:
     return root
 
 
+def write_zero_npz(root: Path, n_train: int = 200, n_test: int = 100) -> Path:
+    """The tiny dataset's shapes and labels with every image all zero (other data, same form)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
+        images, labels = make_images(n, seed)
+        np.savez(root / f"{name}.npz", images=np.zeros_like(images), labels=labels)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_npz_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 200-train / 100-test CIFAR-like dataset in the npz format (read-only for tests)."""

@@ -15,12 +15,14 @@ import math
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,7 +31,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import console_script, make_images
+from conftest import console_script, make_images, tiny_train_args, write_zero_npz
 from PIL import Image
 
 from harness import store
@@ -419,9 +421,18 @@ def test_init_from_a_run_with_another_class_count_is_one_error_line(
     out = tmp_path / "run"
     assert main(tiny_args(out, "--init-from", str(source))) == 2
     message = one_error_line(capsys)
+    assert f"--init-from {source.resolve()}: it was trained on 5 classes" in message
+    assert re.search(r"\(data.fingerprint npz:[0-9a-f]{12}/5c/[0-9a-f]{8}\)", message)
+    assert re.search(r"has 10 \(data.fingerprint npz:[0-9a-f]{12}/10c/[0-9a-f]{8}\)", message)
+    assert not out.exists()
+    # A source made before fingerprints: the weights' shapes still tell.
+    config = yaml.safe_load((source / store.CONFIG_FILE).read_text())
+    del config["data"]["fingerprint"]
+    (source / store.CONFIG_FILE).write_text(yaml.safe_dump(config))
+    assert main(tiny_args(out, "--init-from", str(source))) == 2
+    message = one_error_line(capsys)
     assert f"--init-from {source.resolve()}: its backbone." in message
     assert "has shape (5, " in message and "this run's has (10, " in message
-    assert "another number of classes" in message
     assert not out.exists()
 
 
@@ -645,3 +656,123 @@ def test_train_killed_at_random_points_resumes_bitwise_equal(tiny_args, tmp_path
         _without_time([strict_json((straight / store.SUMMARY_FILE).read_text())])
     )
     assert not [p.name for p in killed.iterdir() if p.name.startswith(".")]  # no lock, no temps
+
+
+# -- issue 25, part 1: the data is part of a run's identity ----------------------------------
+
+FINGERPRINT = re.compile(r"npz:[0-9a-f]{12}/10c/[0-9a-f]{8}")
+
+
+def test_a_resume_on_other_data_is_refused_naming_both_fingerprints_and_changes_nothing(
+    tiny_args, tiny_npz_root: Path, tmp_path: Path, monkeypatch, capsys, snapshot
+):
+    zeros = write_zero_npz(tmp_path / "zeros")
+    out = tmp_path / "run"
+    argv = tiny_args(out, "--epochs", "2")
+    monkeypatch.setenv(CRASH_ENV, "1")
+    with pytest.raises(InjectedCrash):
+        main(argv)
+    monkeypatch.delenv(CRASH_ENV)
+    stored = yaml.safe_load((out / store.CONFIG_FILE).read_text())["data"]["fingerprint"]
+    assert FINGERPRINT.fullmatch(stored)
+    provenance = json.loads((out / store.PROVENANCE_FILE).read_text())["data_fingerprint"]
+    assert provenance["fingerprint"] == stored and provenance["num_classes"] == 10
+    train = provenance["files"]["train.npz"]
+    assert train["size"] == (tiny_npz_root / "train.npz").stat().st_size
+    assert int(train["crc32"], 16) == zlib.crc32((tiny_npz_root / "train.npz").read_bytes())
+    assert provenance["subsets"]["train"] and provenance["subsets"]["val"] is None
+    capsys.readouterr()
+    before = snapshot(out)
+    swapped = list(argv)
+    swapped[swapped.index("--data-root") + 1] = str(zeros)
+    assert main(swapped) == 2
+    line = one_error_line(capsys)
+    found = FINGERPRINT.findall(line)
+    assert "trained on other data" in line and len(set(found)) == 2 and found[0] == stored
+    assert snapshot(out) == before  # nothing written, the checkpoint of epoch 1 kept
+    # The same data in another folder (a copy) is the same data: the run resumes.
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_npz_root, copy)
+    moved = list(argv)
+    moved[moved.index("--data-root") + 1] = str(copy)
+    assert main(moved) == 0
+    assert [r["epoch"] for r in store.read_jsonl(out / store.METRICS_FILE)] == [1, 2]
+
+
+def test_a_run_made_before_fingerprints_resumes_with_a_warning(
+    tiny_args, tmp_path: Path, monkeypatch, caplog
+):
+    out = tmp_path / "run"
+    argv = tiny_args(out, "--epochs", "2")
+    monkeypatch.setenv(CRASH_ENV, "1")
+    with pytest.raises(InjectedCrash):
+        main(argv)
+    monkeypatch.delenv(CRASH_ENV)
+    config = yaml.safe_load((out / store.CONFIG_FILE).read_text())
+    del config["data"]["fingerprint"]
+    (out / store.CONFIG_FILE).write_text(yaml.safe_dump(config))
+    checkpoint = torch.load(out / store.CHECKPOINT_FILE, weights_only=True)
+    del checkpoint["config_identity"]["data"]["fingerprint"]
+    torch.save(checkpoint, out / store.CHECKPOINT_FILE)
+    with caplog.at_level(logging.WARNING, logger="harness.train"):
+        assert main(argv) == 0
+    assert "records no data fingerprint" in caplog.text
+
+
+def test_the_report_never_pools_runs_on_other_data_as_seeds(
+    finished_run, tiny_args, tmp_path: Path
+):
+    from harness.report import aggregate, load_results
+
+    zeros = write_zero_npz(tmp_path / "zeros")
+    same = tmp_path / "same_s1"
+    other = tmp_path / "zeros_s1"
+    assert main(tiny_args(same, "--seed", "1")) == 0
+    argv = tiny_args(other, "--seed", "1")
+    argv[argv.index("--data-root") + 1] = str(zeros)
+    assert main(argv) == 0
+    table = aggregate(load_results([finished_run["dir"], same, other]))
+    table = table[table["eval_mode"] == table["eval_mode"].iloc[0]]
+    assert sorted(table["seeds"].tolist()) == [1, 2]  # A's two seeds pooled, B's run alone
+    assert table["experiment_id"].nunique() == 2
+
+
+def test_init_from_a_run_on_other_data_is_allowed_and_recorded(
+    finished_run, tmp_path: Path, capsys
+):
+    zeros = write_zero_npz(tmp_path / "zeros")
+    out = tmp_path / "tuned"
+    argv = tiny_train_args(out, zeros, "--init-from", str(finished_run["dir"]), method="act")
+    assert main(argv) == 0
+    provenance = json.loads((out / store.PROVENANCE_FILE).read_text())
+    source = yaml.safe_load((finished_run["dir"] / store.CONFIG_FILE).read_text())
+    assert provenance["init_from_data_fingerprint"] == source["data"]["fingerprint"]
+    assert provenance["data_fingerprint"]["fingerprint"] != source["data"]["fingerprint"]
+
+
+def test_init_from_a_run_on_another_class_count_names_both_fingerprints(tmp_path: Path):
+    from harness.runs import _check_init_data
+
+    with pytest.raises(Exception, match=r"trained on 5 classes \(data.fingerprint npz:a/5c/b\)"):
+        _check_init_data(tmp_path, "npz:a/5c/b", "npz:c/10c/d")
+    _check_init_data(tmp_path, "npz:a/10c/b", "npz:c/10c/d")  # other data, same classes: fine
+    _check_init_data(tmp_path, None, "npz:c/10c/d")  # a source made before fingerprints
+
+
+def test_fingerprints_are_cached_by_path_size_and_mtime(tmp_path: Path, monkeypatch):
+    from harness.data import fingerprint
+
+    monkeypatch.setenv("PACT_NPZ_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc" * 1000)
+    first = fingerprint.file_checksum(path)
+    assert int(first["crc32"], 16) == zlib.crc32(path.read_bytes())
+    assert len(list((tmp_path / "cache" / "fingerprints").iterdir())) == 1
+    calls = []
+    real = fingerprint._checksum_uncached
+    monkeypatch.setattr(fingerprint, "_checksum_uncached", lambda *a: calls.append(a) or real(*a))
+    assert fingerprint.file_checksum(path) == first and calls == []  # from the cache
+    path.write_bytes(b"abd" * 1000)  # same size, new content (and mtime)
+    os.utime(path, ns=(1, 1))
+    changed = fingerprint.file_checksum(path)
+    assert len(calls) == 1 and changed["crc32"] != first["crc32"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import console_script, make_images, tiny_train_args
+from conftest import console_script, make_images, tiny_train_args, write_zero_npz
 
 from harness import store
 from harness.cli import main
@@ -194,6 +196,41 @@ def test_unreachable_address_is_refused_before_anything_is_written(capsys, tmp_p
     assert main(argv) == 2
     assert f"--address 127.0.0.1:{port}: cannot reach a Ray cluster" in one_error_line(capsys)
     assert time.monotonic() - tic < 30 and not out.exists()
+
+
+def test_a_study_grown_on_other_data_is_refused_naming_both_fingerprints(
+    capsys, caplog, tmp_path, tiny_npz_root
+):
+    preset = write_preset(tmp_path)
+    out = tmp_path / "study"
+    stored = plan_study(GridOptions(preset=str(preset), out=str(out), data_root=str(tiny_npz_root)))
+    assert re.fullmatch(r"npz:[0-9a-f]{12}/10c", stored.data_fingerprint)
+    out.mkdir()
+    (out / STUDY_FILE).write_text(yaml.safe_dump(study_record(stored)))
+    before = (out / STUDY_FILE).read_bytes()
+    zeros = write_zero_npz(tmp_path / "zeros")
+    argv = ["grid", "--preset", str(preset), "--out", str(out), "--data-root", str(zeros)]
+    assert main([*argv, "--resume", "--set", "seeds=[0,1]"]) == 2
+    line = one_error_line(capsys)
+    assert "holds a different study: it ran on other data" in line
+    now = plan_study(GridOptions(preset=str(preset), out=str(out), data_root=str(zeros)))
+    assert f"{stored.data_fingerprint} (stored) != {now.data_fingerprint} (now)" in line
+    assert stored.data_fingerprint != now.data_fingerprint
+    assert (out / STUDY_FILE).read_bytes() == before
+    # The stored data in another folder is the same study, grown.
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_npz_root, copy)
+    grown = GridOptions(
+        preset=str(preset), out=str(out), data_root=str(copy), overrides=["seeds=[0,1]"]
+    )
+    assert check_study_folder(plan_study(grown), resume=True) == "grown"
+    # A study made before fingerprints: continued, with a warning.
+    record = yaml.safe_load(before)
+    del record["data_fingerprint"]
+    (out / STUDY_FILE).write_text(yaml.safe_dump(record))
+    with caplog.at_level("WARNING", logger="harness.study"):
+        assert check_study_folder(now, resume=True) == "same"
+    assert "records no data fingerprint" in caplog.text
 
 
 def test_study_folder_must_hold_the_same_study(capsys, tmp_path, tiny_npz_root):

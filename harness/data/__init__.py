@@ -36,6 +36,12 @@ from torch.utils.data import Subset
 
 from harness.config import DATA_FORMATS as FORMATS
 from harness.config import DATASETS, NORMALIZATIONS, PREPROCESSINGS, DataConfig
+from harness.data.fingerprint import (
+    files_fingerprint,
+    indices_digest,
+    root_fingerprint,
+    run_fingerprint,
+)
 from harness.data.loaders import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -89,6 +95,7 @@ __all__ = [
     "balanced_subset",
     "build_data",
     "count_classes",
+    "data_root_fingerprint",
     "derive_seed",
     "detect_format",
     "load_npz",
@@ -113,6 +120,9 @@ class DataBundle:
     classes: tuple[str, ...] = ()
     val_loader: BatchLoader | None = None  # data.val_subset: held out of the training set
     num_val: int = 0
+    #: What the data was (:mod:`harness.data.fingerprint`): files, class count, subset hashes;
+    #: ``fingerprint["fingerprint"]`` is the short form a run records as ``data.fingerprint``.
+    fingerprint: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------------------------- entry point
@@ -154,16 +164,19 @@ def _take(dataset: Any, indices: Any) -> Any:
     return Subset(dataset, torch.as_tensor(indices).tolist())
 
 
-def _subset(dataset: Any, labels: Any, n: int | None, seed: int, field: str) -> Any:
+def _subset(dataset: Any, labels: Any, n: int | None, seed: int, field: str) -> tuple[Any, Any]:
+    """(the subset, its indices into ``dataset``; None: all of it)."""
     if n is None:
-        return dataset
-    return _take(dataset, balanced_subset(labels, n, seed=seed, field=field))
+        return dataset, None
+    indices = balanced_subset(labels, n, seed=seed, field=field)
+    return _take(dataset, indices), indices
 
 
-def _carve_validation(train: Any, labels: Any, data: DataConfig) -> tuple[Any, Any, Any]:
-    """(train without the validation images, their labels, the validation split)."""
+def _carve_validation(train: Any, labels: Any, data: DataConfig) -> tuple[Any, Any, Any, Any, Any]:
+    """(train without the validation images, their labels, the validation split, the indices
+    of the kept training images and of the validation images; None when nothing is carved)."""
     if data.val_subset is None:
-        return train, labels, None
+        return train, labels, None, None, None
     labels = torch.as_tensor(labels, dtype=torch.int64)
     val_indices = balanced_subset(
         labels, data.val_subset, seed=data.val_seed, field="data.val_subset"
@@ -173,7 +186,7 @@ def _carve_validation(train: Any, labels: Any, data: DataConfig) -> tuple[Any, A
     rest = torch.nonzero(keep).flatten()
     if len(rest) == 0:
         raise ConfigError(f"data.val_subset={data.val_subset} leaves no training images")
-    return _take(train, rest), labels[rest], _take(train, val_indices)
+    return _take(train, rest), labels[rest], _take(train, val_indices), rest, val_indices
 
 
 def _resolve_format(root: Path, dataset: str, fmt: str, download: bool) -> str:
@@ -196,6 +209,7 @@ class _Splits:
     classes: tuple[str, ...]
     image_size: tuple[int, int]
     val: Any = None
+    fingerprint: dict[str, Any] | None = None
 
 
 def _check_labels(
@@ -278,10 +292,24 @@ def _load_splits(root: Path, dataset: str, fmt: str, data: DataConfig) -> _Split
             classes = CIFAR10_CLASSES  # an npz without names, in CIFAR-10's label order
             train, test = (ArrayDataset(s.images, s.labels, classes) for s in (train, test))
     _check_labels(dataset, (train_labels, test_labels), len(classes), sources)
-    train, train_labels, val = _carve_validation(train, train_labels, data)
+    folder_samples = (
+        {"train": train.samples, "test": test.samples} if fmt == "imagefolder" else None
+    )
+    files = files_fingerprint(root, fmt, folder_samples)
+    train, train_labels, val, kept, val_indices = _carve_validation(train, train_labels, data)
     seed = data.subset_seed
-    train = _subset(train, train_labels, data.train_subset, seed, "data.train_subset")
-    test = _subset(test, test_labels, data.test_subset, seed, "data.test_subset")
+    train, train_indices = _subset(
+        train, train_labels, data.train_subset, seed, "data.train_subset"
+    )
+    test, test_indices = _subset(test, test_labels, data.test_subset, seed, "data.test_subset")
+    if kept is not None:  # indices into the whole training split
+        train_indices = kept if train_indices is None else kept[train_indices]
+    subsets = {
+        "train": indices_digest(train_indices),
+        "val": indices_digest(val_indices),
+        "test": indices_digest(test_indices),
+    }
+    fingerprint = run_fingerprint(files, len(classes), subsets)
     if fmt == "imagefolder":
         for split in (train, test, val):
             if split is not None:
@@ -290,7 +318,7 @@ def _load_splits(root: Path, dataset: str, fmt: str, data: DataConfig) -> _Split
         size = train.image_size
     else:
         size = (224, 224) if dataset == "imagenet" else _native_size(train)
-    return _Splits(train, test, classes, size, val)
+    return _Splits(train, test, classes, size, val, fingerprint)
 
 
 def count_classes(dataset: str, data: DataConfig) -> int:
@@ -307,6 +335,17 @@ def count_classes(dataset: str, data: DataConfig) -> int:
     if found == "npz":
         return npz_num_classes(root)
     return len(CIFAR10_CLASSES)
+
+
+def data_root_fingerprint(dataset: str, data: DataConfig) -> str:
+    """The short fingerprint of the data in ``data.root`` (its files and class count, no
+    subsets): ``npz:3f2a9c01b2de/10c``, the first two parts of the ``data.fingerprint`` of every
+    run on it (:mod:`harness.data.fingerprint`). For a study's record of its data."""
+    if data.root is None:
+        raise ConfigError("data.root is not set: give --data-root DIR or set $PACT_DATA_ROOT")
+    root = Path(data.root).expanduser().resolve()
+    found = _resolve_format(root, dataset, data.format, download=False)
+    return root_fingerprint(files_fingerprint(root, found), count_classes(dataset, data))
 
 
 def build_data(
@@ -415,4 +454,5 @@ def build_data(
         classes=splits.classes,
         val_loader=val_loader,
         num_val=0 if splits.val is None else len(splits.val),
+        fingerprint=splits.fingerprint,
     )
