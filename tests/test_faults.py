@@ -776,3 +776,52 @@ def test_fingerprints_are_cached_by_path_size_and_mtime(tmp_path: Path, monkeypa
     os.utime(path, ns=(1, 1))
     changed = fingerprint.file_checksum(path)
     assert len(calls) == 1 and changed["crc32"] != first["crc32"]
+
+
+# -- issue 25, part 2: test labels inside the training classes, every format ----------------
+
+
+def test_npz_test_labels_outside_the_training_classes_are_one_error_line(
+    tiny_args, tmp_path: Path, capsys
+):
+    """Train on classes 0-2, test on 0-9 (the audit's data/fewcls): refused before anything is
+    written, naming the unseen labels and the classes that were trained."""
+    root = tmp_path / "fewcls"
+    root.mkdir()
+    write_npz_split(root / "train.npz", np.arange(90) % 3, 1)
+    write_npz_split(root / "test.npz", np.arange(100) % 10, 2)
+    out = tmp_path / "run"
+    argv = tiny_args(out, "--train-subset", "60")
+    argv[argv.index("--data-root") + 1] = str(root)
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert f"{root / 'test.npz'}: test label(s) 3, 4, 5, 6, 7 and 2 more never occur" in line
+    assert f"training split {root / 'train.npz'} (its classes: 0, 1, 2)" in line
+    assert not out.exists()
+
+
+def test_torchvision_test_labels_outside_the_training_classes_are_refused(tmp_path: Path):
+    root = write_cifar_batches(tmp_path)
+    folder = root / "cifar-10-batches-py"
+    for name in (f"data_batch_{i}" for i in range(1, 6)):
+        batch = pickle.loads((folder / name).read_bytes())
+        batch["labels"] = [label % 4 for label in batch["labels"]]  # classes 0-3 only
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    data = DataConfig(root=str(root), verify_checksums=False)
+    with pytest.raises(DataError, match=r"test_batch: test label\(s\) 4, 5, 6, 7, 8 and 1 more"):
+        build_data("cifar10", data, batch_size=10)
+
+
+def test_image_folder_test_classes_must_be_training_classes(tmp_path: Path, capsys):
+    """An image folder's test classes are its class folders, which train/ must share; a class
+    folder without images in train/ is one error line, not a class never trained."""
+    argv = write_image_folders(tmp_path / "folders")
+    (tmp_path / "folders" / "val" / "emu").mkdir()
+    Image.fromarray(make_images(1, 5)[0][0]).save(tmp_path / "folders" / "val" / "emu" / "0.png")
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "train/ has classes ['cat', 'dog'] but val/ has" in one_error_line(capsys)
+    (tmp_path / "folders" / "train" / "emu").mkdir()  # the class folder, but no image in it
+    assert main([*argv, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "emu" in line and not out.exists()

@@ -239,6 +239,16 @@ def _check_labels(
             f"{sources[1]}: label {test.max().item()} is out of range for the {num_classes} "
             f"classes of {sources[0]}"
         )
+    unseen = torch.unique(test[~torch.isin(test, present)]) if len(test) else test
+    if len(unseen):
+        shown = ", ".join(str(v) for v in unseen.tolist()[:5])
+        more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
+        trained = ", ".join(str(v) for v in present.tolist()[:12])
+        raise DataError(
+            f"{sources[1]}: test label(s) {shown}{more} never occur in the training split "
+            f"{sources[0]} (its classes: {trained}); a model cannot learn a class it never "
+            "sees: add its training images or drop those test images"
+        )
 
 
 def _check_images(dataset: Any, threads: int = 8) -> None:
@@ -283,7 +293,8 @@ def _load_splits(root: Path, dataset: str, fmt: str, data: DataConfig) -> _Split
             train, test = load_npz(root)
             sources = (str(root / "train.npz"), str(root / "test.npz"))
         else:
-            sources = (f"{root / CIFAR10_FOLDER}/data_batch_*", str(root / CIFAR10_FOLDER))
+            folder = root / CIFAR10_FOLDER
+            sources = (f"{folder}/data_batch_*", str(folder / "test_batch"))
             train, test = load_torchvision_cifar10(
                 root, download=data.download, verify_checksums=data.verify_checksums
             )
