@@ -36,6 +36,10 @@ NORMALIZATIONS = ("per_channel", "per_image", "inception")
 PREPROCESSINGS = ("standard", "inception")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
+#: The image side each dataset's models are built for (``data.crop_padding`` is at most half).
+NATIVE_IMAGE_SIZE = {"cifar10": 32, "imagenet": 224}
+#: Seeds are non-negative 63-bit integers (numpy's SeedSequence refuses negative ones).
+MAX_SEED = 2**63 - 1
 #: ``eval.execution``: ``auto`` (each mode's fastest exact execution) or a named one.
 EVAL_EXECUTIONS = ("auto", *EXECUTIONS)
 
@@ -213,6 +217,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, str, float)):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value  # exact: a float would round integers beyond 2**53
+        if isinstance(value, str):
+            try:
+                return int(value)  # "12" exactly
+            except ValueError:
+                pass
         try:
             number = float(value)
         except ValueError:
@@ -377,8 +388,36 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError(
             f"eval.memory_batches={cfg.eval.memory_batches} must be >= 0 (0: every test batch)"
         )
-    if cfg.data.crop_padding < 0:
-        raise ConfigError(f"data.crop_padding={cfg.data.crop_padding} must be >= 0")
+    if not 0 < cfg.optim.lr_decay <= 1:
+        raise ConfigError(
+            f"optim.lr_decay={cfg.optim.lr_decay} must be in (0, 1]: the factor the learning "
+            "rate is multiplied by at each of optim.lr_drops (1: a constant rate)"
+        )
+    native = NATIVE_IMAGE_SIZE[cfg.model.dataset]
+    if not 0 <= cfg.data.crop_padding <= native // 2:
+        raise ConfigError(
+            f"data.crop_padding={cfg.data.crop_padding} must be in [0, {native // 2}]: at most "
+            f"half the {native}x{native} images of model.dataset={cfg.model.dataset!r}"
+        )
+    non_negative = {
+        "seed": cfg.seed,
+        "data.subset_seed": cfg.data.subset_seed,
+        "data.val_seed": cfg.data.val_seed,
+        "eval.seed": cfg.eval.seed,
+    }
+    for name, value in non_negative.items():
+        if not 0 <= value <= MAX_SEED:
+            raise ConfigError(f"{name}={value} must be a seed in [0, 2**63 - 1]")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(
+            f"data.num_workers={cfg.data.num_workers} must be >= 0 (0: load in the main process)"
+        )
+    if cfg.model.depth < 1:
+        raise ConfigError(f"model.depth={cfg.model.depth} must be a positive integer")
+    if cfg.model.num_classes is not None and cfg.model.num_classes < 2:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} must be at least 2 (or unset: the data's)"
+        )
     for name in ("train_subset", "test_subset", "val_subset"):
         value = getattr(cfg.data, name)
         if value is not None and value < 1:

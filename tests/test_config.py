@@ -18,6 +18,7 @@ from harness.config import (
     from_dict,
     load_yaml,
     parse_overrides,
+    set_dotted,
     to_dict,
     validate_run_config,
 )
@@ -297,3 +298,91 @@ def test_validate_run_config_accepts_defaults_and_edge_values():
             eval=EvalConfig(repeats=1, thresholds=(0.01, 0.99)),
         )
     )
+
+
+#: Every numeric field of RunConfig and its sections -> values out of its range (boundaries
+#: first). test_every_numeric_config_field_is_range_checked fails when a numeric field is added
+#: without an entry here, so a new knob cannot go unvalidated.
+OUT_OF_RANGE: dict[str, list] = {
+    "model.depth": [0, -8],
+    "model.num_classes": [1, 0, -3],
+    "data.train_subset": [0, -1],
+    "data.test_subset": [0, -1],
+    "data.subset_seed": [-1, 2**63],
+    "data.val_subset": [0, -1],
+    "data.val_seed": [-1, 2**63],
+    "data.crop_padding": [17, -1, 1000],
+    "data.num_workers": [-1],
+    "optim.epochs": [0, -1],
+    "optim.batch_size": [0, -1],
+    "optim.lr": [0.0, -0.1],
+    "optim.momentum": [1.0, -0.1],
+    "optim.weight_decay": [-1e-4],
+    "optim.lr_drops": [[0.0], [1.0], [0.9, 0.6], [-0.5]],
+    "optim.lr_decay": [0.0, -1.0, 1.5, 100.0],
+    "optim.label_smoothing": [1.0, -0.1],
+    "eval.repeats": [0, -1],
+    "eval.seed": [-1, 2**63],
+    "eval.thresholds": [[0.0], [1.0], [], [0.5, 1.5]],
+    "eval.batch_size": [0, -1],
+    "eval.memory_batches": [-1],
+    "seed": [-1, 2**63],
+}
+
+
+def _numeric_fields(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Dotted names of the int/float fields (optional, or tuples of them) of ``cls`` and of its
+    dataclass fields; bools and the method's own section (validated by the method) excluded."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            names += _numeric_fields(tp, f"{prefix}{f.name}.")
+            continue
+        args = [a for a in (typing.get_args(tp) or (tp,)) if a not in (type(None), Ellipsis)]
+        if args and all(a in (int, float) for a in args):
+            names.append(prefix + f.name)
+    return names
+
+
+def test_every_numeric_config_field_is_range_checked():
+    assert _numeric_fields(), "no numeric field found: the walk is broken"
+    assert sorted(_numeric_fields()) == sorted(OUT_OF_RANGE), (
+        "add each new numeric config field to OUT_OF_RANGE (and a range check to "
+        "validate_run_config)"
+    )
+    for name, values in OUT_OF_RANGE.items():
+        for value in values:
+            tree = {}
+            set_dotted(tree, name, value)
+            cfg = from_dict(RunConfig, tree)  # the value has the right type, only its range is bad
+            with pytest.raises(ConfigError) as err:
+                validate_run_config(cfg)
+            assert str(err.value).startswith(f"{name}="), (name, value, str(err.value))
+
+
+def test_range_checks_accept_their_boundaries():
+    validate_run_config(from_dict(RunConfig, {"optim": {"lr_decay": 1.0}}))  # a constant rate
+    validate_run_config(from_dict(RunConfig, {"data": {"crop_padding": 16}}))
+    validate_run_config(from_dict(RunConfig, {"data": {"crop_padding": 0}}))
+    validate_run_config(from_dict(RunConfig, {"seed": 2**63 - 1, "model": {"num_classes": 2}}))
+    imagenet = {"model": {"dataset": "imagenet", "depth": 50}, "data": {"crop_padding": 112}}
+    validate_run_config(from_dict(RunConfig, imagenet))
+
+
+def test_crop_padding_is_checked_against_the_datas_own_image_size(tmp_path: Path):
+    """16x16 images under model.dataset=cifar10: the config allows 16, the data only 8."""
+    import numpy as np
+
+    from harness.data import build_data
+
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 40), ("test", 10)):
+        images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+        np.savez(tmp_path / f"{name}.npz", images=images, labels=np.arange(n) % 10)
+    build_data("cifar10", DataConfig(root=str(tmp_path), crop_padding=8), batch_size=10)
+    with pytest.raises(ConfigError, match=r"data.crop_padding=9 must be at most half the 16x16"):
+        build_data("cifar10", DataConfig(root=str(tmp_path), crop_padding=9), batch_size=10)

@@ -394,6 +394,13 @@ def build_data(
             f"data.preprocessing={data.preprocessing!r} applies to image folders (ImageNet); "
             f"this data root holds the {found!r} format: use 'standard'"
         )
+    padded = data.augment and not (found == "imagefolder" and dataset == "imagenet")
+    if padded and data.crop_padding > min(splits.image_size) // 2:
+        height, width = splits.image_size
+        raise ConfigError(
+            f"data.crop_padding={data.crop_padding} must be at most half the {height}x{width} "
+            f"images of {root} ({min(splits.image_size) // 2})"
+        )
     if len(splits.train) < batch_size:
         raise ConfigError(
             f"batch_size={batch_size} exceeds the {len(splits.train)} training images and the "
