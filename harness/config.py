@@ -38,6 +38,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "on", "off")
 #: The image side each dataset's models are built for (``data.crop_padding`` is at most half).
 NATIVE_IMAGE_SIZE = {"cifar10": 32, "imagenet": 224}
+#: The largest float32: the optimizer's rates are applied in float32 (torch refuses larger).
+FLOAT32_MAX = 3.4028234663852886e38
 #: Seeds are non-negative 63-bit integers (numpy's SeedSequence refuses negative ones).
 MAX_SEED = 2**63 - 1
 #: ``eval.execution``: ``auto`` (each mode's fastest exact execution) or a named one.
@@ -372,12 +374,14 @@ def validate_run_config(cfg: RunConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name}={value} must be a positive integer (>= 1)")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
+    if not 0 < cfg.optim.lr <= FLOAT32_MAX:
+        raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0 (and a float32: <= 3.4e38)")
     if not 0 <= cfg.optim.momentum < 1:
         raise ConfigError(f"optim.momentum={cfg.optim.momentum} must be in [0, 1)")
-    if cfg.optim.weight_decay < 0:
-        raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay} must be >= 0")
+    if not 0 <= cfg.optim.weight_decay <= FLOAT32_MAX:
+        raise ConfigError(
+            f"optim.weight_decay={cfg.optim.weight_decay} must be >= 0 (and a float32: <= 3.4e38)"
+        )
     if any(not 0 < d < 1 for d in cfg.optim.lr_drops) or list(cfg.optim.lr_drops) != sorted(
         cfg.optim.lr_drops
     ):

@@ -45,6 +45,7 @@ from harness.config import (
 )
 from harness.conformance import preflight
 from harness.contract import AdaptiveModel, MethodSpec
+from harness.costs import evaluating
 from harness.costs.flops import FlopAccountant
 from harness.costs.measure import add_cost_columns
 from harness.data import DataBundle, resolve_data_root
@@ -90,6 +91,9 @@ class PreparedRun:
     device: torch.device
     speed: Speed = Speed()  # the fast path, resolved for the device (``speed.*``)
     forward: Callable[[torch.Tensor], Any] | None = None  # runs the model (compiled or not)
+    #: Two test images on the device: the model's outputs on them must stay finite (checked
+    #: at the end of every epoch, before its checkpoint is written).
+    probe: torch.Tensor | None = None
 
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
@@ -119,10 +123,12 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
         model.to(memory_format=torch.channels_last)
     # The method's output against the contract, on two test images, before any epoch is spent.
     first = next(iter(data.test_loader), None)
+    probe = None
     if first is not None:
-        preflight(model, first[0][:2].to(device), specs, cfg.method, cfg.eval.seed)
+        probe = first[0][:2].to(device)
+        preflight(model, probe, specs, cfg.method, cfg.eval.seed)
     forward = compiled(model, speed)
-    return PreparedRun(cfg, spec, method_config, model, data, device, speed, forward)
+    return PreparedRun(cfg, spec, method_config, model, data, device, speed, forward, probe)
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -194,7 +200,8 @@ def train_one_epoch(
                 raise DivergenceError(
                     f"training diverged: the loss is {loss} at epoch {epoch}, step {step} "
                     f"(learning rate {optimizer.param_groups[0]['lr']:g}); lower the learning "
-                    "rate (--lr) or check the data",
+                    f"rate (--lr) or check the data; in this folder: --restart-from-epoch "
+                    f"{epoch - 1} --lr LOWER",
                     epoch,
                     step,
                 )
@@ -224,7 +231,8 @@ def train_one_epoch(
         raise DivergenceError(
             f"training diverged: the loss is not finite at epoch {epoch}, step {bad_step} "
             "(found at the end of the epoch: speed.host_sync=epoch); lower the learning rate "
-            "(--lr) or check the data; the checkpoint of the previous epoch is intact",
+            "(--lr) or check the data; the checkpoint of the previous epoch is intact: "
+            f"--restart-from-epoch {epoch - 1} --lr LOWER",
             epoch,
             bad_step,
         )
@@ -286,6 +294,80 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
                 "...); choose an empty or new directory"
             )
         return None
+    checkpoint, reference = _stored_run(run_dir)
+    now = config_identity(cfg)
+    _check_same_data(run_dir, reference, now)
+    differences = config_diff(reference, now, ("checkpoint", "now"))
+    if differences:
+        changeable = all(d.split(":")[0] in RESTARTABLE for d in differences)
+        hint = (
+            f"; to change {', '.join(RESTARTABLE)} in this folder add --restart-from-epoch "
+            f"{checkpoint['epoch'] if checkpoint else 0} (or 0: from scratch)"
+            if changeable
+            else ""
+        )
+        raise CheckpointError(
+            f"run directory {run_dir} holds a run of another configuration ("
+            + "; ".join(differences[:3])
+            + f"); use a different --out or the same settings{hint}"
+        )
+    return checkpoint
+
+
+#: What ``--restart-from-epoch`` may change in a run directory (the dotted config keys).
+RESTARTABLE = ("optim.lr",)
+
+
+@dataclass
+class Restart:
+    """``--restart-from-epoch``: the epoch restarted from, the config changes it makes (config
+    diff lines), and the checkpoint to resume from (None: from scratch)."""
+
+    epoch: int
+    changes: list[str]
+    checkpoint: dict[str, Any] | None
+
+
+def plan_restart(run_dir: Path, cfg: RunConfig, epoch: int) -> Restart:
+    """Check a ``--restart-from-epoch EPOCH`` against the run in ``run_dir``: it holds a run on
+    the same data, differing at most in :data:`RESTARTABLE`, and EPOCH is 0 (from scratch) or
+    its checkpoint's epoch (the only one kept: the checkpoint of the last finished epoch)."""
+    if epoch < 0:
+        raise ConfigError(f"--restart-from-epoch {epoch}: give an epoch >= 0")
+    if not (run_dir / store.CONFIG_FILE).is_file():
+        raise ConfigError(
+            f"--restart-from-epoch {epoch}: {run_dir} holds no run to restart; drop the flag to "
+            "start one"
+        )
+    checkpoint, reference = _stored_run(run_dir)
+    now = config_identity(cfg)
+    _check_same_data(run_dir, reference, now)
+    kept = checkpoint["epoch"] if checkpoint is not None else 0
+    if epoch not in (0, kept):
+        raise ConfigError(
+            f"--restart-from-epoch {epoch}: {run_dir} keeps the checkpoint of epoch {kept} only "
+            f"(the last finished one); restart from {kept} or from 0 (from scratch)"
+            if kept
+            else f"--restart-from-epoch {epoch}: {run_dir} holds no checkpoint (no epoch "
+            "finished); restart from 0"
+        )
+    changes = config_diff(reference, now, ("before", "now"))
+    other = [c for c in changes if c.split(":")[0] not in RESTARTABLE]
+    if other:
+        raise CheckpointError(
+            f"--restart-from-epoch changes only {', '.join(RESTARTABLE)}, but run directory "
+            f"{run_dir} differs in more (" + "; ".join(other[:3]) + "); use a different --out"
+        )
+    if epoch and epoch >= cfg.optim.epochs:
+        raise ConfigError(
+            f"--restart-from-epoch {epoch}: the run has {cfg.optim.epochs} epochs, so none is "
+            "left to train at another rate; restart from 0 or raise --epochs"
+        )
+    return Restart(epoch, changes, checkpoint if epoch else None)
+
+
+def _stored_run(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the checkpoint or None, the identity it, else ``config.yaml``, records)."""
     ckpt_path = run_dir / store.CHECKPOINT_FILE
     checkpoint = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if checkpoint is not None:
@@ -302,16 +384,7 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
             pass  # a key that no longer exists: the diff below names it
     else:
         reference = config_identity(read_run_config(run_dir))
-    now = config_identity(cfg)
-    _check_same_data(run_dir, reference, now)
-    differences = config_diff(reference, now, ("checkpoint", "now"))
-    if differences:
-        raise CheckpointError(
-            f"run directory {run_dir} holds a run of another configuration ("
-            + "; ".join(differences[:3])
-            + "); use a different --out or the same settings"
-        )
-    return checkpoint
+    return checkpoint, reference
 
 
 def _check_same_data(run_dir: Path, reference: dict[str, Any], now: dict[str, Any]) -> None:
@@ -399,6 +472,10 @@ def restore_or_start(
         scheduler.load_state_dict(resume["scheduler"])
         _set_rng_state(resume["rng"], device)
         trim_metrics(run_dir / store.METRICS_FILE, resume["epoch"])
+        # config.yaml says what the checkpoint continues: a restart that failed before its
+        # first checkpoint, or a run from before data fingerprints, left it saying otherwise.
+        if config_identity(read_run_config(run_dir)) != config_identity(cfg):
+            store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(cfg)))
         return TrainingState(optimizer, scheduler, resume["epoch"], resume["train_seconds"])
     run_dir.mkdir(parents=True, exist_ok=True)
     # A fresh start: lines of an earlier start killed before its first checkpoint go.
@@ -414,6 +491,43 @@ def restore_or_start(
     store.atomic_write_json(run_dir / store.PROVENANCE_FILE, provenance)
     torch.manual_seed(cfg.seed)
     return TrainingState(optimizer, scheduler)
+
+
+def _check_finite_model(prepared: PreparedRun, epoch: int) -> None:
+    """Before an epoch's checkpoint: weights (or buffers) holding NaN or infinite values, or
+    outputs on two test images that do, are a divergence (the loss can stay finite through the
+    step that broke them). The epoch's checkpoint is then not written: the run keeps the last
+    sound one, and the error says how to restart from it at a lower rate."""
+    model = prepared.model
+    tensors = [(k, t) for k, t in model.state_dict().items() if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).tolist() if tensors else []
+    bad = [k for (k, _), ok in zip(tensors, finite, strict=True) if not ok]
+    if bad:
+        broken = (
+            f"{len(bad)} of {len(tensors)} weight tensors hold NaN or infinite values "
+            f"({bad[0]}, ...)"
+        )
+    elif prepared.probe is not None:
+        images = prepared.probe
+        devices = [images.device] if images.device.type == "cuda" else []
+        with torch.no_grad(), evaluating(model), torch.random.fork_rng(devices=devices):
+            logits = model(images).logits
+        if bool(torch.isfinite(logits).all()):
+            return
+        broken = (
+            "the model's outputs on two test images are NaN or infinite (its weights grew "
+            "too large)"
+        )
+    else:
+        return
+    kept = f"epoch {epoch - 1}'s is kept" if epoch > 1 else "none was written before"
+    raise DivergenceError(
+        f"training diverged: after epoch {epoch} {broken} although the loss stayed finite; "
+        f"lower the learning rate (--lr); the epoch's checkpoint was not written ({kept}): "
+        f"rerun with --restart-from-epoch {epoch - 1} --lr LOWER",
+        epoch,
+        0,
+    )
 
 
 def _crash_epoch() -> int | None:
@@ -451,6 +565,7 @@ def train_epochs(
             forward=prepared.forward,
         )
         train_seconds += time.perf_counter() - tic
+        _check_finite_model(prepared, epoch + 1)
         metrics.update(epoch_logs)
         metrics.update(validate(prepared))
         metrics.update(epoch=epoch + 1, train_seconds=train_seconds)
@@ -505,16 +620,29 @@ def run_trial(
     argv: list[str] | None = None,
     on_epoch_end: EpochCallback | None = None,
     evaluation_hook: Callable[[PreparedRun, list[dict]], None] | None = None,
+    restart_from: int | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) and evaluate one run; returns ``summary.json``'s content."""
+    """Train (or resume) and evaluate one run; returns ``summary.json``'s content.
+
+    ``restart_from`` (``--restart-from-epoch``): continue the run in ``run_dir`` from that
+    epoch (0: from scratch, else its checkpoint's epoch) with another learning rate
+    (:data:`RESTARTABLE`); ``provenance.json`` lists every restart under ``restarts``."""
     run_dir = Path(run_dir).resolve()
     store.check_writable_dir(run_dir, "--out")
     prepared = prepare_run(cfg)
     with store.folder_lock(run_dir, _in_use(run_dir)):
-        resume = check_run_dir(run_dir, prepared.cfg)
+        restart = None
+        if restart_from is not None:
+            restart = plan_restart(run_dir, prepared.cfg, restart_from)
+            resume = restart.checkpoint
+            earlier = _clear_for_restart(run_dir, restart)
+        else:
+            resume = check_run_dir(run_dir, prepared.cfg)
         if resume is not None and resume["epoch"] >= prepared.cfg.optim.epochs:
             return _finished_run(prepared, run_dir, resume, evaluation_hook)
         state = restore_or_start(prepared, run_dir, resume, init_from, argv)
+        if restart is not None:
+            _record_restart(prepared, run_dir, state, restart, earlier, argv)
         try:
             train_seconds = train_epochs(prepared, run_dir, state, on_epoch_end)
         except DivergenceError as err:
@@ -522,6 +650,65 @@ def run_trial(
             store.atomic_write_json(run_dir / store.FAILED_FILE, failure)
             raise
         return finish_run(prepared, run_dir, train_seconds, evaluation_hook)
+
+
+#: What a restart from an epoch removes (the outputs of the run it replaces).
+_RESTART_REMOVES = (
+    store.SUMMARY_FILE,
+    store.RESULTS_FILE,
+    store.PER_IMAGE_FILE,
+    store.CORRECT_FILE,
+    store.FAILED_FILE,
+)
+
+
+def _clear_for_restart(run_dir: Path, restart: Restart) -> list[dict[str, Any]]:
+    """Remove the outputs of the run being restarted (and its checkpoint for a restart from
+    scratch); returns the restarts recorded before (from ``provenance.json``)."""
+    try:
+        earlier = store.read_json(run_dir / store.PROVENANCE_FILE).get("restarts") or []
+    except CheckpointError:
+        earlier = []
+    names = _RESTART_REMOVES + (() if restart.epoch else (store.CHECKPOINT_FILE,))
+    for name in names:
+        (run_dir / name).unlink(missing_ok=True)
+    return list(earlier)
+
+
+def set_learning_rate(state: TrainingState, lr: float) -> None:
+    """Make a restored optimizer and schedule run at base rate ``lr`` from where they are (the
+    schedule's factor at its current step kept)."""
+    scheduler, groups = state.scheduler, state.optimizer.param_groups
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in groups:
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor
+    scheduler.base_lrs = [lr] * len(groups)
+    scheduler._last_lr = [group["lr"] for group in groups]
+
+
+def _record_restart(
+    prepared: PreparedRun,
+    run_dir: Path,
+    state: TrainingState,
+    restart: Restart,
+    earlier: list[dict[str, Any]],
+    argv: list[str] | None,
+) -> None:
+    """Apply a restart from a checkpoint (the new rate, the new ``config.yaml``) and add it to
+    ``provenance.json``'s ``restarts``."""
+    if restart.epoch:
+        set_learning_rate(state, prepared.cfg.optim.lr)
+        store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(prepared.cfg)))
+    provenance = store.read_json(run_dir / store.PROVENANCE_FILE)
+    record = {
+        "from_epoch": restart.epoch,
+        "changes": restart.changes,
+        "command_line": list(argv) if argv is not None else None,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    provenance["restarts"] = [*earlier, record]
+    store.atomic_write_json(run_dir / store.PROVENANCE_FILE, provenance)
 
 
 def _finished_run(

@@ -825,3 +825,80 @@ def test_image_folder_test_classes_must_be_training_classes(tmp_path: Path, caps
     assert main([*argv, "--out", str(out)]) == 2
     line = one_error_line(capsys)
     assert "emu" in line and not out.exists()
+
+
+# -- issue 25, part 4: divergence you can recover from ---------------------------------------
+
+
+def test_weights_broken_by_a_step_with_a_finite_loss_are_never_checkpointed(
+    tiny_args, tmp_path: Path, capsys
+):
+    """One step an epoch at a rate of 1e38: the loss of that step is finite, the update breaks
+    the model (its outputs overflow). Epoch 1 ends with failed.json and no checkpoint (not a
+    method-contract error at evaluation), and the rerun at a sane rate in the same folder is
+    documented and recorded."""
+    out = tmp_path / "run"
+    one_step = ("--train-subset", "32", "--batch-size", "32")
+    assert main(tiny_args(out, *one_step, "--lr", "1e38")) == 2
+    line = one_error_line(capsys)
+    assert "training diverged: after epoch 1 " in line and "loss stayed finite" in line
+    assert "--restart-from-epoch 0 --lr LOWER" in line
+    failure = strict_json((out / store.FAILED_FILE).read_text())
+    assert failure["epoch"] == 1 and "after epoch 1" in failure["error"]
+    assert not (out / store.CHECKPOINT_FILE).exists()
+    assert store.read_jsonl(out / store.METRICS_FILE) == []
+    # The plain rerun at a lower rate is another configuration, and says how to change it here.
+    assert main(tiny_args(out, *one_step, "--lr", "0.05")) == 2
+    assert "add --restart-from-epoch 0 (or 0: from scratch)" in one_error_line(capsys)
+    assert main(tiny_args(out, *one_step, "--lr", "0.05", "--restart-from-epoch", "0")) == 0
+    assert not (out / store.FAILED_FILE).exists() and (out / store.SUMMARY_FILE).is_file()
+    provenance = strict_json((out / store.PROVENANCE_FILE).read_text())
+    (restart,) = provenance["restarts"]
+    assert restart["from_epoch"] == 0
+    assert restart["changes"] == ["optim.lr: 1e+38 (before) != 0.05 (now)"]
+    assert "--restart-from-epoch" in restart["command_line"]
+    assert yaml.safe_load((out / store.CONFIG_FILE).read_text())["optim"]["lr"] == 0.05
+
+
+def test_a_restart_from_the_kept_checkpoint_trains_on_at_the_new_rate(
+    tiny_args, tmp_path: Path, monkeypatch, capsys
+):
+    out = tmp_path / "run"
+    argv = tiny_args(out, "--epochs", "3", "--lr", "0.05")
+    monkeypatch.setenv(CRASH_ENV, "1")
+    with pytest.raises(InjectedCrash):
+        main(argv)
+    monkeypatch.delenv(CRASH_ENV)
+    kept = (out / store.CHECKPOINT_FILE).read_bytes()
+    first = store.read_jsonl(out / store.METRICS_FILE)
+    # Epoch 2 at 1e38 breaks the model: its checkpoint is not written, epoch 1's stays.
+    blow_up = tiny_args(out, "--epochs", "3", "--lr", "1e38", "--restart-from-epoch", "1")
+    blow_up[blow_up.index("--train-subset") + 1] = "64"
+    assert main(blow_up) == 2
+    line = one_error_line(capsys)
+    assert "training diverged" in line and "epoch 2" in line
+    assert "--restart-from-epoch 1 --lr LOWER" in line
+    assert (out / store.CHECKPOINT_FILE).read_bytes() == kept
+    assert strict_json((out / store.FAILED_FILE).read_text())["epoch"] == 2
+    # Only the learning rate may change, and only from the kept epoch (or 0).
+    assert main(tiny_args(out, "--epochs", "3", "--lr", "0.02", "--restart-from-epoch", "2")) == 2
+    assert "keeps the checkpoint of epoch 1 only" in one_error_line(capsys)
+    other = tiny_args(out, "--epochs", "4", "--lr", "0.02", "--restart-from-epoch", "1")
+    assert main(other) == 2
+    assert "changes only optim.lr" in one_error_line(capsys)
+    assert main(tiny_args(out, "--epochs", "3", "--lr", "0.02", "--restart-from-epoch", "1")) == 0
+    lines = store.read_jsonl(out / store.METRICS_FILE)
+    assert [r["epoch"] for r in lines] == [1, 2, 3] and lines[0] == first[0]
+    # 2 steps an epoch, drops at 0.6/0.75/0.9 of 6 steps: epoch 2 ends at step 3 (one drop),
+    # epoch 3 at step 5 (three): the new base rate times the schedule's factor.
+    assert lines[1]["lr"] == pytest.approx(0.02 * 0.1)
+    assert lines[2]["lr"] == pytest.approx(0.02 * 0.1**3)
+    restarts = strict_json((out / store.PROVENANCE_FILE).read_text())["restarts"]
+    assert [r["from_epoch"] for r in restarts] == [1, 1]
+    # each against the kept checkpoint's rate (the failed restart wrote none)
+    assert restarts[0]["changes"] == ["optim.lr: 0.05 (before) != 1e+38 (now)"]
+    assert restarts[1]["changes"] == ["optim.lr: 0.05 (before) != 0.02 (now)"]
+    assert yaml.safe_load((out / store.CONFIG_FILE).read_text())["optim"]["lr"] == 0.02
+    assert not (out / store.FAILED_FILE).exists()
+    # The restarted run now resumes (and re-evaluates) at its new rate without the flag.
+    assert main(tiny_args(out, "--epochs", "3", "--lr", "0.02")) == 0

@@ -68,7 +68,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) one run and print its summary."""
     cfg = config_from_args(args)
     run_dir = Path(args.out) if args.out else default_run_dir(cfg)
-    summary = run_trial(cfg, run_dir, init_from=args.init_from, argv=args.argv)
+    summary = run_trial(
+        cfg,
+        run_dir,
+        init_from=args.init_from,
+        argv=args.argv,
+        restart_from=args.restart_from_epoch,
+    )
     print(f"run directory: {run_dir}")
     for key in sorted(summary):
         print(f"  {key}: {summary[key]}")
@@ -127,6 +133,13 @@ def add_parser(sub) -> None:
     p.add_argument("--config", help="YAML file with config keys")
     add_set_flag(p, "override any config key, e.g. optim.lr=0.05 or method.eps=0.01")
     p.add_argument("--out", help="run directory (default: runs/<method>_<dataset>_d<depth>_...)")
+    p.add_argument(
+        "--restart-from-epoch",
+        type=int,
+        metavar="N",
+        help="continue the run in --out from epoch N (0: from scratch; else its checkpoint's "
+        "epoch) with another learning rate (--lr); recorded in provenance.json's restarts",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("methods", help="list registered methods (and broken plug-ins)")
