@@ -902,3 +902,86 @@ def test_a_restart_from_the_kept_checkpoint_trains_on_at_the_new_rate(
     assert not (out / store.FAILED_FILE).exists()
     # The restarted run now resumes (and re-evaluates) at its new rate without the flag.
     assert main(tiny_args(out, "--epochs", "3", "--lr", "0.02")) == 0
+
+
+# -- issue 25, part 5: one line where a traceback was ----------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_train_ends_in_one_line_that_says_how_to_resume(
+    sig, status, tiny_args, tmp_path: Path
+):
+    out = tmp_path / "run"
+    argv = [*console_script(), *tiny_args(out, "--epochs", "200")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / store.CHECKPOINT_FILE).exists():
+            time.sleep(0.2)
+        assert (out / store.CHECKPOINT_FILE).exists(), "no epoch finished in time"
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    name = signal.Signals(sig).name
+    assert re.fullmatch(
+        rf"interrupted \({name}\): {re.escape(str(out))}: its checkpoint of epoch \d+ is kept; "
+        "rerun the same command to resume",
+        lines[0],
+    )
+    _files_parse(out)
+    assert not (out / store.LOCK_FILE).exists()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def _forged_npz(path: Path, header: dict, data: bytes) -> None:
+    """An npz whose 'images.npy' has ``header`` and ``data``, beside a sound 'labels.npy'."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    images = io.BytesIO()
+    write = npy.write_array_header_2_0 if len(repr(header)) > 60000 else npy.write_array_header_1_0
+    write(images, header)
+    labels = io.BytesIO()
+    np.save(labels, np.arange(10) % 10)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("images.npy", images.getvalue() + data)
+        archive.writestr("labels.npy", labels.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            {"descr": "|u1", "fortran_order": False, "shape": (10**11, 32, 32, 3)},
+            "'images' declares shape (100000000000, 32, 32, 3) of uint8 (307200000000000 bytes)"
+            " but holds 1000 bytes",
+        ),
+        (
+            {"descr": "|u1", "fortran_order": False, "shape": (10, 32, 32, 3), "pad": "x" * 70000},
+            "'images' has an unreadable .npy header (Header info length",
+        ),
+    ],
+)
+def test_an_npz_header_that_does_not_fit_its_size_is_refused_before_allocating(
+    header, expected, tiny_args, tmp_path: Path, capsys
+):
+    root = tmp_path / "forged"
+    root.mkdir()
+    _forged_npz(root / "train.npz", header, b"\0" * 1000)
+    write_npz_split(root / "test.npz", np.arange(20) % 10, 2)
+    out = tmp_path / "run"
+    argv = tiny_args(out)
+    argv[argv.index("--data-root") + 1] = str(root)
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert f"{root / 'train.npz'}: {expected}" in line and "allow_pickle" not in line
+    assert not out.exists()

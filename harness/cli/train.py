@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.cli.flags import (
@@ -22,7 +27,11 @@ from harness.registry import (
     method_origin,
     time_penalty_key,
 )
+from harness.study import checkpoint_epoch
 from harness.train import run_trial
+
+#: Exit status of a ``train`` stopped by SIGINT / SIGTERM (128 + the signal's number).
+INTERRUPTED_STATUS = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
 
 #: ``train`` flags (argparse dest -> dotted config key); flags not given leave the key alone.
 #: The method's name travels as ``method.name`` so that it merges with ``method.tau`` & co.
@@ -64,17 +73,52 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / "_".join(parts)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs (atomic writes, the lock)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train (or resume) one run and print its summary."""
+    """Train (or resume) one run and print its summary. SIGINT or SIGTERM end it with one line
+    that says what is kept and how to resume (status 130 / 143): every file is written
+    atomically, so the run resumes from its last checkpoint."""
     cfg = config_from_args(args)
     run_dir = Path(args.out) if args.out else default_run_dir(cfg)
-    summary = run_trial(
-        cfg,
-        run_dir,
-        init_from=args.init_from,
-        argv=args.argv,
-        restart_from=args.restart_from_epoch,
-    )
+    try:
+        with _sigterm_as_interrupt():
+            summary = run_trial(
+                cfg,
+                run_dir,
+                init_from=args.init_from,
+                argv=args.argv,
+                restart_from=args.restart_from_epoch,
+            )
+    except KeyboardInterrupt as err:
+        name = "SIGTERM" if isinstance(err, _Terminated) else "SIGINT"
+        epoch = checkpoint_epoch(run_dir.resolve())
+        kept = f"its checkpoint of epoch {epoch} is kept" if epoch else "no epoch had finished"
+        again = (
+            "rerun the command without --restart-from-epoch to resume"
+            if args.restart_from_epoch is not None
+            else "rerun the same command to resume"
+        )
+        print(f"interrupted ({name}): {run_dir}: {kept}; {again}", file=sys.stderr)
+        return INTERRUPTED_STATUS[name]
     print(f"run directory: {run_dir}")
     for key in sorted(summary):
         print(f"  {key}: {summary[key]}")

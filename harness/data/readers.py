@@ -139,6 +139,9 @@ def _read_npz(
     def fail(problem: str) -> DataError:
         return DataError(f"{path}: {problem}; {_NPZ_EXPECTED}")
 
+    problem = _npz_header_problem(path, wanted)
+    if problem:
+        raise fail(problem)
     try:
         # Open the file here: np.load leaks its own handle when a zip turns out to be corrupt.
         with open(path, "rb") as handle:
@@ -152,6 +155,51 @@ def _read_npz(
                 return {key: archive[key] for key in archive.files if key in wanted}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise fail(f"cannot be read as .npz ({type(err).__name__}: {err})") from err
+
+
+#: numpy's own limit on an ``.npy`` header (larger ones need ``allow_pickle``-level trust).
+_NPY_MAX_HEADER = 10000
+
+
+def _npz_header_problem(path: Path, wanted: tuple[str, ...]) -> str | None:
+    """Check the header of each wanted member of an npz before numpy allocates its array: the
+    shape and dtype it declares must fit the member's size, so a forged header (claiming
+    terabytes) is refused in one line instead of failing to allocate. None: all fit (or the
+    file is not a zip: np.load's own error names that)."""
+    from numpy.lib import format as npy
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    with archive:
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            if key not in wanted or not info.filename.endswith(".npy"):
+                continue
+            try:
+                with archive.open(info) as member:
+                    version = npy.read_magic(member)
+                    if version == (1, 0):
+                        header = npy.read_array_header_1_0(member, _NPY_MAX_HEADER)
+                    elif version == (2, 0):
+                        header = npy.read_array_header_2_0(member, _NPY_MAX_HEADER)
+                    else:
+                        return f"'{key}' has .npy format version {version}, not 1.0 or 2.0"
+                    offset = member.tell()
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+                first = str(err).split(".")[0].splitlines()[0][:120]
+                return f"'{key}' has an unreadable .npy header ({first})"
+            shape, _, dtype = header
+            if dtype.hasobject:
+                return f"'{key}' holds Python objects (dtype {dtype}), not numbers"
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared != info.file_size - offset:
+                return (
+                    f"'{key}' declares shape {tuple(shape)} of {dtype} ({declared} bytes) but "
+                    f"holds {info.file_size - offset} bytes"
+                )
+    return None
 
 
 #: Where decompressed ``.npz`` arrays are cached: a folder, or ``off``. Default:
