@@ -377,6 +377,7 @@ def _stored_run(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
                 f"checkpoint {ckpt_path} lacks {', '.join(sorted(missing))}; delete it and rerun "
                 "the same command to restart the run from scratch"
             )
+        _check_checkpoint_structure(checkpoint, ckpt_path)
         reference = checkpoint["config_identity"]
         try:  # fill keys added to the config since the checkpoint with their defaults
             reference = config_identity(from_dict(RunConfig, reference))
@@ -385,6 +386,75 @@ def _stored_run(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     else:
         reference = config_identity(read_run_config(run_dir))
     return checkpoint, reference
+
+
+def _forged(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} {problem}, so this harness did not write it as it is; restore it "
+        "from a copy, or delete it and rerun the same command to restart the run from scratch"
+    )
+
+
+def _check_checkpoint_structure(checkpoint: dict[str, Any], path: Path) -> None:
+    """The types of a checkpoint's fields (before any is used): one line naming the field."""
+    epoch = checkpoint["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise _forged(path, f"holds epoch {epoch!r}, not a count of epochs")
+    seconds = checkpoint["train_seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise _forged(path, f"holds train_seconds {seconds!r}, not a number")
+    model = checkpoint["model"]
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise _forged(path, "holds a 'model' that is not a mapping of tensors")
+    optimizer = checkpoint["optimizer"]
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("param_groups"), list):
+        raise _forged(path, "holds an 'optimizer' without a list of parameter groups")
+    if not isinstance(checkpoint["scheduler"], dict):
+        raise _forged(path, "holds a 'scheduler' that is not a mapping")
+    rng = checkpoint["rng"]
+    state = rng.get("torch") if isinstance(rng, dict) else None
+    reference = torch.get_rng_state()
+    if (
+        not isinstance(state, torch.Tensor)
+        or state.dtype != reference.dtype
+        or state.shape != reference.shape
+    ):
+        raise _forged(path, "holds an 'rng' without torch's random state (a uint8 tensor)")
+    if not isinstance(checkpoint["config_identity"], dict):
+        raise _forged(path, "holds a 'config_identity' that is not a mapping")
+
+
+def _check_checkpoint_fits(
+    checkpoint: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    path: Path,
+) -> None:
+    """The checkpoint's tensors fit the model (every key, every shape) and its optimizer state
+    the optimizer (groups and their sizes), before anything is loaded."""
+    own = model.state_dict()
+    saved = checkpoint["model"]
+    if set(saved) != set(own):
+        odd = sorted(set(saved) ^ set(own))[0]
+        where = "lacks" if odd in own else "has the extra tensor"
+        raise _forged(path, f"{where} {odd}")
+    for key, tensor in own.items():
+        if tuple(saved[key].shape) != tuple(tensor.shape) or saved[key].dtype != tensor.dtype:
+            raise _forged(
+                path,
+                f"holds {key} as {saved[key].dtype} {tuple(saved[key].shape)} but the model "
+                f"has {tensor.dtype} {tuple(tensor.shape)}",
+            )
+    if optimizer is None:
+        return
+    groups = checkpoint["optimizer"]["param_groups"]
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    saved_sizes = [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups]
+    if saved_sizes != sizes:
+        raise _forged(
+            path,
+            f"holds optimizer groups of {saved_sizes} parameters, but this run's has {sizes}",
+        )
 
 
 def _check_same_data(run_dir: Path, reference: dict[str, Any], now: dict[str, Any]) -> None:
@@ -467,6 +537,7 @@ def restore_or_start(
     scheduler = make_scheduler(optimizer, cfg, len(prepared.data.train_loader))
     (run_dir / store.FAILED_FILE).unlink(missing_ok=True)  # this attempt may succeed
     if resume is not None:
+        _check_checkpoint_fits(resume, model, optimizer, run_dir / store.CHECKPOINT_FILE)
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -728,6 +799,7 @@ def _finished_run(
             return summary
         except CheckpointError as err:  # re-evaluate the checkpoint: nothing is lost
             log.warning("%s; evaluating the checkpoint again to rewrite it", err)
+    _check_checkpoint_fits(checkpoint, prepared.model, None, run_dir / store.CHECKPOINT_FILE)
     prepared.model.load_state_dict(checkpoint["model"])
     store.atomic_write_text(run_dir / store.CONFIG_FILE, yaml.safe_dump(to_dict(prepared.cfg)))
     return finish_run(prepared, run_dir, checkpoint["train_seconds"], evaluation_hook)

@@ -985,3 +985,54 @@ def test_an_npz_header_that_does_not_fit_its_size_is_refused_before_allocating(
     line = one_error_line(capsys)
     assert f"{root / 'train.npz'}: {expected}" in line and "allow_pickle" not in line
     assert not out.exists()
+
+
+def _forge_shape(c):
+    key = next(k for k, v in c["model"].items() if v.dim() == 4)
+    c["model"][key] = torch.zeros(3, 3, 1, 1)
+    return f"holds {key} as torch.float32 (3, 3, 1, 1) but the model has torch.float32"
+
+
+def _forge_missing(c):
+    key = sorted(c["model"])[-1]
+    del c["model"][key]
+    return f"lacks {key}"
+
+
+def _forge_epoch(c):
+    c["epoch"] = "1"
+    return "holds epoch '1', not a count of epochs"
+
+
+def _forge_rng(c):
+    c["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)
+    return "holds an 'rng' without torch's random state"
+
+
+def _forge_groups(c):
+    c["optimizer"]["param_groups"] = c["optimizer"]["param_groups"][:1]
+    return "holds optimizer groups of ["
+
+
+@pytest.mark.parametrize(
+    "forge", [_forge_shape, _forge_missing, _forge_epoch, _forge_rng, _forge_groups]
+)
+def test_a_hand_forged_checkpoint_is_one_error_line_and_left_as_it_is(
+    forge, tiny_args, tmp_path: Path, monkeypatch, capsys
+):
+    out = tmp_path / "run"
+    argv = tiny_args(out, "--epochs", "2")
+    monkeypatch.setenv(CRASH_ENV, "1")
+    with pytest.raises(InjectedCrash):
+        main(argv)
+    monkeypatch.delenv(CRASH_ENV)
+    path = out / store.CHECKPOINT_FILE
+    checkpoint = torch.load(path, weights_only=True)
+    expected = forge(checkpoint)
+    torch.save(checkpoint, path)
+    forged = path.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert f"checkpoint {path} {expected}" in line and "delete it and rerun" in line
+    assert path.read_bytes() == forged
