@@ -1036,3 +1036,45 @@ def test_a_hand_forged_checkpoint_is_one_error_line_and_left_as_it_is(
     line = one_error_line(capsys)
     assert f"checkpoint {path} {expected}" in line and "delete it and rerun" in line
     assert path.read_bytes() == forged
+
+
+def test_report_out_below_a_file_or_read_only_is_one_error_line(
+    finished_run, tmp_path: Path, capsys, monkeypatch
+):
+    run = copy_run(finished_run, tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["report", str(run), "--out", str(blocker / "report")]) == 2
+    assert f"--out {blocker / 'report'}: {blocker} is a file" in one_error_line(capsys)
+    assert main(["report", str(run), "--out", str(blocker)]) == 2
+    assert f"--out {blocker} exists and is not a directory" in one_error_line(capsys)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root ignores permissions: make access() say what it means
+        real = os.access
+        monkeypatch.setattr(
+            store.os,
+            "access",
+            lambda p, mode: False if Path(p) == locked and mode & os.W_OK else real(p, mode),
+        )
+    try:
+        assert main(["report", str(run), "--out", str(locked / "report")]) == 2
+        line = one_error_line(capsys)
+        assert f"--out {locked / 'report'}: the directory {locked} is not writable" in line
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_corrupt_per_image_archive_is_skipped_with_a_warning(
+    finished_run, tmp_path: Path, capsys
+):
+    run = copy_run(finished_run, tmp_path)
+    per_image = run / store.PER_IMAGE_FILE
+    per_image.write_bytes(per_image.read_bytes()[: per_image.stat().st_size // 2])
+    out = tmp_path / "report"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: report: skipping {per_image}: BadZipFile" in err
+    assert "Traceback" not in err and (out / "report.md").is_file()

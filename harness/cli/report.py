@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from harness import store
 from harness.report import make_report
 
 
@@ -14,7 +15,9 @@ def _warn(message: str) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``pact-harness report INPUT... --out DIR``: print every written path (warnings about
-    skipped input on stderr)."""
+    skipped input on stderr). An ``--out`` that is a file, below a file or in a read-only
+    directory is one error line before anything is read."""
+    store.check_writable_dir(args.out, "--out")
     for path in make_report(
         args.inputs, args.out, warn=_warn, allow_mixed_code=args.allow_mixed_code
     ):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -265,9 +267,18 @@ def load_per_image(
             if results_file.exists():
                 first = pd.read_csv(results_file, nrows=1, keep_default_na=False)
                 record.update({k: v for k, v in first.iloc[0].items() if k not in record})
-            arrays = dict(np.load(file))
-        except (OSError, ValueError, json.JSONDecodeError) as err:
-            warn(f"report: skipping {file}: {err}")
+            with open(file, "rb") as handle:  # np.load leaks its own on a corrupt zip
+                loaded = np.load(handle, allow_pickle=False)
+                if not isinstance(loaded, np.lib.npyio.NpzFile):
+                    raise ValueError("it is not an .npz archive")
+                with loaded as archive:
+                    arrays = dict(archive)
+            missing = sorted({"eval_mode", "units"} - set(arrays))
+            if missing:
+                raise ValueError(f"it lacks {', '.join(missing)}")
+        # a corrupt archive (issue 25): skipped with a warning, like an unusable results.csv
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            warn(f"report: skipping {file}: {type(err).__name__}: {err}")
             continue
         penalty = record.get("time_penalty_name")
         label = f"{record.get('method_label') or record.get('method', file.parent.name)}"
