@@ -318,9 +318,14 @@ def update_json(path: str | Path, fields: Mapping[str, Any]) -> None:
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
-    """``torch.save`` through a temporary file and an atomic rename."""
+    """``torch.save`` through a temporary file and an atomic rename. A failed write is an
+    ``OSError`` (torch reports a full disk or a file-size limit as a ``RuntimeError``)."""
     with _atomic_binary(path) as handle:
-        torch.save(obj, handle)
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+            raise OSError(f"torch.save failed ({first})") from None
 
 
 def jsonl_line(record: Mapping[str, Any]) -> str:

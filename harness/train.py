@@ -702,25 +702,48 @@ def run_trial(
     store.check_writable_dir(run_dir, "--out")
     prepared = prepare_run(cfg)
     with store.folder_lock(run_dir, _in_use(run_dir)):
-        restart = None
-        if restart_from is not None:
-            restart = plan_restart(run_dir, prepared.cfg, restart_from)
-            resume = restart.checkpoint
-            earlier = _clear_for_restart(run_dir, restart)
-        else:
-            resume = check_run_dir(run_dir, prepared.cfg)
-        if resume is not None and resume["epoch"] >= prepared.cfg.optim.epochs:
-            return _finished_run(prepared, run_dir, resume, evaluation_hook)
-        state = restore_or_start(prepared, run_dir, resume, init_from, argv)
-        if restart is not None:
-            _record_restart(prepared, run_dir, state, restart, earlier, argv)
         try:
-            train_seconds = train_epochs(prepared, run_dir, state, on_epoch_end)
-        except DivergenceError as err:
-            failure = {"error": str(err), "epoch": err.epoch, "step": err.step}
-            store.atomic_write_json(run_dir / store.FAILED_FILE, failure)
-            raise
-        return finish_run(prepared, run_dir, train_seconds, evaluation_hook)
+            return _run_locked(
+                prepared, run_dir, init_from, argv, on_epoch_end, evaluation_hook, restart_from
+            )
+        except OSError as err:  # a write of the harness failed (a full disk, a size limit)
+            raise StorageError(
+                f"cannot write to {run_dir}: {err.strerror or err}"
+                + (f" ({err.filename})" if err.filename else "")
+                + "; every file is written atomically and finished epochs are kept: free "
+                "space and rerun the same command"
+            ) from None
+
+
+def _run_locked(
+    prepared: PreparedRun,
+    run_dir: Path,
+    init_from: str | Path | None,
+    argv: list[str] | None,
+    on_epoch_end: EpochCallback | None,
+    evaluation_hook: Callable[[PreparedRun, list[dict]], None] | None,
+    restart_from: int | None,
+) -> dict[str, Any]:
+    """:func:`run_trial` while it holds the run directory's lock."""
+    restart = None
+    if restart_from is not None:
+        restart = plan_restart(run_dir, prepared.cfg, restart_from)
+        resume = restart.checkpoint
+        earlier = _clear_for_restart(run_dir, restart)
+    else:
+        resume = check_run_dir(run_dir, prepared.cfg)
+    if resume is not None and resume["epoch"] >= prepared.cfg.optim.epochs:
+        return _finished_run(prepared, run_dir, resume, evaluation_hook)
+    state = restore_or_start(prepared, run_dir, resume, init_from, argv)
+    if restart is not None:
+        _record_restart(prepared, run_dir, state, restart, earlier, argv)
+    try:
+        train_seconds = train_epochs(prepared, run_dir, state, on_epoch_end)
+    except DivergenceError as err:
+        failure = {"error": str(err), "epoch": err.epoch, "step": err.step}
+        store.atomic_write_json(run_dir / store.FAILED_FILE, failure)
+        raise
+    return finish_run(prepared, run_dir, train_seconds, evaluation_hook)
 
 
 #: What a restart from an epoch removes (the outputs of the run it replaces).

@@ -1078,3 +1078,35 @@ def test_a_corrupt_per_image_archive_is_skipped_with_a_warning(
     err = capsys.readouterr().err
     assert f"warning: report: skipping {per_image}: BadZipFile" in err
     assert "Traceback" not in err and (out / "report.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"), [(1200, "File too large"), (400 * 1024, "torch.save failed")]
+)
+def test_a_file_size_limit_is_one_error_line_and_the_run_resumes_after(
+    limit, expected, tiny_args, tmp_path: Path
+):
+    """RLIMIT_FSIZE stands in for a full disk (Python ignores SIGXFSZ, so writes fail with
+    EFBIG): 1200 bytes stop the provenance write before training, 400 kB the first checkpoint
+    (torch's RuntimeError). Either is one error line; the same command then completes."""
+    import resource
+
+    out = tmp_path / "run"
+    argv = [*console_script(), *tiny_args(out, "--epochs", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PACT_NPZ_CACHE": "off"}
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        argv, env=env, capture_output=True, text=True, check=False, preexec_fn=cap, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert expected in lines[0], lines[0]
+    assert "free space and rerun the same command" in lines[0]
+    _files_parse(out)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert main(tiny_args(out, "--epochs", "2")) == 0
+    assert [r["epoch"] for r in store.read_jsonl(out / store.METRICS_FILE)] == [1, 2]
