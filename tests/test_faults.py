@@ -354,8 +354,8 @@ def test_an_undecodable_image_is_named_before_anything_is_written(tmp_path: Path
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_an_image_truncated_after_its_header_is_one_error_line(workers, tmp_path: Path, capsys):
-    # The header reads, so the up-front check passes; decoding fails in the epoch (in a worker
-    # process with workers=1), and the error still names the file on one line.
+    # The header reads, but the up-front check verifies the whole file (issue 25): refused
+    # before anything is written, naming the file on one line.
     argv = write_image_folders(tmp_path / "folders")
     bad = tmp_path / "folders" / "train" / "cat" / "2.png"
     bad.write_bytes(bad.read_bytes()[:200])
@@ -363,6 +363,7 @@ def test_an_image_truncated_after_its_header_is_one_error_line(workers, tmp_path
     assert main([*argv, "--set", f"data.num_workers={workers}", "--out", str(out)]) == 2
     message = one_error_line(capsys)
     assert f"error: {bad}: cannot be decoded as an image (OSError: " in message
+    assert not out.exists()
 
 
 def test_out_below_a_file_is_one_error_line(tiny_args, tmp_path: Path, capsys):
@@ -1110,3 +1111,76 @@ def test_a_file_size_limit_is_one_error_line_and_the_run_resumes_after(
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert main(tiny_args(out, "--epochs", "2")) == 0
     assert [r["epoch"] for r in store.read_jsonl(out / store.METRICS_FILE)] == [1, 2]
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width`` x ``height`` (no pixel data follows)."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_one_error_line_with_pils_limit_kept(tmp_path: Path, capsys):
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    argv = write_image_folders(tmp_path / "folders")
+    bomb = tmp_path / "folders" / "train" / "dog" / "bomb.png"
+    _png_header_only(bomb, 15000, 15000)  # 225 megapixels, over twice PIL's limit
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert f"{bomb}: refused as a decompression bomb" in line and "MAX_IMAGE_PIXELS" in line
+    assert not out.exists() and Image.MAX_IMAGE_PIXELS == limit
+
+
+def test_an_image_of_another_size_in_a_cifar_sized_folder_is_named(tmp_path: Path, capsys):
+    argv = write_image_folders(tmp_path / "folders")
+    odd = tmp_path / "folders" / "val" / "cat" / "odd.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(odd)
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out)]) == 2
+    assert f"{odd}: is 40x40 but the images of this data root are 32x32" in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_a_symlink_loop_in_an_image_folder_is_refused(tmp_path: Path, capsys):
+    argv = write_image_folders(tmp_path / "folders")
+    loop = tmp_path / "folders" / "train" / "cat" / "loop"
+    loop.symlink_to("..")
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert f"{loop} leads back to {tmp_path / 'folders' / 'train'}" in line
+    assert "symlink loop" in line and not out.exists()
+
+
+def test_image_folder_and_cifar_batch_fingerprints_follow_their_files(tmp_path: Path):
+    """Every format's fingerprint: a copy elsewhere is the same data; one file changed is not."""
+    write_image_folders(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    write_image_folders(tmp_path / "b")
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "b/val/dog/0.png")
+    write_cifar_batches(tmp_path / "c")
+    shutil.copytree(tmp_path / "c", tmp_path / "c_copy")
+    write_cifar_batches(tmp_path / "d")
+    batch = tmp_path / "d" / "cifar-10-batches-py" / "data_batch_3"
+    entry = pickle.loads(batch.read_bytes())
+    entry["data"][0, 0] ^= 1  # one pixel of one image
+    batch.write_bytes(pickle.dumps(entry, protocol=2))
+
+    def fingerprint(root: str, dataset: str = "imagenet") -> str:
+        data = DataConfig(root=str(tmp_path / root), verify_checksums=False)
+        return build_data(dataset, data, batch_size=4).fingerprint["fingerprint"]
+
+    a, b = fingerprint("a"), fingerprint("b")
+    assert re.fullmatch(r"imagefolder:[0-9a-f]{12}/2c/[0-9a-f]{8}", a)
+    assert fingerprint("copy") == a and b != a
+    c, d = fingerprint("c", "cifar10"), fingerprint("d", "cifar10")
+    assert re.fullmatch(r"torchvision:[0-9a-f]{12}/10c/[0-9a-f]{8}", c)
+    assert fingerprint("c_copy", "cifar10") == c and d != c

@@ -251,9 +251,12 @@ def _check_labels(
         )
 
 
-def _check_images(dataset: Any, threads: int = 8) -> None:
-    """Open the header of every image a folder split will read, so that an undecodable file
-    fails now, before anything is written, rather than in the middle of training."""
+def _check_images(dataset: Any, size: tuple[int, int] | None, threads: int = 8) -> None:
+    """Open and verify every image a folder split will read (PIL's ``verify``: the whole file's
+    structure and checksums, no decoding), with PIL's decompression-bomb limit kept, so that an
+    undecodable, truncated or oversized file fails now, before anything is written, rather than
+    in the middle of training. ``size`` (H, W): what every image must measure (CIFAR-sized
+    folders, which are not resized; None: any size)."""
     from PIL import Image, UnidentifiedImageError
 
     def sample_paths(split: Any) -> list[str]:
@@ -267,9 +270,24 @@ def _check_images(dataset: Any, threads: int = 8) -> None:
     def problem(path: str) -> str | None:
         try:
             with Image.open(path) as image:
-                image.size  # noqa: B018 - parsing the header is the check
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+                found = (image.height, image.width)
+                image.verify()
+        except Image.DecompressionBombError as err:
+            return (
+                f"{path}: refused as a decompression bomb ({err}); the images of a data root "
+                "must stay within PIL's limit (Image.MAX_IMAGE_PIXELS)"
+            )
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as err:
+            reason = str(err).splitlines()[0] if str(err).strip() else "no detail"
+            return f"{path}: cannot be decoded as an image ({type(err).__name__}: {reason})"
+        except Exception as err:  # noqa: BLE001 - any other decoder failure: an unusable file
             return f"{path}: cannot be decoded as an image ({type(err).__name__}: {err})"
+        if size is not None and found != size:
+            return (
+                f"{path}: is {found[1]}x{found[0]} but the images of this data root are "
+                f"{size[1]}x{size[0]} (CIFAR-sized folders are not resized); resize it or "
+                "remove it"
+            )
         return None
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -321,14 +339,14 @@ def _load_splits(root: Path, dataset: str, fmt: str, data: DataConfig) -> _Split
         "test": indices_digest(test_indices),
     }
     fingerprint = run_fingerprint(files, len(classes), subsets)
-    if fmt == "imagefolder":
-        for split in (train, test, val):
-            if split is not None:
-                _check_images(split)
     if isinstance(train, ArrayDataset):
         size = train.image_size
     else:
         size = (224, 224) if dataset == "imagenet" else _native_size(train)
+    if fmt == "imagefolder":
+        for split in (train, test, val):
+            if split is not None:
+                _check_images(split, None if dataset == "imagenet" else size)
     return _Splits(train, test, classes, size, val, fingerprint)
 
 

@@ -526,12 +526,29 @@ def load_torchvision_cifar10(
 # ---------------------------------------------------------------------------------- folders
 
 
+def _check_no_loops(folder: Path) -> None:
+    """ImageFolder follows symlinks: a link back to a folder it already walked (``c0/loop ->
+    ..``) would file the same images again, under the wrong class. Refused, naming the link."""
+    seen: set[str] = set()
+    for dirpath, _, _ in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            raise DataError(
+                f"{dirpath} leads back to {real}, which is already read (a symlink loop or a "
+                "second link to one folder): its images would be filed again, under the wrong "
+                "class; remove the link"
+            )
+        seen.add(real)
+
+
 def _load_folders(root: Path) -> tuple[Dataset, Dataset, tuple[str, ...]]:
     from torchvision.datasets import ImageFolder
 
     eval_root = _eval_folder(root)
     if not (root / "train").is_dir() or eval_root is None:
         raise DataError(f"{root} is not an image folder tree; expected {LAYOUTS['imagefolder']}")
+    for split in (root / "train", eval_root):
+        _check_no_loops(split)
     try:
         train, test = ImageFolder(str(root / "train")), ImageFolder(str(eval_root))
     except (FileNotFoundError, OSError) as err:
@@ -548,5 +565,11 @@ def _native_size(dataset: Dataset) -> tuple[int, int]:
     from PIL import Image
 
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    with Image.open(base.samples[0][0]) as image:  # type: ignore[attr-defined]
-        return (image.height, image.width)
+    path = base.samples[0][0]  # type: ignore[attr-defined]
+    try:
+        with Image.open(path) as image:
+            return (image.height, image.width)
+    except Exception as err:  # noqa: BLE001 - an unreadable first image (a bomb included)
+        raise DataError(
+            f"{path}: cannot be decoded as an image ({type(err).__name__}: {err})"
+        ) from None
