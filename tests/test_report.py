@@ -840,3 +840,29 @@ def test_percent_of_vanilla_is_against_the_models_own_full_network():
     table = paper_table(aggregate(frame))
     shown = dict(zip(table["method"], table["% of vanilla"], strict=True))
     assert shown == {"own backbone": "83.9", "ResNet": "100.0"}
+
+
+def test_three_reports_of_one_study_at_once_all_finish(study, tmp_path):
+    """Concurrent reports into one folder: every figure and table is written to a temporary
+    name of its own and renamed, so none trips over another's file (the fault audit saw 2 of 3
+    die on a shared temporary name)."""
+    import subprocess
+
+    from conftest import console_script
+
+    out = tmp_path / "shared_report"
+    procs = [
+        subprocess.Popen(
+            [*console_script(), "report", str(study), "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in results]
+    assert all(not err.strip() for _, err in results)
+    for name in ("paper_table.md", "accuracy_vs_flops.png", "memory.pdf", "report.md"):
+        assert (out / name).stat().st_size > 0
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp left
