@@ -130,29 +130,26 @@ def bootstrap_seeds_and_images(correct_a: np.ndarray, correct_b: np.ndarray) -> 
     diff = 100.0 * (np.asarray(correct_a, float) - np.asarray(correct_b, float))
     seeds, images = diff.shape
 
+    method = f"bootstrap over {seeds} seeds x {images} images"
+    if np.ptp(diff) == 0:
+        value = float(diff.mean())
+        return Interval(value, value, value, value, value, method, seeds)
+    if seeds < 2:  # one seed: only the images can be resampled (scipy needs two of each)
+
+        def images_only(image_index: np.ndarray) -> float:
+            return float(diff[:, image_index.astype(int)].mean())
+
+        samples: tuple[np.ndarray, ...] = (np.arange(images, dtype=float),)
+        return _percentile_bootstrap(
+            samples, images_only, float(diff.mean()), f"bootstrap over {images} images", seeds
+        )
+
     def statistic(seed_index: np.ndarray, image_index: np.ndarray) -> float:
         rows = diff[seed_index.astype(int)]
         return float(rows[:, image_index.astype(int)].mean())
 
     samples = (np.arange(seeds, dtype=float), np.arange(images, dtype=float))
-    if np.ptp(diff) == 0:
-        value = float(diff.mean())
-        return Interval(
-            value,
-            value,
-            value,
-            value,
-            value,
-            f"bootstrap over {seeds} seeds x {images} images",
-            seeds,
-        )
-    return _percentile_bootstrap(
-        samples,
-        statistic,
-        float(diff.mean()),
-        f"bootstrap over {seeds} seeds x {images} images",
-        seeds,
-    )
+    return _percentile_bootstrap(samples, statistic, float(diff.mean()), method, seeds)
 
 
 def bootstrap_groups(

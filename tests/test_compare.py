@@ -266,3 +266,16 @@ def test_the_report_makes_the_declared_comparisons_at_the_declared_margin(tmp_pa
     assert "verdict: A better (margin ±2 points" in text
     assert "not computed: compare: PACT d20 lambda 0.01 (deterministic) has 0 vanilla" in text
     assert "## comparisons" in (out / "report.md").read_text()
+
+
+def test_one_seed_is_inconclusive_even_when_the_images_alone_would_separate(tmp_path, capsys):
+    write_run(tmp_path, "act", ("tau", 0.01), 0, correctness(0.50, 0))
+    write_run(tmp_path, "pact", ("lambda_", 0.01), 0, correctness(0.60, 1))
+    code, out, _ = compare(tmp_path, "--a", "method=pact", "--b", "method=act", capsys=capsys)
+    assert code == 0
+    # the image bootstrap alone lies far above 0 (a 10-point gap on 2,000 images) ...
+    bootstrap = next(line for line in out.splitlines() if "bootstrap seeds x images" in line)
+    low = float(bootstrap.split("[")[1].split(",")[0])
+    assert low > 5
+    # ... but one seed says nothing about training noise
+    assert verdict_line(out).startswith("verdict: inconclusive") and "one seed" in out

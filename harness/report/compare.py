@@ -270,7 +270,13 @@ def compare_pair(
     mean_accuracy = float(np.mean([*side_a.accuracy, *side_b.accuracy])) / 100
     noise_se, noise_half = inference.binomial_noise(mean_accuracy, side_a.images)
     basis_interval = bootstrap if bootstrap is not None else t
-    basis = basis_interval.method if basis_interval is not None else "no interval (one seed)"
+    if len(seeds) < 2:
+        # One seed: the bootstrap resamples test images only; the training noise is unmeasured,
+        # so no verdict (an image-only interval would call seed noise a difference).
+        basis_interval = None
+        basis = "one seed: training noise unmeasured (an image-only interval decides nothing)"
+    else:
+        basis = basis_interval.method if basis_interval is not None else "no interval"
     return PairComparison(
         side_a,
         side_b,
