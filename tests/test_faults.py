@@ -44,6 +44,14 @@ from harness.study import TRIALS_TABLE, GridOptions, plan_study, write_trials_ta
 from harness.train import CRASH_ENV, InjectedCrash
 
 
+def crash_after_first_epoch(argv: list[str], monkeypatch) -> None:
+    """Run ``train`` with the injected crash after epoch 1's checkpoint (harness.train)."""
+    monkeypatch.setenv(CRASH_ENV, "1")
+    with pytest.raises(InjectedCrash):
+        main(argv)
+    monkeypatch.delenv(CRASH_ENV)
+
+
 def one_error_line(capsys) -> str:
     """The single ``error:`` line the CLI printed on stderr (and nothing else)."""
     lines = capsys.readouterr().err.strip().splitlines()
@@ -222,10 +230,7 @@ def test_a_torn_last_metrics_line_is_dropped_and_the_run_resumes(
 ):
     out = tmp_path / "run"
     argv = tiny_args(out, "--epochs", "2")
-    monkeypatch.setenv(CRASH_ENV, "1")
-    with pytest.raises(InjectedCrash):
-        main(argv)
-    monkeypatch.delenv(CRASH_ENV)
+    crash_after_first_epoch(argv, monkeypatch)
     with open(out / store.METRICS_FILE, "a") as handle:
         handle.write('{"epoch": 2, "train_lo')  # killed mid-append
     with caplog.at_level(logging.WARNING, logger="harness.store"):
@@ -670,10 +675,7 @@ def test_a_resume_on_other_data_is_refused_naming_both_fingerprints_and_changes_
     zeros = write_zero_npz(tmp_path / "zeros")
     out = tmp_path / "run"
     argv = tiny_args(out, "--epochs", "2")
-    monkeypatch.setenv(CRASH_ENV, "1")
-    with pytest.raises(InjectedCrash):
-        main(argv)
-    monkeypatch.delenv(CRASH_ENV)
+    crash_after_first_epoch(argv, monkeypatch)
     stored = yaml.safe_load((out / store.CONFIG_FILE).read_text())["data"]["fingerprint"]
     assert FINGERPRINT.fullmatch(stored)
     provenance = json.loads((out / store.PROVENANCE_FILE).read_text())["data_fingerprint"]
@@ -705,10 +707,7 @@ def test_a_run_made_before_fingerprints_resumes_with_a_warning(
 ):
     out = tmp_path / "run"
     argv = tiny_args(out, "--epochs", "2")
-    monkeypatch.setenv(CRASH_ENV, "1")
-    with pytest.raises(InjectedCrash):
-        main(argv)
-    monkeypatch.delenv(CRASH_ENV)
+    crash_after_first_epoch(argv, monkeypatch)
     config = yaml.safe_load((out / store.CONFIG_FILE).read_text())
     del config["data"]["fingerprint"]
     (out / store.CONFIG_FILE).write_text(yaml.safe_dump(config))
@@ -866,10 +865,7 @@ def test_a_restart_from_the_kept_checkpoint_trains_on_at_the_new_rate(
 ):
     out = tmp_path / "run"
     argv = tiny_args(out, "--epochs", "3", "--lr", "0.05")
-    monkeypatch.setenv(CRASH_ENV, "1")
-    with pytest.raises(InjectedCrash):
-        main(argv)
-    monkeypatch.delenv(CRASH_ENV)
+    crash_after_first_epoch(argv, monkeypatch)
     kept = (out / store.CHECKPOINT_FILE).read_bytes()
     first = store.read_jsonl(out / store.METRICS_FILE)
     # Epoch 2 at 1e38 breaks the model: its checkpoint is not written, epoch 1's stays.
@@ -1023,10 +1019,7 @@ def test_a_hand_forged_checkpoint_is_one_error_line_and_left_as_it_is(
 ):
     out = tmp_path / "run"
     argv = tiny_args(out, "--epochs", "2")
-    monkeypatch.setenv(CRASH_ENV, "1")
-    with pytest.raises(InjectedCrash):
-        main(argv)
-    monkeypatch.delenv(CRASH_ENV)
+    crash_after_first_epoch(argv, monkeypatch)
     path = out / store.CHECKPOINT_FILE
     checkpoint = torch.load(path, weights_only=True)
     expected = forge(checkpoint)
