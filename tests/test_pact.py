@@ -12,6 +12,7 @@ from harness.contract import EvalSpec, ModelSpec
 from harness.errors import ConfigError
 from harness.evaluate import evaluate_modes
 from methods.pact import (
+    PRIORS,
     PACTConfig,
     expected_log_prior,
     expected_units,
@@ -79,12 +80,36 @@ def test_truncated_geometric_prior(lam):
 
 
 def test_bernoulli_prior():
-    lam, num_units = 0.3, 5
-    a = math.exp(-lam)
-    expected = [(1 - a) * a ** (n - 1) for n in range(1, num_units)] + [a ** (num_units - 1)]
+    """L = 3: rho*_3 solves rho = (1 - rho)^2, i.e. rho*_3 = (3 - sqrt 5) / 2; then
+    rho = 1 - (1 - rho*_3) e^-lambda and p(N) follows from iid halting with N = L leftover."""
+    lam, num_units = 0.3, 3
+    floor = (3 - math.sqrt(5)) / 2
+    rho = 1 - (1 - floor) * math.exp(-lam)
+    expected = [rho, rho * (1 - rho), (1 - rho) ** 2]
     table = log_prior_table(num_units, lam, "bernoulli")
     torch.testing.assert_close(table.exp(), torch.tensor(expected, dtype=torch.float64))
     torch.testing.assert_close(table.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("num_units", [3, 5, 18])
+def test_every_prior_prefers_less_computation_at_every_positive_lambda(prior, num_units):
+    """The prior's mode is N = 1 (one unit), strictly, over the lambda grid: a prior whose
+    mode is N = L ("never halt", the first Bernoulli parameterisation at lambda <= 0.1) fails."""
+    for lam in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0):
+        probs = log_prior_table(num_units, lam, prior).exp()
+        assert int(probs.argmax()) == 0, (prior, num_units, lam, probs.tolist())
+        assert bool((probs[0] > probs[1:]).all()), (prior, num_units, lam)
+        assert float(probs.sum()) == pytest.approx(1.0)
+
+
+def test_bernoulli_floor_solves_its_equation():
+    from methods.pact.prior import bernoulli_floor
+
+    for num_units in (2, 3, 5, 18, 54):
+        rho = bernoulli_floor(num_units)
+        assert rho == pytest.approx((1 - rho) ** (num_units - 1), abs=1e-12)
+    assert bernoulli_floor(2) == pytest.approx(0.5)
 
 
 def test_prior_and_config_errors():
@@ -396,7 +421,8 @@ def test_training_loss_prior_term_by_enumerating_every_halting_pattern(prior):
         if prior == "truncated_geometric":
             z = sum(math.exp(-lam * m) for m in range(1, length + 1))
             return lam * n + math.log(z)
-        stop = 1.0 - math.exp(-lam)  # each unit halts with this probability
+        floor = (3 - math.sqrt(5)) / 2  # rho = (1 - rho)^2 at L = 3
+        stop = 1.0 - (1.0 - floor) * math.exp(-lam)  # each unit halts with this probability
         p = stop * (1 - stop) ** (n - 1) if n < length else (1 - stop) ** (length - 1)
         return -math.log(p)
 

@@ -10,8 +10,14 @@ Priors on N over 1..L with time penalty lambda >= 0:
 * ``truncated_geometric``: p(N = n) = exp(-lambda n) / Z, Z = sum_{m=1}^{L} exp(-lambda m), so
   -log p(N) = lambda N + log Z and E_q[-log p(N)] = lambda E_q[N] + log Z, the smooth
   counterpart of ACT's tau (N + R).
-* ``bernoulli``: z^l iid Bernoulli(1 - exp(-lambda)); the leftover mass sits on N = L:
-  p(N = n) = (1 - a) a^(n-1) for n < L and p(N = L) = a^(L-1), with a = exp(-lambda) (needs
+* ``bernoulli``: z^l iid Bernoulli(rho) for l < L (z^L = 1), so the leftover mass sits on
+  N = L: p(N = n) = rho (1 - rho)^(n-1) for n < L and p(N = L) = (1 - rho)^(L-1). With
+  rho = 1 - exp(-lambda) (the first reconstruction) "never halt" was the prior's mode for every
+  lambda <= 0.1 at L = 3, 5 and 18: such a prior does not prefer less computation. So
+  rho = 1 - (1 - rho*_L) exp(-lambda), where rho*_L solves rho = (1 - rho)^(L-1) (the
+  smallest rho whose N = 1 is at least as likely as N = L): at lambda = 0 the two tie, and at
+  every lambda > 0 the mode is N = 1, as the truncated geometric's is. Per unit run, -log p(N)
+  grows by lambda - log(1 - rho*_L): lambda plus a floor that depends on L only (needs
   lambda > 0).
 
 Shapes: ``h`` is ``[B, L-1]`` (per image) or ``[B, L-1, H, W]`` (per position).
@@ -64,6 +70,26 @@ def check_prior(prior: str, lambda_: float) -> None:
         raise ConfigError(f"method.lambda={lambda_} must be {bound}")
 
 
+def bernoulli_floor(num_units: int) -> float:
+    """rho*_L: the root of rho = (1 - rho)^(L-1) in (0, 1] (bisection to float precision);
+    1 for L = 1 (one unit: it always runs)."""
+    if num_units <= 1:
+        return 1.0
+    low, high = 0.0, 1.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        if middle < (1.0 - middle) ** (num_units - 1):
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def bernoulli_rate(num_units: int, lambda_: float) -> float:
+    """The Bernoulli prior's per-unit halting probability rho = 1 - (1 - rho*_L) e^-lambda."""
+    return 1.0 - (1.0 - bernoulli_floor(num_units)) * math.exp(-lambda_)
+
+
 def log_prior_table(
     num_units: int, lambda_: float, prior: str = "truncated_geometric"
 ) -> torch.Tensor:
@@ -73,10 +99,10 @@ def log_prior_table(
     if prior == "truncated_geometric":
         log_z = torch.logsumexp(-lambda_ * n, dim=0)
         return -lambda_ * n - log_z
-    log_a = -lambda_
-    log_one_minus_a = math.log(-math.expm1(-lambda_))
-    table = log_one_minus_a + (n - 1) * log_a
-    table[-1] = (num_units - 1) * log_a
+    rho = bernoulli_rate(num_units, lambda_)
+    log_stay = math.log1p(-rho) if rho < 1.0 else -math.inf
+    table = math.log(rho) + (n - 1) * log_stay
+    table[-1] = (num_units - 1) * log_stay if num_units > 1 else 0.0
     return table
 
 
