@@ -42,11 +42,17 @@ from harness.registry import get_method
 
 @dataclass(frozen=True)
 class CheckResult:
-    """One check: its name, whether it passed, and the detail (what to change on failure)."""
+    """One check: its name, whether it passed, and the detail (what to change on failure).
+    ``skipped``: the check could not run on this method (it neither passed nor failed)."""
 
     name: str
     passed: bool
     detail: str
+    skipped: bool = False
+
+
+class SkipCheck(Exception):
+    """Raised by a check that cannot run on this method (printed as SKIP, never as PASS)."""
 
 
 def _images(batch: int, seed: int) -> torch.Tensor:
@@ -150,7 +156,10 @@ def _check_flops(name, model, images, specs, seed) -> str:
         units = sorted({int(u) for m in output.units_executed for u in m.flatten().tolist()})
         checked.append(f"{spec.mode}/{spec.execution} (units per block seen: {units})")
     if not checked:
-        return "no execution computes only what ran (masked or dense fallback): nothing to count"
+        raise SkipCheck(
+            "no execution computes only what ran (masked or dense fallback), so FLOPs cannot be "
+            "counted against the accountant here"
+        )
     return "accounted = counted for " + ", ".join(checked)
 
 
@@ -218,18 +227,23 @@ def check_method(
     for check, run in checks:
         try:
             results.append(CheckResult(check, True, run()))
+        except SkipCheck as skip:
+            results.append(CheckResult(check, True, str(skip), skipped=True))
         except (AssertionError, HarnessError, RuntimeError, ValueError, TypeError) as err:
             results.append(CheckResult(check, False, f"{type(err).__name__}: {err}"))
     return results
 
 
 def format_results(name: str, results: list[CheckResult]) -> str:
-    """One line per check: ``PASS`` or ``FAIL``, the check and its detail."""
+    """One line per check: ``PASS``, ``FAIL`` or ``SKIP`` (could not run), the check and its
+    detail."""
     lines = [f"check-method {name}:"]
     for result in results:
-        lines.append(f"  {'PASS' if result.passed else 'FAIL'}  {result.name}: {result.detail}")
+        word = "SKIP" if result.skipped else ("PASS" if result.passed else "FAIL")
+        lines.append(f"  {word}  {result.name}: {result.detail}")
     failed = sum(not r.passed for r in results)
-    lines.append(f"  {len(results) - failed} passed, {failed} failed")
+    skipped = sum(r.skipped for r in results)
+    lines.append(f"  {len(results) - failed - skipped} passed, {failed} failed, {skipped} skipped")
     return "\n".join(lines)
 
 

@@ -63,7 +63,18 @@ def test_check_method_cli_prints_each_check(capsys):
     assert main(["check-method", "pact", "--depth", "14", "--set", "halting_bias_init=0"]) == 0
     out = capsys.readouterr().out
     assert "PASS  flops: accounted = counted for deterministic/early_exit" in out
-    assert "7 passed, 0 failed" in out
+    assert "7 passed, 0 failed, 0 skipped" in out
+
+
+def test_a_check_that_cannot_run_is_skip_never_pass(capsys):
+    """The vanilla ResNet offers no execution that computes only what ran: its FLOP check
+    cannot count anything, and says SKIP (it used to print PASS ... nothing to count)."""
+    assert main(["check-method", "resnet", "--depth", "8"]) == 0  # a skip is not a failure
+    out = capsys.readouterr().out
+    assert "SKIP  flops: no execution computes only what ran" in out
+    assert "PASS  flops" not in out and "6 passed, 0 failed, 1 skipped" in out
+    results = {r.name: r for r in check_method("resnet", depth=8)}
+    assert results["flops"].skipped and results["contract"].passed
 
 
 # -- a toy backbone whose units differ in cost, and gates that skip any unit ------------------
