@@ -148,6 +148,8 @@ def check_output(
                     f"ponder_cost[{b}]",
                     f"has shape {tuple(cost.shape)}; expected {expected} with B={batch}",
                 )
+            if not torch.isfinite(cost).all():
+                _fail(method, f"ponder_cost[{b}]", "holds NaN or infinite values")
     for name, value in output.aux_losses.items():
         if not isinstance(value, torch.Tensor) or value.dim() != 0:
             _fail(method, f"aux_losses[{name!r}]", "is not a scalar tensor")

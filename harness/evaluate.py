@@ -24,7 +24,7 @@ from harness import results
 from harness.config import EvalConfig
 from harness.conformance import check_output
 from harness.contract import EXECUTIONS, AdaptiveModel, EvalSpec, ModelOutput
-from harness.errors import ConfigError, check_choice
+from harness.errors import ConfigError, ContractError, check_choice
 from harness.progress import progress_bar
 from harness.stats import per_image_mean, sample_std
 from harness.store import atomic_write_bytes
@@ -156,6 +156,12 @@ def summarize(passes: list[PassStats], vanilla_flops: float | None) -> dict[str,
     accuracies = [p.correct.double().mean().item() for p in passes]
     units = torch.cat([p.units for p in passes])
     ponder = torch.cat([p.ponder for p in passes])
+    if ponder.numel() and not torch.isfinite(ponder).all():
+        bad = int((~torch.isfinite(ponder)).any(1).sum())
+        raise ContractError(
+            f"ponder_cost holds NaN or infinite values for {bad} image(s) of this evaluation; "
+            "a ponder cost must be finite (it is stored, averaged and drawn)"
+        )
     row: dict[str, Any] = {
         "num_images": int(passes[0].correct.numel()),
         "repeats": len(passes),

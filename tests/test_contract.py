@@ -11,7 +11,7 @@ from torch import nn
 import methods.template
 from baselines import build_backbone
 from harness import registry
-from harness.config import RunConfig
+from harness.config import EvalConfig, RunConfig
 from harness.contract import (
     AdaptiveModel,
     EvalSpec,
@@ -138,3 +138,36 @@ def test_a_run_config_and_keyword_arguments_build_the_same_model():
         build_model(dataclasses.replace(cfg, method_config={"lambda": -1.0}))
     with pytest.raises(ConfigError, match="no method given"):
         build_model(RunConfig())
+
+
+def test_a_non_finite_ponder_cost_is_refused_on_the_first_batch_and_on_any_later_one():
+    """A ponder cost with NaN is a contract error at the first batch (conformance) and, if it
+    only appears later, when the evaluation summarises (never stored, averaged or drawn)."""
+    from harness.conformance import check_output
+    from harness.errors import ContractError
+    from harness.evaluate import evaluate_modes
+
+    model = create_model("act", depth=14).eval()
+    images = torch.randn(4, 3, 32, 32)
+    out = model(images, EvalSpec("act"))
+    check_output(model, out, 4)  # the honest output passes
+    poisoned = dataclasses.replace(
+        out, ponder_cost=[out.ponder_cost[0].clone().fill_(float("nan")), *out.ponder_cost[1:]]
+    )
+    with pytest.raises(ContractError, match=r"ponder_cost\[0\].*NaN"):
+        check_output(model, poisoned, 4)
+
+    calls = {"n": 0}
+    honest_forward = model.forward
+
+    def late_nan(images, spec=None):
+        output = honest_forward(images, spec)
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first batch is clean, the second is not
+            output.ponder_cost[-1] = output.ponder_cost[-1] * float("nan")
+        return output
+
+    model.forward = late_nan
+    batches = [(images, torch.zeros(4, dtype=torch.long))] * 2
+    with pytest.raises(ContractError, match="ponder_cost holds NaN"):
+        evaluate_modes(model, batches, EvalConfig(batch_size=4), torch.device("cpu"))

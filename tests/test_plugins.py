@@ -273,3 +273,26 @@ def test_a_plugin_ships_presets_callable_by_name(monkeypatch):
     assert presets.load_preset("smoke").name == "smoke"  # the shipped preset, not the plug-in's
     with pytest.raises(ConfigError, match="preset 'gone' of a plug-in is unusable"):
         presets.load_preset("gone")
+
+
+def test_an_exception_inside_a_plugin_is_a_fail_line_not_a_traceback(monkeypatch):
+    """A plug-in whose forward raises AttributeError (e.g. a block returning a tuple where a
+    tensor is expected) fails each check that runs it, with the error named, and check-method
+    itself finishes (it used to end in an AttributeError traceback)."""
+
+    class Broken(GatedToy):
+        def forward(self, images, spec=None):
+            state = (images,)  # a block that returned a tuple
+            return state.shape  # AttributeError
+
+    spec = dataclasses.replace(
+        get_method("resnet"),
+        name="broken",
+        model_cls=Broken,
+        build=lambda model_spec, config: Broken(False),
+    )
+    monkeypatch.setitem(registry._REGISTRY, "broken", spec)
+    results = {r.name: r for r in check_method("broken", depth=8)}
+    assert not results["contract"].passed
+    assert results["contract"].detail.startswith("AttributeError:")
+    assert results["config"].passed  # checks that do not call forward still run
