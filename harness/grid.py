@@ -14,7 +14,10 @@ that one is older or missing (a trial retried on a node that lost it). Across la
 ``--resume`` starts a new Tune experiment over the trials without a finished run directory;
 unfinished ones continue from their last epoch checkpoint. The run directory is the source of
 truth, so a study resumes even after the driver was killed before Tune saved any state, and it
-may resume with other resources or on another cluster.
+may resume with other resources or on another cluster. A launch that stops early (its cluster
+went away: :class:`ClusterWatch`; SIGINT or SIGTERM) marks its running trials ``interrupted``
+and its outcome says how to resume; joining a cluster takes its head's token-authentication
+mode (:func:`_match_head_auth`).
 
 This is the only module that imports ray; it does so lazily, so the CLI stays fast and
 ``--dry-run`` needs no Ray.
@@ -25,7 +28,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -50,6 +56,7 @@ from harness.estimate import (
 )
 from harness.presets import Trial
 from harness.study import (
+    CLUSTER_LOST_STATUS,
     RAY_DIR,
     STUDY_FILE,
     TRIALS_DIR,
@@ -61,9 +68,11 @@ from harness.study import (
     checkpoint_epoch,
     conclude_study,
     fetch_data,
+    outcome_lines,
     plan_lines,
     plan_study,
     restore_run_dir,
+    stop_line,
     study_lock,
     study_record,
     write_trials_table,
@@ -81,6 +90,9 @@ RAY_ENV_DEFAULTS = {
     # silent there, which leaves the study's own progress lines (GridProgress) alone.
     "RAY_AIR_NEW_OUTPUT": "0",
 }
+
+#: Ray's switch for token authentication (Ray 2.59+: ``token`` or ``disabled``).
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 log = logging.getLogger(__name__)
 #: A receiver of the lines a running grid says, one at a time (default ``log.info``; the
@@ -235,6 +247,106 @@ class _TuneNoiseFilter(logging.Filter):
 
 
 @contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (Ray's C++ log lines) for a probe expected to fail."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _no_token(loader: Any, auth_error: type[Exception]) -> str:
+    """Why this process has no Ray token at hand ("" if it has one)."""
+    try:
+        if loader.instance().has_token(ignore_auth_mode=True):
+            return ""
+    except auth_error as err:  # e.g. RAY_AUTH_TOKEN_PATH names a missing or empty file
+        return f"this driver's token cannot be read ({getattr(err, 'message', err)})"
+    return "this driver has no token"
+
+
+def _match_head_auth(address: str) -> Callable[[], None] | None:
+    """Give this driver the token authentication mode of the cluster's head (Ray 2.59+).
+
+    ``ray start --head`` with ``RAY_AUTH_MODE`` unset turns token authentication on when a
+    token is at hand (``RAY_AUTH_TOKEN``, the file at ``RAY_AUTH_TOKEN_PATH``, or
+    ``~/.ray/auth_token``, which every local ``ray.init()`` writes), but ``ray.init(address=
+    "HOST:PORT")`` never does: that driver sends no token and retries ``InvalidAuthToken`` for
+    25 s. And a driver in token mode cannot run trials on a head without authentication (its
+    actors are cancelled). So the head is asked (its GCS, one short request without a token)
+    and the driver takes its mode, whatever ``RAY_AUTH_MODE`` says; a head that wants a token
+    this driver lacks, or that refuses the token at hand, is one line saying what to export.
+    Returns what restores the driver's own mode (after ``ray.shutdown()``), or None.
+    """
+    target = address.split("://", 1)[-1]
+    if "://" in address or target == "auto" or ":" not in target:
+        return None  # "auto" follows the head's rule itself; Ray Client addresses are not probed
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config, InnerGcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without token authentication
+        return None
+    before = os.environ.get(AUTH_MODE_ENV)
+
+    def set_mode(mode: str | None) -> None:
+        if mode is None:
+            os.environ.pop(AUTH_MODE_ENV, None)
+        else:
+            os.environ[AUTH_MODE_ENV] = mode
+        Config.initialize("")  # Ray caches its config: make this process see the mode
+
+    def refused(mode: str) -> bool | None:
+        """Whether the head refuses a driver in ``mode``; None if it did not answer."""
+        set_mode(mode)
+        try:
+            with _quiet_stderr():
+                InnerGcsClient.standalone(target, None, 5000)
+        except AuthenticationError:
+            return True
+        except Exception:  # noqa: BLE001 - ray.init reports a head that does not answer
+            return None
+        return False
+
+    export = (
+        f"export {AUTH_MODE_ENV}=token RAY_AUTH_TOKEN_PATH=<a copy of the head's "
+        "~/.ray/auth_token> (or RAY_AUTH_TOKEN=<the token>)"
+    )
+    try:
+        needs_token = refused("disabled")
+        if needs_token is None or (not needs_token and before != "token"):
+            set_mode(before)
+            return None
+        if not needs_token:
+            log.warning(
+                "--address %s: the head runs without token authentication; this driver "
+                "joins it without one (%s=%s ignored)",
+                address,
+                AUTH_MODE_ENV,
+                before,
+            )
+        elif missing := _no_token(AuthenticationTokenLoader, AuthenticationError):
+            raise ConfigError(
+                f"--address {address}: the cluster's head runs Ray's token authentication and "
+                f"{missing}: {export}"
+            )
+        elif refused("token"):
+            raise ConfigError(
+                f"--address {address}: the cluster's head refuses this driver's Ray token "
+                f"(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token): it is not the "
+                f"head's; {export}"
+            )
+    except BaseException:
+        set_mode(before)
+        raise
+    return lambda: set_mode(before)
+
+
+@contextlib.contextmanager
 def ray_session(address: str | None, verbose: bool = False) -> Iterator[str]:
     """Connect to the cluster at ``address`` or start a local Ray; yields a description.
 
@@ -260,11 +372,15 @@ def ray_session(address: str | None, verbose: bool = False) -> Iterator[str]:
     forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
     if forwarded:
         kwargs["runtime_env"] = {"env_vars": forwarded}
+    undo_auth = None
     if address:
         _check_reachable(address)
+        undo_auth = _match_head_auth(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as err:
+            if undo_auth is not None:
+                undo_auth()
             raise ConfigError(f"--address {address}: cannot connect to Ray: {err}") from None
         where = f"Ray cluster at {address}"
     else:
@@ -273,7 +389,12 @@ def ray_session(address: str | None, verbose: bool = False) -> Iterator[str]:
     try:
         yield where
     finally:
-        ray.shutdown()
+        try:
+            ray.shutdown()
+        except Exception as err:  # noqa: BLE001 - a cluster that went away cannot be left cleanly
+            log.warning("ray.shutdown: %s", _last_line(str(err)))
+        if undo_auth is not None:
+            undo_auth()
 
 
 def _live_nodes() -> list[dict[str, float]]:
@@ -451,13 +572,105 @@ def _launch_name(folder: Path) -> str:
     return f"launch-{len(existing) + 1:03d}"
 
 
+class ClusterLost(Exception):
+    """The Ray cluster went away under the driver (its head stopped, or the driver lost it)."""
+
+
+def _gcs_address() -> str | None:
+    """The address of the connected cluster's GCS (its head), None if Ray cannot say."""
+    import ray
+
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - only a probe
+        return None
+
+
+def cluster_gone(gcs: str | None, timeout: float = 5.0) -> str | None:
+    """None while the cluster's head (its GCS at ``gcs``) accepts connections, else why not."""
+    if not gcs or ":" not in gcs:
+        return None
+    host, _, port = gcs.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except (OSError, ValueError) as err:
+        return f"its head at {gcs} does not answer: {getattr(err, 'strerror', None) or err}"
+
+
+class ClusterWatch:
+    """Watch the connected cluster's head while a launch runs (Ray's own driver does not say
+    when its cluster went away: it waits, and its C++ core ends the process with status 1
+    after 60 s without the GCS).
+
+    Every ``interval`` seconds a thread probes the head's GCS port; after ``misses`` failed
+    probes in a row it records why (``lost``) and stops Tune as Ctrl+C does (SIGINT to this
+    process: Tune ends ``fit()`` after its current step), so the driver concludes the study
+    itself. If the driver has not claimed the conclusion ``grace_s`` later (Ray blocked it),
+    ``abandon(reason)`` runs in the watching thread: it concludes and ends the process.
+    """
+
+    def __init__(
+        self,
+        gcs: str | None,
+        abandon: Callable[[str], None],
+        interval: float = 1.0,
+        misses: int = 3,
+        grace_s: float = 10.0,
+    ) -> None:
+        self.gcs, self.abandon = gcs, abandon
+        self.interval, self.misses, self.grace_s = interval, misses, grace_s
+        self.lost: str | None = None
+        self._done = threading.Event()
+        self._claim = threading.Lock()
+        self._claimed = False
+        self._thread = threading.Thread(target=self._run, name="pact-cluster-watch", daemon=True)
+
+    def __enter__(self) -> ClusterWatch:
+        if self.gcs:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def claim(self) -> bool:
+        """True for the first caller: it concludes the study (the driver, or ``abandon``)."""
+        with self._claim:
+            first, self._claimed = not self._claimed, True
+            return first
+
+    def _run(self) -> None:
+        missed = 0
+        while not self._done.wait(self.interval):
+            gone = cluster_gone(self.gcs, timeout=2.0)
+            missed = missed + 1 if gone else 0
+            if missed >= self.misses:
+                self.lost = gone
+                break
+        if self.lost is None:
+            return
+        with contextlib.suppress(OSError):
+            os.kill(os.getpid(), signal.SIGINT)  # Tune's handler: fit() returns
+        if not self._done.wait(self.grace_s) and self.claim():
+            self.abandon(self.lost)
+
+
 def launch(
-    study: Study, names: list[str], finished: list[str], argv: list[str], emit: Emit = log.info
+    study: Study,
+    names: list[str],
+    finished: list[str],
+    argv: list[str],
+    emit: Emit = log.info,
+    records: dict[str, dict[str, Any]] | None = None,
+    watch: ClusterWatch | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the trials ``names`` as one Tune experiment; returns what it learnt per trial
-    (status, node, failures, error). ``finished`` (trials done before) sets the progress counts;
-    ``argv`` is the command line recorded in each run's provenance; ``emit`` gets the progress
-    lines."""
+    (status, node, failures, error), filling ``records`` as it goes (the caller keeps what a
+    launch that stopped early learnt). ``finished`` (trials done before) sets the progress
+    counts; ``argv`` is the command line recorded in each run's provenance; ``emit`` gets the
+    progress lines; ``watch`` watches the cluster while Tune runs. Raises :class:`ClusterLost`
+    when the cluster's head stopped answering."""
     from ray import tune
 
     preset = study.preset
@@ -476,6 +689,8 @@ def launch(
         on_change=lambda records: write_trials_table(study, records),
         emit=emit,
     )
+    if records is not None:
+        progress.records = records
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space={"trial": tune.grid_search(names)},
@@ -494,11 +709,22 @@ def launch(
             failure_config=tune.FailureConfig(max_failures=preset.max_failures),
         ),
     )
+    try:
+        with watch or contextlib.nullcontext():
+            results = tuner.fit()
+    except Exception as err:
+        gone = watch.lost or cluster_gone(watch.gcs) if watch else None
+        if gone is None:
+            raise
+        raise ClusterLost(f"{gone}; Ray said: {_last_line(str(err))}") from err
+    if watch is not None and watch.lost:
+        raise ClusterLost(watch.lost)
     # fit() returns normally when trials fail: take the failures from the ResultGrid too.
     records = progress.records
-    for result in tuner.fit():
+    for result in results:
         if result.error is not None:
-            record = records.setdefault(result.config["trial"], {})
+            name = (result.config or {}).get("trial") or Path(result.path).name  # no config:
+            record = records.setdefault(name, {})  # the trial never ran
             record["status"] = "failed"
             record.setdefault("error", _last_line(str(result.error)))
     on_cpu = sorted(n for n, r in records.items() if r.get("gpu_ids") and r.get("device") == "cpu")
@@ -509,6 +735,31 @@ def launch(
             + (" ..." if len(on_cpu) > 3 else "")
         )
     return records
+
+
+@contextlib.contextmanager
+def sigterm_stops_the_launch(stop: dict[str, str]) -> Iterator[None]:
+    """SIGTERM ends the study like Ctrl+C: Tune stops its trials after their current step and
+    ``fit()`` returns (a second signal raises KeyboardInterrupt), instead of Ray's own handler
+    printing a C++ stack dump and killing the driver. Install it after ``ray.init`` (which
+    installs Ray's); ``stop["signal"]`` says which signal came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        stop.setdefault("signal", "SIGTERM")
+        handler = signal.getsignal(signal.SIGINT)  # Tune's while fit() runs
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -567,7 +818,21 @@ def _emit_all(lines: Iterable[str], emit: Emit) -> None:
         emit(line)
 
 
-def run_grid(options: GridOptions, emit: Emit = log.info) -> GridOutcome | None:
+def _exit_lost(emit: Emit) -> Callable[[GridOutcome], None]:
+    def end(outcome: GridOutcome) -> None:
+        for line in [*outcome_lines(outcome), stop_line(outcome) or ""]:
+            emit(line)
+        logging.shutdown()
+        os._exit(CLUSTER_LOST_STATUS)
+
+    return end
+
+
+def run_grid(
+    options: GridOptions,
+    emit: Emit = log.info,
+    on_abandon: Callable[[GridOutcome], None] | None = None,
+) -> GridOutcome | None:
     """Plan, check and run a study; returns what happened (None for ``--dry-run``, whose lines
     go to ``emit``; :func:`harness.study.outcome_lines` says what happened).
 
@@ -588,9 +853,11 @@ def run_grid(options: GridOptions, emit: Emit = log.info) -> GridOutcome | None:
     todo = [t for t in study.trials if t.name not in finished]
     todo_names = launch_order(study.preset, todo)  # longest first, as --estimate schedules
     records: dict[str, dict[str, Any]] = {}
+    stop: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         if todo:
             where = stack.enter_context(ray_session(options.address, options.verbose))
+            stack.enter_context(sigterm_stops_the_launch(stop))
             cluster = check_cluster(study.preset.resources)
         stack.enter_context(study_lock(study.folder))
         if held != "same":  # a new study, or the stored one grown by the added trials
@@ -602,14 +869,46 @@ def run_grid(options: GridOptions, emit: Emit = log.info) -> GridOutcome | None:
                 "ones are kept"
             )
         res = study.preset.resources
-        if todo:
-            emit(
-                f"study {study.preset.name}: {len(study.trials)} trials, {len(finished)} "
-                f"finished before, {len(todo)} to run on {where} ({cluster}); "
-                f"{res['cpu']:g} CPU + {res['gpu']:g} GPU per trial"
-            )
-            emit(f"  folder: {study.folder}")
-            records = launch(study, todo_names, finished, options.argv, emit)
-        else:
+        if not todo:
             emit(f"study {study.preset.name}: all {len(study.trials)} trials finished before")
-        return conclude_study(study, records, time.monotonic() - tic)
+            return conclude_study(study, records, time.monotonic() - tic, argv=options.argv)
+        emit(
+            f"study {study.preset.name}: {len(study.trials)} trials, {len(finished)} "
+            f"finished before, {len(todo)} to run on {where} ({cluster}); "
+            f"{res['cpu']:g} CPU + {res['gpu']:g} GPU per trial"
+        )
+        emit(f"  folder: {study.folder}")
+
+        def abandon(reason: str) -> None:  # the cluster went away and Ray blocks the driver
+            outcome = conclude_study(
+                study,
+                records,
+                time.monotonic() - tic,
+                stopped="cluster",
+                stop_detail=reason,
+                argv=options.argv,
+            )
+            (on_abandon or _exit_lost(emit))(outcome)
+
+        watch = ClusterWatch(_gcs_address(), abandon)
+        detail = ""
+        try:
+            launch(study, todo_names, finished, options.argv, emit, records, watch)
+        except ClusterLost as err:
+            stopped, detail = "cluster", str(err)
+        except KeyboardInterrupt:
+            stopped = "cluster" if watch.lost else stop.get("signal", "SIGINT")
+            detail = watch.lost or ""
+        else:
+            # Tune returns early on SIGINT/SIGTERM, leaving trials neither finished nor failed.
+            stopped = stop.get("signal", "SIGINT")
+        if not watch.claim():  # the watching thread concludes and ends the process
+            threading.Event().wait()
+        return conclude_study(
+            study,
+            records,
+            time.monotonic() - tic,
+            stopped=stopped,  # kept only if trials are left unfinished
+            stop_detail=detail,
+            argv=options.argv,
+        )

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ TRIALS_TABLE = "trials.csv"
 RAY_DIR = "ray"
 LOCK_FILE = store.LOCK_FILE
 DEFAULT_PRESET = "cpu-mini"
+#: The exit status of a grid whose Ray cluster went away mid-study (``--resume`` continues it).
+CLUSTER_LOST_STATUS = 3
 #: Run-directory files mirrored into every Tune checkpoint (the checkpoint itself last).
 CHECKPOINTED_FILES = (
     store.CONFIG_FILE,
@@ -132,6 +135,15 @@ class GridOutcome:
     node_ids: dict[str, str]
     results_path: Path | None
     seconds: float
+    #: Why the launch ended before its trials did: ``"cluster"`` (the Ray cluster went away
+    #: under the driver), ``"SIGINT"`` or ``"SIGTERM"``; None when it ran to its end.
+    stopped: str | None = None
+    #: What the driver saw when it stopped (the lost cluster's address and the Ray error).
+    stop_detail: str = ""
+    #: The command that continues this study (:func:`resume_command`).
+    resume: str = ""
+    #: The trials this launch left running, marked ``interrupted`` in ``trials.csv``.
+    interrupted: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -513,18 +525,60 @@ def plan_lines(study: Study, finished: list[str]) -> list[str]:
     return lines
 
 
-def conclude_study(study: Study, records: dict[str, dict[str, Any]], seconds: float) -> GridOutcome:
+def resume_command(study: Study, argv: list[str] | None = None) -> str:
+    """The command that continues ``study``: the grid command line that ran it (``argv``, as
+    recorded in provenance) with ``--out`` made absolute and ``--resume`` added; without one,
+    the preset's command (which then needs the same ``--set`` values)."""
+    args = list(argv[1:]) if argv else []
+    if "grid" not in args:
+        preset = study.preset.source if study.preset.source else study.preset.name
+        if Path(preset).parent == PRESET_DIR:
+            preset = study.preset.name
+        command = [
+            "pact-harness",
+            "grid",
+            "--preset",
+            preset,
+            "--resume",
+            "--out",
+            str(study.folder),
+        ]
+        return shlex.join(command) + " (and the same --set values)"
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True  # its value too
+        elif arg != "--resume" and not arg.startswith("--out="):
+            kept.append(arg)
+    return shlex.join(["pact-harness", *kept, "--out", str(study.folder), "--resume"])
+
+
+def conclude_study(
+    study: Study,
+    records: dict[str, dict[str, Any]],
+    seconds: float,
+    *,
+    stopped: str | None = None,
+    stop_detail: str = "",
+    argv: list[str] | None = None,
+) -> GridOutcome:
     """Gather the tables and sort the trials into finished, failed and unfinished
-    (:func:`outcome_lines` says what happened)."""
+    (:func:`outcome_lines` says what happened). A trial still running when the launch ended
+    (``stopped``: the cluster went away, or a signal) is marked ``interrupted``."""
     finished = study.finished()
     failed = {
         name: rec.get("error", "failed")
         for name, rec in records.items()
         if rec.get("status") == "failed" and name not in finished
     }
+    interrupted = []
     for name, rec in records.items():
         if rec.get("status") == "running" and name not in finished:
             rec["status"] = "interrupted"
+            interrupted.append(name)
     unfinished = [t.name for t in study.trials if t.name not in finished and t.name not in failed]
     outcome = GridOutcome(
         study=study,
@@ -534,13 +588,18 @@ def conclude_study(study: Study, records: dict[str, dict[str, Any]], seconds: fl
         node_ids={k: v["node_id"] for k, v in records.items() if v.get("node_id")},
         results_path=gather_results(study),
         seconds=seconds,
+        stopped=stopped if unfinished else None,  # nothing to continue: it ran to its end
+        stop_detail=stop_detail,
+        resume=resume_command(study, argv),
+        interrupted=sorted(interrupted),
     )
     write_trials_table(study, records)
     return outcome
 
 
 def outcome_lines(outcome: GridOutcome) -> list[str]:
-    """What a launch did: the counts, each failure, the tables and how to continue."""
+    """What a launch did: the counts, each failure, the tables and how to continue (a launch
+    that stopped early ends with :func:`stop_line` instead)."""
     study = outcome.study
     total = len(study.trials)
     lines = [
@@ -552,12 +611,29 @@ def outcome_lines(outcome: GridOutcome) -> list[str]:
     if outcome.results_path is not None:
         lines.append(f"  results: {outcome.results_path}")
     lines.append(f"  trials:  {study.folder / TRIALS_TABLE}")
-    if outcome.unfinished or outcome.failed:
-        preset = study.preset.source if study.preset.source else study.preset.name
-        if Path(preset).parent == PRESET_DIR:
-            preset = study.preset.name
-        lines.append(
-            f"  continue with: pact-harness grid --preset {preset} --resume --out {study.folder}"
-            " (and the same --set values)"
-        )
+    if (outcome.unfinished or outcome.failed) and outcome.stopped is None:
+        lines.append(f"  continue with: {outcome.resume or resume_command(study)}")
     return lines
+
+
+def stop_line(outcome: GridOutcome) -> str | None:
+    """The one line that ends a launch stopped early (None if it ran to its end): why, the
+    study folder, the trials marked interrupted and the exact command that continues it."""
+    if outcome.stopped is None:
+        return None
+    folder = outcome.study.folder
+    n = len(outcome.interrupted)
+    kept = (
+        f"{n} running trial(s) marked interrupted in {TRIALS_TABLE} (their finished epochs "
+        "are kept)"
+        if n
+        else "no trial was running"
+    )
+    resume = outcome.resume or resume_command(outcome.study)
+    if outcome.stopped == "cluster":
+        detail = f" ({outcome.stop_detail})" if outcome.stop_detail else ""
+        return (
+            f"error: lost the Ray cluster mid-study{detail}; study {folder}: {kept}; "
+            f"once a cluster is up again, continue with: {resume}"
+        )
+    return f"interrupted ({outcome.stopped}): study {folder}: {kept}; continue with: {resume}"

@@ -8,14 +8,19 @@ Ray through the CLI, as a user would. Every study trains ResNet-8/14 for two epo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +42,7 @@ from harness.study import (
     TRIALS_TABLE,
     GridOptions,
     check_study_folder,
+    checkpoint_epoch,
     fetch_data,
     outcome_lines,
     plan_study,
@@ -639,3 +645,186 @@ def test_the_equivalence_margin_is_recorded_and_cannot_change_after_the_fact(
     # A study stored before margins were recorded may declare one now.
     old = {k: v for k, v in record.items() if k != "equivalence_margin"}
     assert study_differences(old, later) == ([], [])
+
+
+# -- a cluster started with `ray start --head`, as docs/cluster.md documents ------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _pids_of(head: subprocess.Popen, temp_dir: Path) -> list[int]:
+    """The live processes of a head started by :func:`ray_head`: its session (`ray start
+    --block` leads it: GCS, raylet, agents and the trial workers, which have process groups of
+    their own) and any process whose command line names its temp dir; never this process."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": state ppid pgrp sid
+        if fields and fields[0] == "Z":
+            continue  # a zombie is already gone
+        if int(fields[3]) == head.pid or str(temp_dir).encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _stop_head(head: subprocess.Popen, temp_dir: Path, grace_s: float = 20) -> None:
+    """Stop a head started by :func:`ray_head`, by PID (never `ray stop`: it ends every Ray
+    process of the machine): SIGTERM to its `ray start --block` process group (what
+    `ray stop` sends), then SIGKILL to whatever of it is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while (head.poll() is None or _pids_of(head, temp_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in _pids_of(head, temp_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def ray_head(tmp_path: Path):
+    """``ray start --head`` on a free port with a temp dir of its own, as a user with a token at
+    hand (a file named by ``RAY_AUTH_TOKEN_PATH``, as ``~/.ray/auth_token`` would be) and no
+    ``RAY_AUTH_MODE``: Ray 2.59+ then runs the head with token authentication. Yields
+    ``(address, env, head process, temp dir)``; the env is the user's for the driver too."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="pact-ray-", dir="/tmp"))  # short: unix sockets
+    token = temp_dir / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PACT_HARNESS_"))}
+    env.update(RAY_AUTH_TOKEN_PATH=str(token), OMP_NUM_THREADS="1")
+    port = _free_port()
+    ray = str(Path(sys.executable).with_name("ray"))
+    argv = [ray, "start", "--head", "--port", str(port), "--temp-dir", str(temp_dir / "ray")]
+    argv += ["--num-cpus", "2", "--include-dashboard=false", "--block"]
+    log = (tmp_path / "head.log").open("w")
+    head = subprocess.Popen(
+        argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert head.poll() is None, (tmp_path / "head.log").read_text()
+            assert time.monotonic() < deadline, "the head did not start in 60 s"
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}", env, head, temp_dir
+    finally:
+        _stop_head(head, temp_dir)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_documented_recipe_ray_start_head_then_grid_address_runs_a_study(
+    tmp_path, tiny_npz_root
+):
+    preset = write_preset(tmp_path)
+    out = tmp_path / "study"
+    with ray_head(tmp_path) as (address, env, _, _):
+        argv = [*console_script(), "grid", "--preset", str(preset), "--address", address]
+        argv += ["--data-root", str(tiny_npz_root), "--out", str(out)]
+        tic = time.monotonic()
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+        seconds = time.monotonic() - tic
+    said = proc.stdout + proc.stderr
+    # The head really runs token authentication: the driver had to bring the token.
+    assert "Token authentication is enabled" in (tmp_path / "head.log").read_text()
+    assert proc.returncode == 0, said
+    assert "InvalidAuthToken" not in said and seconds < 120, (seconds, said)
+    assert f"to run on Ray cluster at {address}" in proc.stdout
+    table = pd.read_csv(out / TRIALS_TABLE, keep_default_na=False)
+    assert list(table["status"]) == ["finished"], table.to_dict("records")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_head_stopped_mid_study_ends_the_grid_with_status_3_and_one_resume_line(
+    tmp_path, tiny_npz_root
+):
+    optim = {**TINY_BASE["optim"], "epochs": 40}  # slow enough to be running at the stop
+    preset = write_preset(tmp_path, base={**TINY_BASE, "optim": optim})
+    out = tmp_path / "study"
+    run_dir = out / "trials" / "resnet_d8_s0"
+    with ray_head(tmp_path) as (address, env, head, temp_dir):
+        argv = [*console_script(), "grid", "--preset", str(preset), "--address", address]
+        argv += ["--data-root", str(tiny_npz_root), "--out", str(out)]
+        with (
+            (tmp_path / "driver.out").open("w") as stdout,
+            (tmp_path / "driver.err").open("w") as stderr,
+        ):
+            driver = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
+            try:
+                deadline = time.monotonic() + 120
+                while not (run_dir / store.CHECKPOINT_FILE).is_file():  # epoch 1 is kept
+                    assert driver.poll() is None, (tmp_path / "driver.err").read_text()
+                    assert time.monotonic() < deadline, "no epoch finished in time"
+                    time.sleep(0.2)
+                _stop_head(head, temp_dir)  # what `ray stop` does to this head
+                status = driver.wait(timeout=90)
+            finally:
+                if driver.poll() is None:
+                    driver.kill()
+                    driver.wait()
+    err = (tmp_path / "driver.err").read_text()
+    assert status == 3, (tmp_path / "driver.out").read_text() + err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: lost the Ray cluster mid-study"), err
+    assert f"study {out}: 1 running trial(s) marked interrupted" in last, last
+    command = last.split("continue with: ", 1)[1]
+    assert shlex.split(command) == ["pact-harness", *argv[len(console_script()) :], "--resume"], (
+        command
+    )
+    assert sum("--resume" in line for line in err.splitlines()) == 1, err
+    table = pd.read_csv(out / TRIALS_TABLE, keep_default_na=False)
+    assert list(table["status"]) == ["interrupted"], table.to_dict("records")
+    assert checkpoint_epoch(run_dir) >= 1  # kept for --resume
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigterm_to_the_driver_ends_it_with_status_143_and_one_resume_line(tmp_path, tiny_npz_root):
+    optim = {**TINY_BASE["optim"], "epochs": 40}  # still running at the signal
+    preset = write_preset(tmp_path, base={**TINY_BASE, "optim": optim})
+    out = tmp_path / "study"
+    argv = [*console_script(), "grid", "--preset", str(preset), "--out", str(out)]
+    argv += ["--data-root", str(tiny_npz_root)]
+    with (tmp_path / "driver.err").open("w") as stderr:
+        driver = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (out / "trials" / "resnet_d8_s0" / store.CHECKPOINT_FILE).is_file():
+                assert driver.poll() is None, (tmp_path / "driver.err").read_text()
+                assert time.monotonic() < deadline, "no epoch finished in time"
+                time.sleep(0.2)
+            driver.send_signal(signal.SIGTERM)  # a batch system's time limit, `kill`
+            status = driver.wait(timeout=90)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait()
+    err = (tmp_path / "driver.err").read_text()
+    assert status == 143, err
+    assert "SIGTERM received" not in err and "Stack trace" not in err, err  # Ray's C++ dump
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted (SIGTERM): study {out}: 1 running trial(s)"), err
+    again = ["grid", "--preset", str(preset), "--data-root", str(tiny_npz_root), "--out", str(out)]
+    assert last.endswith(f"continue with: {shlex.join(['pact-harness', *again])} --resume"), last
+    table = pd.read_csv(out / TRIALS_TABLE, keep_default_na=False)
+    assert list(table["status"]) == ["interrupted"], table.to_dict("records")

@@ -3,21 +3,74 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from harness.cli.flags import add_set_flag, options_from
 from harness.errors import ConfigError
 from harness.grid import dry_run_lines, run_grid
 from harness.presets import list_presets
-from harness.study import DEFAULT_PRESET, GridOptions, outcome_lines
+from harness.study import (
+    CLUSTER_LOST_STATUS,
+    DEFAULT_PRESET,
+    GridOptions,
+    GridOutcome,
+    outcome_lines,
+    stop_line,
+)
+
+#: The grid's exit statuses (README, docs/cluster.md). Bad input is 2, as for every command
+#: (harness.cli.main): one ``error:`` line, before anything is written.
+EXIT_FINISHED = 0  # every trial finished
+EXIT_FAILED = 1  # a trial failed for good (out of retries, or bad input inside a trial)
+EXIT_CLUSTER_LOST = CLUSTER_LOST_STATUS  # the Ray cluster went away mid-study: --resume
+#: Stopped by a signal (128 + its number; Ctrl+C is SIGINT): continue with --resume.
+EXIT_INTERRUPTED = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
 
 
 def _say(line: str) -> None:
     print(line, flush=True)  # at once: a study's progress lines come minutes apart
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM before Ray started (harness.grid takes SIGTERM over once it has)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_status(outcome: GridOutcome) -> int:
+    """The grid's exit status for what a launch did (see the EXIT_* constants)."""
+    if outcome.stopped == "cluster":
+        return EXIT_CLUSTER_LOST
+    if outcome.stopped in EXIT_INTERRUPTED:
+        return EXIT_INTERRUPTED[outcome.stopped]
+    if outcome.failed:
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED["SIGINT"] if outcome.unfinished else EXIT_FINISHED
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
-    """0 when every trial finished, 1 on failed trials, 130 when interrupted (``--resume``)."""
+    """0 when every trial finished, 1 on failed trials, 3 when the Ray cluster went away,
+    130 / 143 when interrupted by SIGINT / SIGTERM (each of the last three ends with one line
+    holding the ``--resume`` command); bad input is 2 (:func:`harness.cli.main`)."""
     if args.list_presets:
         for name, description in list_presets().items():
             print(f"{name:<16} {description}")
@@ -37,14 +90,33 @@ def cmd_grid(args: argparse.Namespace) -> int:
         for line in dry_run_lines(options):  # each at once: the plan before the machine probe
             _say(line)
         return 0
-    outcome = run_grid(options, emit=_say)
+    try:
+        with _sigterm_as_interrupt():
+            outcome = run_grid(options, emit=_say, on_abandon=_end_lost)
+    except KeyboardInterrupt as err:  # before any trial started (the study folder is as it was)
+        name = "SIGTERM" if isinstance(err, _Terminated) else "SIGINT"
+        print(f"interrupted ({name}) before any trial started; rerun the command", file=sys.stderr)
+        return EXIT_INTERRUPTED[name]
     if outcome is None:
         return 0
+    _print_outcome(outcome)
+    return exit_status(outcome)
+
+
+def _print_outcome(outcome: GridOutcome) -> None:
     for line in outcome_lines(outcome):
         _say(line)
-    if outcome.failed:
-        return 1
-    return 130 if outcome.unfinished else 0
+    last = stop_line(outcome)
+    if last is not None:
+        print(last, file=sys.stderr, flush=True)
+
+
+def _end_lost(outcome: GridOutcome) -> None:
+    """The cluster went away and Ray blocks the driver: say so and end the process (Ray's
+    core would end it with status 1 a few seconds later)."""
+    _print_outcome(outcome)
+    sys.stdout.flush()
+    os._exit(EXIT_CLUSTER_LOST)
 
 
 def add_parser(sub) -> None:
