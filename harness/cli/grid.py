@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
-import threading
-from collections.abc import Iterator
 
-from harness.cli.flags import add_set_flag, options_from
+from harness.cli.flags import Terminated, add_set_flag, options_from, sigterm_as_interrupt
 from harness.errors import ConfigError
 from harness.grid import dry_run_lines, run_grid
 from harness.presets import list_presets
@@ -34,26 +31,6 @@ EXIT_INTERRUPTED = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTE
 
 def _say(line: str) -> None:
     print(line, flush=True)  # at once: a study's progress lines come minutes apart
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM before Ray started (harness.grid takes SIGTERM over once it has)."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def exit_status(outcome: GridOutcome) -> int:
@@ -91,10 +68,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
             _say(line)
         return 0
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             outcome = run_grid(options, emit=_say, on_abandon=_end_lost)
     except KeyboardInterrupt as err:  # before any trial started (the study folder is as it was)
-        name = "SIGTERM" if isinstance(err, _Terminated) else "SIGINT"
+        name = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
         print(f"interrupted ({name}) before any trial started; rerun the command", file=sys.stderr)
         return EXIT_INTERRUPTED[name]
     if outcome is None:

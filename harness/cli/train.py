@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from harness.cli.flags import (
+    Terminated,
     add_device_flag,
     add_model_flags,
     add_penalty_flags,
     add_set_flag,
     csv_list,
     run_config_with_penalty,
+    sigterm_as_interrupt,
 )
 from harness.config import RunConfig, config_key
 from harness.registry import (
@@ -73,26 +72,6 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / "_".join(parts)
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that the same cleanup runs (atomic writes, the lock)."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) one run and print its summary. SIGINT or SIGTERM end it with one line
     that says what is kept and how to resume (status 130 / 143): every file is written
@@ -100,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     run_dir = Path(args.out) if args.out else default_run_dir(cfg)
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             summary = run_trial(
                 cfg,
                 run_dir,
@@ -109,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 restart_from=args.restart_from_epoch,
             )
     except KeyboardInterrupt as err:
-        name = "SIGTERM" if isinstance(err, _Terminated) else "SIGINT"
+        name = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
         epoch = checkpoint_epoch(run_dir.resolve())
         kept = f"its checkpoint of epoch {epoch} is kept" if epoch else "no epoch had finished"
         again = (
