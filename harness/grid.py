@@ -624,7 +624,7 @@ class ClusterWatch:
         self._done = threading.Event()
         self._claim = threading.Lock()
         self._claimed = False
-        self._thread = threading.Thread(target=self._run, name="pact-cluster-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="harness-cluster-watch", daemon=True)
 
     def __enter__(self) -> ClusterWatch:
         if self.gcs:
