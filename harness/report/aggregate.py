@@ -148,13 +148,9 @@ def aggregate(frame: pd.DataFrame, allow_mixed_code: bool = False) -> pd.DataFra
         table.attrs["show_code"] = bool(spans.any())
     table.attrs["differing"] = differing
     # The recipe facts a reader compares with the papers' (the SACT code's CIFAR crops pad 2).
+    flat = [flatten(json.loads(text)) for text in configs]
     table.attrs["crop_padding"] = sorted(
-        {
-            flatten(json.loads(text)).get("data.crop_padding")
-            for text in configs
-            if flatten(json.loads(text)).get("data.augment", True)
-        }
-        - {None}
+        {c.get("data.crop_padding") for c in flat if c.get("data.augment", True)} - {None}
     )
     return table
 

@@ -528,18 +528,28 @@ def compare_curves(
 
 
 # ----------------------------------------------------------------------------------- entry
-def declared_margin(inputs: list[str | Path]) -> tuple[float, str]:
+def _study_records(inputs: list[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """``(path, content)`` of the ``study.yaml`` beside or in each input (once each)."""
+    records: dict[Path, dict[str, Any]] = {}
+    for raw in inputs:
+        folder = Path(raw) if Path(raw).is_dir() else Path(raw).parent
+        record = folder / STUDY_FILE
+        if record.is_file() and record not in records:
+            records[record] = load_yaml(record, STUDY_FILE)
+    return list(records.items())
+
+
+def declared_margin(
+    inputs: list[str | Path], records: list[tuple[Path, dict[str, Any]]] | None = None
+) -> tuple[float, str]:
     """The equivalence margin declared for the inputs: a study's ``equivalence_margin`` (from
     its preset, recorded in ``study.yaml``), else :data:`DEFAULT_MARGIN`; and where it came from.
     Two studies declaring different margins are an error."""
     found: dict[float, str] = {}
-    for raw in inputs:
-        folder = Path(raw) if Path(raw).is_dir() else Path(raw).parent
-        record = folder / STUDY_FILE
-        if record.is_file():
-            value = load_yaml(record, STUDY_FILE).get("equivalence_margin")
-            if value is not None:
-                found[float(value)] = f"{record} (the preset's equivalence_margin)"
+    for record, content in _study_records(inputs) if records is None else records:
+        value = content.get("equivalence_margin")
+        if value is not None:
+            found[float(value)] = f"{record} (the preset's equivalence_margin)"
     if len(found) > 1:
         raise ConfigError(
             f"compare: the inputs declare different margins ({', '.join(map(str, found))}); "
@@ -604,16 +614,13 @@ class Planned:
     error: str = ""
 
 
-def declared_comparisons(inputs: list[str | Path]) -> list[dict[str, Any]]:
-    """The ``comparisons`` the inputs' studies declare (their presets', in ``study.yaml``)."""
+def declared_comparisons(records: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The ``comparisons`` the studies declare (their presets', in ``study.yaml``)."""
     entries: list[dict[str, Any]] = []
-    for raw in inputs:
-        folder = Path(raw) if Path(raw).is_dir() else Path(raw).parent
-        record = folder / STUDY_FILE
-        if record.is_file():
-            for entry in load_yaml(record, STUDY_FILE).get("comparisons") or []:
-                if entry not in entries:
-                    entries.append(dict(entry))
+    for _, content in records:
+        for entry in content.get("comparisons") or []:
+            if entry not in entries:
+                entries.append(dict(entry))
     return entries
 
 
@@ -635,8 +642,9 @@ def report_comparisons(
 ) -> tuple[list[Planned], float, str]:
     """The report's comparisons (declared, else :func:`default_comparisons`), each computed or
     with the one-line reason it could not be; the margin and its source."""
-    margin, source = declared_margin(inputs)
-    entries = declared_comparisons(inputs) or default_comparisons(frame)
+    records = _study_records(inputs)
+    margin, source = declared_margin(inputs, records)
+    entries = declared_comparisons(records) or default_comparisons(frame)
     planned = []
     for entry in entries:
         item = Planned(
