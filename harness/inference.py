@@ -227,6 +227,77 @@ def curve_gap(
     return area / (high - low), float(low), float(high)
 
 
+def linear_weights(statistic: Callable[[Sequence[float]], float], count: int) -> np.ndarray:
+    """The weights ``w`` of a statistic that is linear in ``count`` means
+    (``statistic(m) = w . m``), read off by evaluating it on unit vectors; a statistic that is
+    not linear (its value at the zero vector is not 0) raises ValueError."""
+    if abs(statistic([0.0] * count)) > 1e-12:
+        raise ValueError("the statistic is not linear in the means")
+    return np.array([statistic(list(np.eye(count)[i])) for i in range(count)], dtype=float)
+
+
+def linear_interval(
+    weights: Sequence[float], groups: Sequence[np.ndarray], method: str
+) -> Interval | None:
+    """The t-interval of ``sum_i w_i * mean(group_i)`` for independent groups (e.g. one
+    experiment's per-seed accuracies each): standard error ``sqrt(sum w_i^2 s_i^2 / n_i)``,
+    degrees of freedom by Welch-Satterthwaite. None when a group with a non-zero weight has
+    fewer than two values. Exact for normal data where a bootstrap of three seeds is not: a
+    percentile bootstrap of n = 3 sees only ten distinct resampled means and its interval is
+    too narrow."""
+    from scipy import stats
+
+    w = np.asarray(weights, dtype=float)
+    samples = [np.asarray(g, dtype=float) for g in groups]
+    used = [(wi, s) for wi, s in zip(w, samples, strict=True) if wi != 0]
+    if not used or min(len(s) for _, s in used) < 2:
+        return None
+    estimate = float(sum(wi * s.mean() for wi, s in used))
+    terms = [wi**2 * s.var(ddof=1) / len(s) for wi, s in used]
+    var = float(sum(terms))
+    n = min(len(s) for _, s in used)
+    if var == 0:
+        return Interval(estimate, estimate, estimate, estimate, estimate, method, n)
+    df = var**2 / sum(t**2 / (len(s) - 1) for t, (_, s) in zip(terms, used, strict=True))
+    half95 = float(stats.t.ppf(0.975, df)) * math.sqrt(var)
+    half90 = float(stats.t.ppf(0.95, df)) * math.sqrt(var)
+    return Interval(
+        estimate,
+        estimate - half95,
+        estimate + half95,
+        estimate - half90,
+        estimate + half90,
+        method,
+        n,
+    )
+
+
+def linear_seeds_needed(
+    weights: Sequence[float], groups: Sequence[np.ndarray], margin: float, limit: int = 1000
+) -> int | None:
+    """Seeds per point that :func:`linear_interval` would need, at the observed means and
+    spreads, for a clear verdict under :func:`verdict`; None if none up to ``limit`` would or
+    a spread is unknown."""
+    from scipy import stats
+
+    w = np.asarray(weights, dtype=float)
+    used = [(wi, np.asarray(g, dtype=float)) for wi, g in zip(w, groups, strict=True) if wi != 0]
+    if not used or min(len(s) for _, s in used) < 2:
+        return None
+    mean = abs(float(sum(wi * s.mean() for wi, s in used)))
+    unit_var = float(sum(wi**2 * s.var(ddof=1) for wi, s in used))  # times 1/n
+    if unit_var == 0:
+        return min(len(s) for _, s in used)
+    for n in range(2, limit + 1):
+        se = math.sqrt(unit_var / n)
+        df = n - 1  # the smallest Welch-Satterthwaite df with n per group: conservative
+        if mean < margin and stats.t.ppf(0.95, df) * se < margin - mean:
+            return n
+        if stats.t.ppf(0.975, df) * se < mean:
+            return n
+    return None
+
+
 def _sorted(flops: Sequence[float], acc: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(np.asarray(flops, float), kind="stable")
     return np.asarray(flops, float)[order], np.asarray(acc, float)[order]

@@ -279,3 +279,66 @@ def test_one_seed_is_inconclusive_even_when_the_images_alone_would_separate(tmp_
     assert low > 5
     # ... but one seed says nothing about training noise
     assert verdict_line(out).startswith("verdict: inconclusive") and "one seed" in out
+
+
+def test_linear_interval_of_a_difference_is_welchs_interval():
+    a = np.array([51.0, 53.5, 52.0, 55.0])
+    b = np.array([50.0, 49.0, 52.5])
+    ours = inference.linear_interval([1.0, -1.0], [a, b], "test")
+    from scipy import stats
+
+    welch = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert ours.estimate == pytest.approx(a.mean() - b.mean())
+    assert (ours.low95, ours.high95) == pytest.approx((welch.low, welch.high))
+    welch90 = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.90)
+    assert (ours.low90, ours.high90) == pytest.approx((welch90.low, welch90.high))
+    assert inference.linear_interval([1.0, -1.0], [a, b[:1]], "test") is None
+
+
+def test_the_curve_gap_is_linear_in_the_point_means_with_hand_computed_weights():
+    # A: (1, a1), (3, a2); B: (2, b1), (4, b2); over [2, 3] the mean of (x - 1) / 2 is 0.75
+    # and of (x - 2) / 2 is 0.25, so gap = 0.25 a1 + 0.75 a2 - 0.75 b1 - 0.25 b2.
+    def gap(means):
+        return inference.curve_gap([1, 3], means[:2], [2, 4], means[2:])[0]
+
+    weights = inference.linear_weights(gap, 4)
+    assert weights == pytest.approx([0.25, 0.75, -0.75, -0.25])
+    with pytest.raises(ValueError, match="not linear"):
+        inference.linear_weights(lambda m: m[0] * m[1] + 1.0, 2)
+
+
+def test_seeds_needed_of_one_group_equals_the_paired_rule():
+    d = [0.4, 1.9, -0.6]
+    assert inference.linear_seeds_needed([1.0], [np.array(d)], 1.0) == inference.seeds_needed(
+        d, 1.0
+    )
+
+
+def test_curves_report_matched_flops_differences_with_intervals(tmp_path, capsys):
+    # ACT: (4e7, 50%), (8e7, 56%); PACT: (5e7, 54%), (7e7, 57%); seeds spread -1, 0, +1 point.
+    # Common range [5e7, 7e7]; at 5.5e7 (25% in) PACT 54.75, ACT 52.25: +2.50.
+    for method, name, points in (
+        ("act", "tau", ((0.01, 8e7, 0.56), (0.1, 4e7, 0.50))),
+        ("pact", "lambda_", ((0.01, 7e7, 0.57), (0.1, 5e7, 0.54))),
+    ):
+        for penalty, flops, acc in points:
+            for seed, jitter in enumerate((-0.01, 0.0, 0.01)):
+                write_run(
+                    tmp_path,
+                    method,
+                    (name, penalty),
+                    seed,
+                    correctness(acc + jitter, seed),
+                    flops=flops,
+                    mode="deterministic" if method == "pact" else "act",
+                )
+    code, out, _ = compare(
+        tmp_path, "--a", "method=pact", "--b", "method=act", "--curve", capsys=capsys
+    )
+    assert code == 0, out
+    lines = [line for line in out.splitlines() if line.startswith("  at ")]
+    assert len(lines) == 3
+    assert "0.0550 GFLOPs (25% into the range): A - B +2.50 [" in lines[0]
+    # var = (0.75^2 + 0.25^2 + 0.625^2 + 0.375^2) / 3 points^2: the 95% half-width is t * 0.62
+    assert lines[0].endswith("A better")
+    assert "n = 3 seeds per point" in verdict_line(out)

@@ -12,7 +12,8 @@ series under the same data and budget. Three comparisons, all ``A - B`` in accur
 - :func:`compare_vanilla`: an experiment against the vanilla depth series at matched FLOPs (the
   vanilla accuracy interpolated at the experiment's FLOPs, with its uncertainty);
 - :func:`compare_curves`: the mean gap between two accuracy/FLOPs curves over their common FLOPs
-  range, with a bootstrap interval over each point's seeds.
+  range, and the gap at three matched FLOPs values inside it, each with a t-interval over each
+  point's seeds (the gaps are linear in the point means).
 
 Each ends in one verdict under the rule of :mod:`harness.inference`, at a margin declared before
 the data (the preset's ``equivalence_margin`` or ``--margin``). Rows from different code
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,6 +427,25 @@ class CurveComparison:
     margin: float
     verdict: str
     note: str = ""
+    #: A - B at matched FLOPs inside the common range (both curves interpolated there).
+    matched: list[MatchedPoint] = field(default_factory=list)
+    #: Seeds per point the mean gap's interval would need for a clear verdict (None: none
+    #: up to 1,000, or unknown).
+    seeds_needed: int | None = None
+
+
+@dataclass
+class MatchedPoint:
+    """``A - B`` at one FLOPs value, both curves linearly interpolated there."""
+
+    flops: float
+    difference: float
+    interval: inference.Interval | None
+    verdict: str
+
+
+#: Where inside the common FLOPs range the matched-FLOPs differences are read (fractions).
+MATCHED_FRACTIONS = (0.25, 0.5, 0.75)
 
 
 def curve_sides(frame: pd.DataFrame, selector: Selector, flag: str, split: str) -> list[Side]:
@@ -469,7 +490,9 @@ def compare_curves(
     allow_mixed_code: bool = False,
 ) -> CurveComparison:
     """Curve A against curve B (or the vanilla series): the mean of ``A - B`` over the common
-    FLOPs range, its interval from a bootstrap that resamples each point's seeds."""
+    FLOPs range and ``A - B`` at matched FLOPs (:data:`MATCHED_FRACTIONS` of that range), each
+    with the t-interval of a linear combination of the points' seed means
+    (:func:`harness.inference.linear_interval`; the FLOPs of each point are its seed mean)."""
     sides_a = curve_sides(frame, a, "--a", split)
     points_a = [Point(side.label, side.flops, side.accuracy) for side in sides_a]
     if b.vanilla:
@@ -499,19 +522,39 @@ def compare_curves(
             f"{min(flops_b) / 1e9:.4f}-{max(flops_b) / 1e9:.4f})"
         )
     count = len(points_a)
+    groups = [p.accuracy for p in [*points_a, *points_b]]
+    method = (
+        f"t over each point's seeds, Welch-Satterthwaite df ({len(groups)} points; the gap is "
+        "linear in the point means, FLOPs taken at their seed means)"
+    )
 
-    def statistic(*groups: np.ndarray) -> float:
-        means = [float(np.mean(g)) for g in groups]
+    def at(flops: float) -> Callable[[Sequence[float]], float]:
+        def difference(means: Sequence[float]) -> float:
+            return float(
+                np.interp(flops, flops_a, means[:count]) - np.interp(flops, flops_b, means[count:])
+            )
+
+        return difference
+
+    def mean_gap(means: Sequence[float]) -> float:
         return inference.curve_gap(flops_a, means[:count], flops_b, means[count:])[0]
 
-    groups = [p.accuracy for p in [*points_a, *points_b]]
-    interval, note = None, ""
-    if min(len(g) for g in groups) >= 2:
-        interval = inference.bootstrap_groups(
-            groups, statistic, f"bootstrap over each point's seeds ({len(groups)} points)"
+    weights = inference.linear_weights(mean_gap, len(groups))
+    interval = inference.linear_interval(weights, groups, method)
+    note = "" if interval is not None else "no interval: a point has one seed"
+    matched = []
+    for fraction in MATCHED_FRACTIONS:
+        flops = low + fraction * (high - low)
+        point_weights = inference.linear_weights(at(flops), len(groups))
+        point = inference.linear_interval(point_weights, groups, method)
+        matched.append(
+            MatchedPoint(
+                flops,
+                at(flops)([float(g.mean()) for g in groups]),
+                point,
+                inference.verdict(point, margin),
+            )
         )
-    else:
-        note = "no interval: a point has one seed"
     return CurveComparison(
         a.text,
         b_label,
@@ -524,6 +567,8 @@ def compare_curves(
         margin,
         inference.verdict(interval, margin),
         note,
+        matched,
+        inference.linear_seeds_needed(weights, groups, margin),
     )
 
 

@@ -253,13 +253,30 @@ def format_curves(c: CurveComparison) -> list[str]:
         gap = f"{_interval_text(c.interval)}  ({c.interval.method})"
     else:
         gap = f"{c.gap:+.2f} ({c.note})"
-    return [
+    lines = [
         f"A: {c.a_label}: {_points_text(c.a)}",
         f"B: {c.b_label}: {_points_text(c.b)}",
         f"common FLOPs range {c.low_flops / 1e9:.4f}-{c.high_flops / 1e9:.4f} GFLOPs; mean "
         f"A - B over it (area between the curves / range width), 95% CI: {gap}",
-        f"verdict: {_verdict_text(c.verdict, c.margin)} (margin ±{c.margin:g} points)",
     ]
+    for point in c.matched:
+        share = (point.flops - c.low_flops) / (c.high_flops - c.low_flops)
+        text = _interval_text(point.interval) if point.interval else f"{point.difference:+.2f}"
+        lines.append(
+            f"  at {point.flops / 1e9:.4f} GFLOPs ({share:.0%} into the range): A - B {text}; "
+            f"{_verdict_text(point.verdict, c.margin)}"
+        )
+    needed = ""
+    if c.verdict == INCONCLUSIVE and c.seeds_needed is not None:
+        needed = f"; about {c.seeds_needed} seeds per point would decide the mean gap"
+    elif c.verdict == INCONCLUSIVE:
+        needed = "; no seed count up to 1,000 would decide it at this gap"
+    n = min((len(p.accuracy) for p in [*c.a, *c.b]), default=0)
+    lines.append(
+        f"verdict: {_verdict_text(c.verdict, c.margin)} for the mean gap (margin "
+        f"±{c.margin:g} points, n = {n} seeds per point){needed}"
+    )
+    return lines
 
 
 def comparison_lines(item: Planned) -> list[str]:
