@@ -63,6 +63,7 @@ from harness.study import (
     GridOptions,
     GridOutcome,
     Study,
+    TrialsTable,
     check_downloaded_data,
     check_study_folder,
     checkpoint_epoch,
@@ -75,7 +76,6 @@ from harness.study import (
     stop_line,
     study_lock,
     study_record,
-    write_trials_table,
 )
 from harness.train import run_trial
 
@@ -462,15 +462,16 @@ def make_progress_callback(
     done_before: int = 0,
     best: tuple[float, str] | None = None,
     heartbeat_s: float = 300.0,
-    on_change: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    on_change: Callable[[str, dict[str, Any]], None] | None = None,
     emit: Emit = log.info,
 ):
     """A Tune callback emitting one line per trial state change (started, finished, retrying,
     failed) with the study's counts and the best accuracy so far, plus a line listing the
     running trials' epochs every ``heartbeat_s``. ``.records`` keeps per trial its status,
-    Ray node, failures and error for ``trials.csv``; ``on_change(records)`` is called after
-    every change of state (the driver rewrites ``trials.csv``, so a killed driver loses
-    nothing of the trials that ended before)."""
+    Ray node, failures and error for ``trials.csv``; ``on_change(name, record)`` is called
+    after every change of state of a trial, with all the launch learnt about it (the driver's
+    :class:`~harness.study.TrialsTable` logs it at once, so a killed driver loses nothing of
+    the trials that ended before, and rewrites ``trials.csv`` at most every 30 s)."""
     from ray import tune
 
     class GridProgress(tune.Callback):
@@ -482,11 +483,11 @@ def make_progress_callback(
             self.best = best
             self.started = self.last_line = time.monotonic()
 
-        def _changed(self) -> None:
+        def _changed(self, name: str) -> None:
             if on_change is None:
                 return
             try:
-                on_change(self.records)
+                on_change(name, self.records[name])
             except (OSError, HarnessError) as err:  # the study goes on; the end rewrites it
                 log.warning("cannot update the trials table: %s", err)
 
@@ -506,7 +507,7 @@ def make_progress_callback(
             self._record(trial)["status"] = "running"
             retry = f" (attempt {trial.num_failures + 1})" if trial.num_failures else ""
             self._line(f"started  {name}{retry}")
-            self._changed()
+            self._changed(name)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = self._record(trial)
@@ -526,7 +527,7 @@ def make_progress_callback(
                 self.failed += 1
                 record.update(status="failed", error=record.get("harness_error", "no results"))
                 self._line(f"FAILED   {name}: {record['error']}")
-                self._changed()
+                self._changed(name)
                 return
             self.done += 1
             record["status"] = "finished"
@@ -536,7 +537,7 @@ def make_progress_callback(
             flops = record.get("flops_per_image_mean")
             cost = f", {flops:.3g} FLOPs/image" if isinstance(flops, (int, float)) else ""
             self._line(f"finished {name}: acc {accuracy:.3f}{cost}")
-            self._changed()
+            self._changed(name)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             name = trial.config["trial"]
@@ -544,7 +545,7 @@ def make_progress_callback(
             record = self._record(trial)
             record.update(failures=trial.num_failures, error=_error_text(trial))
             self._line(f"retrying {name} from its last checkpoint: {record['error']}")
-            self._changed()
+            self._changed(name)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             name = trial.config["trial"]
@@ -553,7 +554,7 @@ def make_progress_callback(
             record = self._record(trial)
             record.update(status="failed", failures=trial.num_failures, error=_error_text(trial))
             self._line(f"FAILED   {name}: {record['error']}")
-            self._changed()
+            self._changed(name)
 
         def on_step_end(self, iteration, trials, **info):
             if self.running and time.monotonic() - self.last_line >= heartbeat_s:
@@ -682,11 +683,13 @@ def launch(
         threads=max(1, int(resources["cpu"])),
         argv=argv,
     )
+    table = TrialsTable(study, records)
+    table.write()
     progress = make_progress_callback(
         len(study.trials),
         len(finished),
         _best_accuracy(study, finished),
-        on_change=lambda records: write_trials_table(study, records),
+        on_change=table.changed,
         emit=emit,
     )
     if records is not None:

@@ -8,7 +8,10 @@ directory. The study folder holds::
     results.csv         every trial x evaluation-mode row (harness.store schema), rewritten
                         atomically after each launch
     trials.csv          one row per trial: status, accuracy, FLOPs, Ray node, GPU ids, device,
-                        failures
+                        failures; rewritten at most every 30 s while a launch runs, and at
+                        its end
+    trials.events.jsonl the trials' state changes since trials.csv was last written (read
+                        back by the next write: a killed driver loses none)
     trials/<trial>/     the run directories (config, checkpoint, metrics, results, summary)
     ray/launch-NNN/     the Ray Tune experiment of each launch (Tune checkpoints, error logs)
 
@@ -25,9 +28,11 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +65,10 @@ from harness.runs import (
 STUDY_FILE = store.STUDY_FILE  # the study folder's names live in harness.store
 TRIALS_DIR = store.TRIALS_DIR
 TRIALS_TABLE = "trials.csv"
+#: The state changes of the running launch's trials since ``trials.csv`` was last written.
+TRIALS_EVENTS = "trials.events.jsonl"
+#: A running launch rewrites ``trials.csv`` at most this often (seconds; and at its end).
+TRIALS_WRITE_EVERY_S = 30.0
 RAY_DIR = "ray"
 LOCK_FILE = store.LOCK_FILE
 DEFAULT_PRESET = "cpu-mini"
@@ -427,48 +436,127 @@ def gather_results(study: Study) -> Path | None:
     return path
 
 
-def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write ``trials.csv``: per trial its grid values, status, accuracy, FLOPs, node, the GPU
-    ids Ray gave it and the device it trained on, failures.
+#: Keys of a trials.csv row that a launch learns (the rest come from the run directory).
+LAUNCH_KEYS = ("node_id", "gpu_ids", "device", "failures", "error")
 
-    ``launch`` holds what this launch learnt per trial (status, node_id, failures, error); trials
-    not run now keep the values of the previous table. A run directory with ``failed.json``
-    (training diverged) says failed, with its error, unless this launch knows better; one with
-    an unreadable summary is reported as such.
-    """
-    path = study.folder / TRIALS_TABLE
+
+def _stored_trials(study: Study) -> dict[str, dict[str, Any]]:
+    """What the study folder knows per trial from earlier writes: ``trials.csv`` with the state
+    changes logged after it was last written (``trials.events.jsonl``: a driver killed between
+    two writes of the table loses nothing of the trials that changed state before)."""
+    path, events = study.folder / TRIALS_TABLE, study.folder / TRIALS_EVENTS
     previous: dict[str, dict[str, Any]] = {}
     if path.is_file():
         old = pd.read_csv(path, keep_default_na=False, dtype=str)
         previous = {row["trial_id"]: row for row in old.to_dict("records")}
+    for event in store.read_jsonl(events):
+        name = event.pop("trial", None)
+        if name is not None:
+            previous.setdefault(str(name), {}).update(event)
+    return previous
+
+
+def _static_columns(trial: Trial) -> dict[str, Any]:
+    columns = trial_columns(trial.run_config, get_method(trial.config["method"]), trial.name)
     keys = ("trial_id", "method", "depth", "time_penalty_name", "time_penalty", "seed")
-    rows = []
-    for trial in study.trials:
-        columns = trial_columns(trial.run_config, get_method(trial.config["method"]), trial.name)
-        row: dict[str, Any] = {key: columns[key] for key in keys}
-        run_dir = study.run_dir(trial)
-        from_run: dict[str, Any] = {}
-        if (run_dir / store.FAILED_FILE).is_file():
-            with contextlib.suppress(HarnessError):
-                failure = store.read_json(run_dir / store.FAILED_FILE)
-                from_run = {"status": "failed", "error": failure.get("error", "failed")}
-        summary: dict[str, Any] = {}
-        if is_finished(run_dir):
-            summary = store.read_json(run_dir / store.SUMMARY_FILE)
-        elif (run_dir / store.SUMMARY_FILE).is_file():
-            try:
-                store.read_json(run_dir / store.SUMMARY_FILE)
-            except HarnessError as err:
-                from_run = {"status": "unreadable summary", "error": str(err)}
-        known = {**previous.get(trial.name, {}), **from_run, **launch.get(trial.name, {})}
-        row["status"] = "finished" if summary else known.get("status") or "pending"
-        row["test_accuracy"] = summary.get("test_accuracy", "")
-        row["flops_per_image_mean"] = summary.get("flops_per_image_mean", "")
-        for key in ("node_id", "gpu_ids", "device", "failures", "error"):
-            row[key] = known.get(key, "")
-        rows.append(row)
-    store.atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
-    return path
+    return {key: columns[key] for key in keys}
+
+
+def _trial_row(
+    study: Study,
+    trial: Trial,
+    static: Mapping[str, Any],
+    previous: Mapping[str, Any],
+    launch: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One row of ``trials.csv``: the trial's grid values (``static``), its state from its run
+    directory if finished, else from what this ``launch`` learnt, else from the run directory
+    (diverged, unreadable summary), else from what the folder knew before (``previous``)."""
+    row: dict[str, Any] = dict(static)
+    run_dir = study.run_dir(trial)
+    from_run: dict[str, Any] = {}
+    if (run_dir / store.FAILED_FILE).is_file():
+        with contextlib.suppress(HarnessError):
+            failure = store.read_json(run_dir / store.FAILED_FILE)
+            from_run = {"status": "failed", "error": failure.get("error", "failed")}
+    summary: dict[str, Any] = {}
+    if is_finished(run_dir):
+        summary = store.read_json(run_dir / store.SUMMARY_FILE)
+    elif (run_dir / store.SUMMARY_FILE).is_file():
+        try:
+            store.read_json(run_dir / store.SUMMARY_FILE)
+        except HarnessError as err:
+            from_run = {"status": "unreadable summary", "error": str(err)}
+    known = {**previous, **from_run, **launch}
+    row["status"] = "finished" if summary else known.get("status") or "pending"
+    row["test_accuracy"] = summary.get("test_accuracy", "")
+    row["flops_per_image_mean"] = summary.get("flops_per_image_mean", "")
+    for key in LAUNCH_KEYS:
+        row[key] = known.get(key, "")
+    return row
+
+
+class TrialsTable:
+    """``trials.csv`` kept in memory while a launch runs, at O(1) cost per state change.
+
+    Built from the folder (:func:`_stored_trials`, every run directory read once) and written at
+    once; then :meth:`changed` re-reads only the changed trial's run directory, appends the
+    change to ``trials.events.jsonl`` (one line: a killed driver loses nothing) and rewrites
+    ``trials.csv`` at most every ``every_s`` seconds (rewriting n rows at each of a grid's 2n
+    state changes made its bookkeeping O(n^2)); :meth:`write` writes it now and empties the
+    log, which the table then holds. ``launch`` holds what this launch learnt per trial
+    (status, node_id, failures, error), over the stored values; a run directory with
+    ``failed.json`` (training diverged) says failed, with its error, unless this launch knows
+    better; one with an unreadable summary is reported as such.
+    """
+
+    def __init__(
+        self,
+        study: Study,
+        launch: Mapping[str, Mapping[str, Any]] | None = None,
+        every_s: float = TRIALS_WRITE_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.study, self.every_s, self.clock = study, every_s, clock
+        self.path = study.folder / TRIALS_TABLE
+        self.events = study.folder / TRIALS_EVENTS
+        self.previous = _stored_trials(study)
+        self.trials = {t.name: t for t in study.trials}
+        self.static = {t.name: _static_columns(t) for t in study.trials}
+        launch = launch or {}
+        self.rows = {name: self._row(name, launch.get(name, {})) for name in self.trials}
+        self.written = -math.inf
+
+    def _row(self, name: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        previous = self.previous.get(name, {})
+        return _trial_row(self.study, self.trials[name], self.static[name], previous, record)
+
+    def changed(self, name: str, record: Mapping[str, Any]) -> None:
+        """Trial ``name`` changed state; ``record``: all this launch learnt about it."""
+        if name not in self.trials:
+            return
+        store.append_jsonl(self.events, {"trial": name, **record})
+        self.rows[name] = self._row(name, record)
+        if self.clock() - self.written >= self.every_s:
+            self.write()
+
+    def write(self) -> Path:
+        """Write ``trials.csv`` (atomic), then empty the event log it now holds."""
+        frame = pd.DataFrame([self.rows[t.name] for t in self.study.trials])
+        store.atomic_write_text(self.path, frame.to_csv(index=False))
+        with contextlib.suppress(FileNotFoundError):
+            self.events.unlink()
+        self.written = self.clock()
+        return self.path
+
+
+def write_trials_table(study: Study, launch: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write ``trials.csv`` now: per trial its grid values, status, accuracy, FLOPs, node, the
+    GPU ids Ray gave it and the device it trained on, failures (:class:`TrialsTable`, which a
+    running launch keeps instead). ``launch`` holds what this launch learnt per trial; trials
+    not run now keep the values of the previous table and of the state changes logged after
+    it."""
+    return TrialsTable(study, launch).write()
 
 
 # ---------------------------------------------------------------------------- run directories

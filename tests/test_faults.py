@@ -40,7 +40,14 @@ from harness.config import DataConfig
 from harness.data import CIFAR10_CLASSES, build_data
 from harness.errors import ConfigError, DataError, DivergenceError
 from harness.presets import PRESET_DIR, load_preset
-from harness.study import TRIALS_TABLE, GridOptions, plan_study, write_trials_table
+from harness.study import (
+    TRIALS_EVENTS,
+    TRIALS_TABLE,
+    GridOptions,
+    TrialsTable,
+    plan_study,
+    write_trials_table,
+)
 from harness.train import CRASH_ENV, InjectedCrash
 
 
@@ -558,16 +565,30 @@ def test_trials_csv_keeps_what_ended_before_a_driver_kill(tmp_path: Path, tiny_n
         GridOptions(preset=str(preset), out=str(tmp_path / "s"), data_root=str(tiny_npz_root))
     )
     names = [t.name for t in study.trials]
-    progress = make_progress_callback(
-        len(names), on_change=lambda records: write_trials_table(study, records)
-    )
+    study.folder.mkdir(parents=True)
+    # trials.csv is written when the launch starts, then (every_s) only at its end: each state
+    # change goes to the event log at once.
+    live = TrialsTable(study, every_s=3600.0)
+    live.write()
+    progress = make_progress_callback(len(names), on_change=live.changed)
     done = SimpleNamespace(config={"trial": names[0]}, num_failures=1, error_file=None)
     running = SimpleNamespace(config={"trial": names[1]}, num_failures=0, error_file=None)
     progress.on_trial_start(0, [], done)
     progress.on_trial_start(0, [], running)
     progress.on_trial_result(0, [], done, {"node_id": "node-a", "test_accuracy": 0.5})
     progress.on_trial_complete(0, [], done)
-    # The driver is killed here: conclude_study never runs. The table on disk already knows.
+    events = store.read_jsonl(study.folder / TRIALS_EVENTS)
+    assert [(e["trial"], e["status"]) for e in events] == [
+        (names[0], "running"),
+        (names[1], "running"),
+        (names[0], "finished"),
+    ]
+    # The driver is killed here: conclude_study never runs. The folder already knows: the
+    # table as the launch started plus the logged changes, which the next write reads back.
+    table = pd.read_csv(study.folder / TRIALS_TABLE, keep_default_na=False, dtype=str)
+    assert list(table["status"]) == ["pending", "pending"]
+    write_trials_table(study, {})
+    assert not (study.folder / TRIALS_EVENTS).exists()  # the table holds them now
     table = pd.read_csv(study.folder / TRIALS_TABLE, keep_default_na=False, dtype=str)
     first = table.set_index("trial_id").loc[names[0]]
     assert (first["node_id"], first["failures"], first["status"]) == ("node-a", "1", "finished")

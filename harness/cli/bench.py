@@ -8,6 +8,9 @@ runner.
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,13 +18,25 @@ from pathlib import Path
 import torch
 import yaml
 
+from harness import store
 from harness.bench import GROUPS, PLAN_FILE, BenchOptions, GridRunner, GridTimes, run_bench
 from harness.bench.plan import GridPlan
+from harness.bench.run import machine_info
+from harness.bench.scaling import SIZES, parse_sizes, run_scaling
+from harness.bench.synthetic import write_synthetic_data
 from harness.cli.flags import add_command, csv_list, options_from
 from harness.data import resolve_data_root
-from harness.grid import run_grid
+from harness.grid import dry_run_lines, run_grid
 from harness.presets import load_preset_tree
-from harness.study import GridOptions, plan_study
+from harness.study import (
+    GridOptions,
+    Study,
+    TrialsTable,
+    gather_results,
+    plan_study,
+    study_record,
+    write_trials_table,
+)
 from harness.train import run_trial
 
 EXAMPLES = """examples:
@@ -31,6 +46,8 @@ EXAMPLES = """examples:
   pact-harness bench --device cuda --out bench_cuda.json
   # another plan: other methods, keys or targets (same keys as the shipped plan)
   pact-harness bench --quick --plan my_bench.yaml
+  # the harness's own cost as a study grows (synthetic studies, no training)
+  pact-harness bench --scaling --sizes 10,100,1000,5000 --out results/bench_scaling.json
 """
 
 
@@ -77,8 +94,77 @@ def grid_runner(data_root: str | None) -> GridRunner:
     return run
 
 
+class GridScaling:
+    """The grid's side of ``bench --scaling`` (:class:`harness.bench.scaling.ScalingOps`): its
+    planning, ``trials.csv`` bookkeeping and gather, on a synthetic study folder."""
+
+    def __init__(self) -> None:
+        self.root: Path | None = None
+        self.studies: dict[Path, Study] = {}
+
+    def data_root(self, folder: Path) -> Path:
+        self.root = write_synthetic_data(folder / "data")
+        return self.root
+
+    def _options(self, preset: Path, folder: Path, **extra) -> GridOptions:
+        return GridOptions(preset=str(preset), out=str(folder), data_root=str(self.root), **extra)
+
+    def plan(self, preset: Path, folder: Path) -> None:
+        options = self._options(preset, folder, dry_run=True, estimate=True, gpus=8)
+        for _ in dry_run_lines(options):
+            pass
+
+    def study(self, preset: Path, folder: Path) -> Study:
+        if folder not in self.studies:
+            self.studies = {folder: plan_study(self._options(preset, folder))}
+        return self.studies[folder]
+
+    def record(self, preset: Path, folder: Path) -> dict:
+        return study_record(self.study(preset, folder))
+
+    def trials_rewrite(self, preset: Path, folder: Path) -> None:
+        write_trials_table(self.study(preset, folder), {})
+
+    def bookkeeping(self, preset: Path, folder: Path) -> None:
+        study = self.study(preset, folder)
+        table = TrialsTable(study)
+        table.write()
+        records: dict[str, dict] = {}
+        for trial in study.trials:
+            record = records.setdefault(trial.name, {"status": "running"})
+            table.changed(trial.name, record)
+            record.update(status="finished", node_id="synthetic", failures=0)
+            table.changed(trial.name, record)
+        write_trials_table(study, records)  # as the launch's end does
+
+    def gather(self, preset: Path, folder: Path) -> None:
+        gather_results(self.study(preset, folder))
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    """``bench --scaling``: the table, and the JSON when ``--out`` is given."""
+    if args.out:
+        store.check_writable_file(args.out, "--out")
+    sizes = parse_sizes(args.sizes)
+    result = run_scaling(GridScaling(), sizes, progress=lambda line: print(line, flush=True))
+    for line in result.lines:
+        print(line)
+    if args.out:
+        data = {
+            "scaling": result.data,
+            "command": shlex.join(["pact-harness", *sys.argv[1:]]),
+            "machine": machine_info(torch.device("cpu")),
+        }
+        strict = json.loads(store.json_text(data))
+        store.atomic_write_text(args.out, store.json_text(strict, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure, print the table, write the JSON."""
+    if args.scaling:
+        return cmd_scaling(args)
     options = options_from(
         BenchOptions, args, skip=tuple(args.skip or ()), grid_runner=grid_runner(args.data_root)
     )
@@ -111,5 +197,16 @@ def add_parser(sub) -> None:
         "--plan",
         help="the bench plan: which methods each figure measures, its key and target "
         f"(default: {PLAN_FILE.parent.name}/{PLAN_FILE.name})",
+    )
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead of the speed figures: the harness's own cost (plan, trials.csv "
+        "bookkeeping, gather, report) on synthetic studies of --sizes trials, with growth "
+        "exponents",
+    )
+    p.add_argument(
+        "--sizes",
+        help=f"--scaling: study sizes in trials (default {','.join(map(str, SIZES))})",
     )
     p.set_defaults(func=cmd_bench)

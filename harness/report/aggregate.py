@@ -660,6 +660,31 @@ def _run_order(runs: list[tuple[str, dict]], fields: list[list[str]]) -> list[in
     return sorted(range(len(runs)), key=key)
 
 
+#: The most runs the per-run figures draw: histogram panels and rows of ponder maps (a study
+#: of thousands of runs would otherwise draw thousands of axes, minutes each hundred).
+MAX_RUN_PANELS = 24
+MAX_MAP_ROWS = 12
+
+
+def some_runs(runs: list[tuple[str, dict]], limit: int) -> tuple[list[tuple[str, dict]], list[str]]:
+    """At most ``limit`` of ``runs`` for a per-run figure, and a note saying which when some
+    are left out: the first seed of each experiment (every run when there are fewer
+    experiments than ``limit``), evenly spaced over them in reading order (:func:`_run_order`
+    without configuration fields)."""
+    if len(runs) <= limit:
+        return runs, []
+    order = _run_order(runs, [[] for _ in runs])
+    firsts: dict[str, int] = {}
+    for i in order:
+        experiment = json.dumps(runs[i][1].get("experiment_config"), sort_keys=True, default=str)
+        firsts.setdefault(experiment, i)
+    pool = list(firsts.values()) if len(firsts) >= limit else order
+    picks = sorted({pool[p] for p in np.linspace(0, len(pool) - 1, limit).round().astype(int)})
+    among = f"one seed of {len(picks)} of {len(firsts)} experiments" if pool is not order else ""
+    note = f"{len(picks)} of {len(runs)} runs shown, evenly spaced by method, depth and penalty"
+    return [runs[i] for i in picks], [f"{note} ({among})" if among else note]
+
+
 def _wrap(parts: list[str], width: int = 48) -> list[str]:
     """``parts`` joined by ", " into lines of at most about ``width`` characters."""
     lines: list[str] = []
@@ -690,6 +715,7 @@ def histogram_figure(runs: list[tuple[str, dict]]) -> HistogramFigure | None:
     adaptive = [(label, a) for label, a in runs if a["units"].size and a["adaptive"]]
     if not adaptive:
         return None
+    adaptive, shown = some_runs(adaptive, MAX_RUN_PANELS)
     fields, common = run_fields(adaptive)
     most = max(a["units"].sum(1).max() for _, a in adaptive)
     bins = np.arange(0.5, np.ceil(most) + 1.5, 1.0 if most <= 60 else max(1.0, most / 40))
@@ -699,7 +725,7 @@ def histogram_figure(runs: list[tuple[str, dict]]) -> HistogramFigure | None:
         title = "\n".join([_two_lines(label), *_wrap(fields[i])])
         panels.append((title, arrays["units"].sum(1)))
     notes = [f"fields a title does not name: {line}" for line in common]
-    return HistogramFigure(panels, bins, notes)
+    return HistogramFigure(panels, bins, [*shown, *notes])
 
 
 @dataclass
@@ -757,6 +783,7 @@ def ponder_figure(runs: list[tuple[str, dict]], per_run: int = 6) -> PonderFigur
     spatial = [(label, a) for label, a in runs if "units_map" in a or "ponder_map" in a]
     if not spatial:
         return None
+    spatial, picked = some_runs(spatial, MAX_MAP_ROWS)
     fields, common = run_fields(spatial)
     order = _run_order(spatial, fields)
     groups: dict[tuple[str, str], list[int]] = {}
@@ -798,4 +825,4 @@ def ponder_figure(runs: list[tuple[str, dict]], per_run: int = 6) -> PonderFigur
             title = ", ".join([label, *fields[i]])
             rows.append(PonderRow(title, [maps[p] for p in picks], images, len(scales) - 1))
     notes = [f"fields a row label does not name: {line}" for line in common]
-    return PonderFigure(rows, scales, shown, with_images, notes)
+    return PonderFigure(rows, scales, shown, with_images, [*picked, *notes])
