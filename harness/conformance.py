@@ -7,6 +7,8 @@ device, dtypes, finite values). :func:`preflight` runs the model once on a coupl
 the training forward and in every planned evaluation, without changing it (eval mode, no
 gradients, random state restored), and checks each output: ``train`` and ``profile`` call it
 before the first epoch or measurement, ``evaluate`` checks the first batch of every pass.
+:func:`verify_flops` builds the FLOP accountant and verifies each evaluation's FLOPs claim
+(:mod:`harness.costs.verify`): ``train`` calls it before the first epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 
 from harness.contract import AdaptiveModel, EvalSpec, ModelOutput
 from harness.costs import evaluating
+from harness.costs.flops import FlopAccountant
+from harness.costs.verify import verify_all
 from harness.errors import ContractError
 
 
@@ -175,3 +179,24 @@ def preflight(
             generator = torch.Generator(device=images.device).manual_seed(seed)
             run = EvalSpec(spec.mode, spec.execution, spec.threshold, generator)
             check_output(model, model(images, run), batch, method, sizes)
+
+
+def verify_flops(
+    model: AdaptiveModel,
+    images: torch.Tensor,
+    specs: Sequence[EvalSpec],
+    method: str | None = None,
+    seed: int = 0,
+) -> dict[tuple[str, str, float], str]:
+    """Build the FLOP accountant (every decision branch must run in the training forward) and
+    verify each spec's FLOPs claim on ``images`` (:func:`harness.costs.verify.verify_all`): a
+    wrong claim raises ContractError naming the method, the block and the unit. Returns each
+    spec's ``flops_verified`` label; the model and the random state are unchanged."""
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        accountant = FlopAccountant(model, tuple(images.shape[-2:]))
+        try:
+            return verify_all(model, images, list(specs), accountant, seed)
+        except ContractError as err:
+            name = f"method {method!r}: " if method else ""
+            raise ContractError(f"{name}{err}") from None

@@ -188,6 +188,11 @@ class AdaptiveModel(nn.Module, ABC):
     random_modes: ClassVar[tuple[str, ...]] = ()
     #: Modes whose halting rule has a threshold parameter; a subset of eval_modes.
     threshold_modes: ClassVar[tuple[str, ...]] = ()
+    #: Relaxed modes: the forward mixes every unit's output (e.g. a Concrete relaxation's
+    #: weighted sum of all states), so every unit runs everywhere by construction. Their masks
+    #: must say so, and their FLOPs are verified by counting, not by perturbing unit outputs (a
+    #: weight that underflowed to 0 would look like a discarded unit); a subset of eval_modes.
+    relaxed_modes: ClassVar[tuple[str, ...]] = ()
     #: True when units_executed is per position ``[B, H, W]`` rather than per sample ``[B]``
     #: (the backbone's units must then be :class:`SpatialUnit`).
     spatial: ClassVar[bool] = False

@@ -24,6 +24,8 @@ from harness import results
 from harness.config import EvalConfig
 from harness.conformance import check_output
 from harness.contract import EXECUTIONS, AdaptiveModel, EvalSpec, ModelOutput
+from harness.costs.flops import FlopAccountant
+from harness.costs.verify import Uncheckable, verify_execution
 from harness.errors import ConfigError, ContractError, check_choice
 from harness.progress import progress_bar
 from harness.stats import per_image_mean, sample_std
@@ -249,8 +251,15 @@ def evaluate_modes(
     split: str = "test",
     per_image_path=None,
     correct: dict[str, np.ndarray] | None = None,
+    verified: dict[tuple[str, str, float], str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every requested mode, threshold and seeded repeat; one summary row per (mode, threshold).
+
+    With a FLOP accountant (:class:`~harness.costs.flops.FlopAccountant`), each spec's FLOPs are
+    verified first on the loader's first batch (:func:`harness.costs.verify.verify_execution`:
+    counted, or mask honesty by perturbation): a wrong claim raises ContractError before the
+    pass, and the row's ``flops_verified`` names the check (empty when neither could run).
+    ``verified`` caches the labels across calls (the test and validation splits).
 
     With ``per_image_path``, the first pass (default mode, first threshold, first repeat) is
     also saved per image there (:func:`write_per_image`). With ``correct``, each row's
@@ -258,8 +267,12 @@ def evaluate_modes(
     the row's ``per_image_key`` (:func:`per_image_key`), for the comparisons' bootstrap.
     """
     rows = []
+    verified = {} if verified is None else verified
     for index, spec in enumerate(plan_evaluations(model, cfg)):
         random = spec.mode in model.random_modes
+        key = (spec.mode, spec.execution, spec.threshold)
+        if isinstance(flop_counter, FlopAccountant) and key not in verified:
+            verified[key] = _verify_first_batch(model, loader, spec, flop_counter, device, cfg)
         passes = []
         for repeat in range(cfg.repeats if random else 1):
             generator = None
@@ -288,12 +301,34 @@ def evaluate_modes(
             "split": split,
         }
         row.update(summarize(passes, flop_counter.vanilla_flops if flop_counter else None))
+        if key in verified:
+            row["flops_verified"] = verified[key]
         if correct is not None:
             row["per_image_key"] = per_image_key(row)
             stacked = torch.stack([p.correct.double() for p in passes]).mean(0)
             correct[row["per_image_key"]] = stacked.numpy().astype(np.float32)
         rows.append(results.fields("evaluate", row))
     return rows
+
+
+def _verify_first_batch(
+    model: AdaptiveModel,
+    loader: Iterable,
+    spec: EvalSpec,
+    accountant: FlopAccountant,
+    device: torch.device,
+    cfg: EvalConfig,
+) -> str:
+    """The ``flops_verified`` label of ``spec`` on the loader's first batch ("" if neither check
+    can run on it); a wrong claim raises ContractError naming the block and unit."""
+    first = next(iter(loader), None)
+    if first is None:
+        return ""
+    images = first[0].to(device)
+    try:
+        return verify_execution(model, images, spec, accountant, cfg.seed)
+    except Uncheckable:
+        return ""
 
 
 def per_image_key(row: Mapping[str, Any]) -> str:

@@ -93,7 +93,7 @@ def spec_problem(spec: Any) -> str | None:
     modes = model_cls.eval_modes
     if not modes or not all(isinstance(m, str) for m in modes):
         return f"model_cls {model_cls.__name__}.eval_modes={modes!r} is not a tuple of names"
-    for attr in ("random_modes", "threshold_modes"):
+    for attr in ("random_modes", "threshold_modes", "relaxed_modes"):
         extra = [m for m in getattr(model_cls, attr) if m not in modes]
         if extra:
             return f"model_cls {model_cls.__name__}.{attr} names modes not in eval_modes: {extra}"

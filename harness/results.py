@@ -223,6 +223,17 @@ COLUMNS: tuple[Column, ...] = (
         required=False,
     ),
     _c(
+        "flops_verified",
+        "",
+        "how this row's FLOPs were checked on the first evaluation batch (harness.costs.verify): "
+        "flop-counter (FlopCounterMode equals the accountant, unit by unit), mask-perturbation "
+        "(unit outputs perturbed where the masks say they did not run leave the logits, where "
+        "they ran move them); empty: not verified (an execution neither check can run on, or a "
+        "run made before FLOPs were verified)",
+        "evaluate",
+        required=False,
+    ),
+    _c(
         "per_image_key",
         "",
         "the row's per-image correctness in per_image_correct.npz (split|mode|execution|"

@@ -43,7 +43,7 @@ from harness.config import (
     to_dict,
     validate_run_config,
 )
-from harness.conformance import preflight
+from harness.conformance import preflight, verify_flops
 from harness.contract import AdaptiveModel, MethodSpec
 from harness.costs import evaluating
 from harness.costs.flops import FlopAccountant
@@ -121,12 +121,15 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    # The method's output against the contract, on two test images, before any epoch is spent.
+    # The method's output against the contract, on two test images, and its FLOPs (the
+    # accountant is built: every decision branch must run; each spec's claim is verified on a
+    # few test images), before any epoch is spent.
     first = next(iter(data.test_loader), None)
     probe = None
     if first is not None:
         probe = first[0][:2].to(device)
         preflight(model, probe, specs, cfg.method, cfg.eval.seed)
+        verify_flops(model, first[0].to(device), specs, cfg.method, cfg.eval.seed)
     forward = compiled(model, speed)
     return PreparedRun(cfg, spec, method_config, model, data, device, speed, forward, probe)
 
@@ -838,6 +841,7 @@ def finish_run(
     cfg, model = prepared.cfg, prepared.model
     flop_counter = FlopAccountant(model, image_size=prepared.data.image_size)
     correct: dict[str, Any] = {}
+    verified: dict[tuple[str, str, float], str] = {}  # on the test batch, for both splits
     rows = evaluate_modes(
         model,
         prepared.data.test_loader,
@@ -847,6 +851,7 @@ def finish_run(
         want_progress(cfg.progress),
         per_image_path=run_dir / store.PER_IMAGE_FILE,
         correct=correct,
+        verified=verified,
     )
     # Time per row on the first test batch; peak memory over the first eval.memory_batches
     # batches (0: all); add_cost_columns moves each to the device only while it measures it.
@@ -866,6 +871,7 @@ def finish_run(
             want_progress(cfg.progress),
             split="val",
             correct=correct,
+            verified=verified,
         )
         cost_keys = results.columns_of("costs")
         for val_row, test_row in zip(val_rows, rows, strict=True):  # the same plan, in order

@@ -5,6 +5,7 @@ per position, against an independent count of what really ran (FlopCounterMode).
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -62,19 +63,12 @@ def test_the_template_passes_check_method(monkeypatch):
 def test_check_method_cli_prints_each_check(capsys):
     assert main(["check-method", "pact", "--depth", "14", "--set", "halting_bias_init=0"]) == 0
     out = capsys.readouterr().out
-    assert "PASS  flops: accounted = counted for deterministic/early_exit" in out
+    flops = next(line for line in out.splitlines() if "flops:" in line)
+    assert flops.startswith("  PASS  flops: FLOPs verified for ")
+    assert "deterministic/early_exit: flop-counter" in flops
+    assert "deterministic/masked: mask-perturbation" in flops
+    assert "stochastic/masked: flop-counter" in flops  # the relaxed mode runs every unit
     assert "7 passed, 0 failed, 0 skipped" in out
-
-
-def test_a_check_that_cannot_run_is_skip_never_pass(capsys):
-    """The vanilla ResNet offers no execution that computes only what ran: its FLOP check
-    cannot count anything, and says SKIP (it used to print PASS ... nothing to count)."""
-    assert main(["check-method", "resnet", "--depth", "8"]) == 0  # a skip is not a failure
-    out = capsys.readouterr().out
-    assert "SKIP  flops: no execution computes only what ran" in out
-    assert "PASS  flops" not in out and "6 passed, 0 failed, 1 skipped" in out
-    results = {r.name: r for r in check_method("resnet", depth=8)}
-    assert results["flops"].skipped and results["contract"].passed
 
 
 # -- a toy backbone whose units differ in cost, and gates that skip any unit ------------------
@@ -246,7 +240,71 @@ def test_check_method_names_what_a_plugin_must_change(monkeypatch):
     monkeypatch.setitem(registry._REGISTRY, "liar", spec)
     results = {r.name: r for r in check_method("liar", depth=8)}
     assert not results["flops"].passed
-    assert "report in units_ran/branches_ran exactly" in results["flops"].detail
+    assert "units_ran must say exactly where each unit ran" in results["flops"].detail
+    assert "(gathered): block 0 unit " in results["flops"].detail  # named
+
+
+class MaskedOnly(GatedToy):
+    """The gated toy with its masked execution only (nothing it offers really skips)."""
+
+    def executions_for(self, mode):
+        return ("masked",)
+
+
+class ClaimsAll(MaskedOnly):
+    """Claims every unit ran, while its masked execution keeps only the opened gates' units."""
+
+    def forward(self, images, spec=None):
+        out = super().forward(images, spec)
+        return dataclasses.replace(out, units_ran=[torch.ones_like(out.units_ran[0])])
+
+
+class HidesOne(MaskedOnly):
+    """Uses unit 2 everywhere but reports it where its gate opened only."""
+
+    def forward(self, images, spec=None):
+        x = self.backbone.stem(images)
+        ran = []
+        for u, (gate, unit) in enumerate(zip(self.gates, self.backbone.blocks[0], strict=True)):
+            opened = self._open(gate, x)
+            ran.append(opened)
+            mask = torch.ones_like(opened) if u == 2 else opened
+            x = x + mask.float().view(-1, 1, 1, 1) * (unit(x) - x)
+        units_ran = torch.stack(ran, 1)
+        return ModelOutput(self.backbone.head(x), [units_ran], [torch.ones_like(units_ran)])
+
+
+@pytest.mark.parametrize(
+    ("liar", "message"),
+    [
+        (ClaimsAll, "is reported as run for image .*, but its output does not reach the logits"),
+        (HidesOne, "block 0 unit 2 is reported as not run for image .*, but its output there"),
+    ],
+)
+def test_lying_masks_of_a_masked_execution_fail_check_method_and_stop_train(
+    liar, message, monkeypatch, tiny_args, tmp_path, capsys
+):
+    """Masks that claim a unit ran where its output was discarded, or hide a unit whose output
+    was used, in an execution that computes everything: caught by perturbing unit outputs, in
+    check-method and before train's first epoch (nothing is written)."""
+    torch.manual_seed(3)
+    honest = MaskedOnly(False).eval()
+    with torch.no_grad():
+        ran = honest(torch.randn(8, 3, 8, 8), EvalSpec("gated", "masked")).units_ran[0]
+    assert _skips_middle_units(ran) and not bool(ran.all())  # the gates really vary
+    _register(monkeypatch, "liar", liar, False)
+    torch.manual_seed(3)
+    results = {r.name: r for r in check_method("liar", depth=8)}
+    assert not results["flops"].passed
+    assert re.search(message, results["flops"].detail), results["flops"].detail
+    _register(monkeypatch, "honest", MaskedOnly, False)
+    honest_results = {r.name: r for r in check_method("honest", depth=8)}
+    assert "gated/masked: mask-perturbation" in honest_results["flops"].detail
+    out = tmp_path / "run"
+    assert main(tiny_args(out, "--epochs", "1", method="liar")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: method 'liar': mode gated (masked)")
+    assert not (out / "checkpoint.pt").exists()
 
 
 def test_a_plugin_ships_presets_callable_by_name(monkeypatch):
@@ -296,3 +354,50 @@ def test_an_exception_inside_a_plugin_is_a_fail_line_not_a_traceback(monkeypatch
     assert not results["contract"].passed
     assert results["contract"].detail.startswith("AttributeError:")
     assert results["config"].passed  # checks that do not call forward still run
+
+
+class TwicePerForward(GatedToy):
+    """A masked-only plug-in that calls each unit twice per forward: no FLOP check can run
+    on it (nothing skips, and a perturbation cannot be placed in one call)."""
+
+    def executions_for(self, mode):
+        return ("masked",)
+
+    def forward(self, images, spec: EvalSpec | None = None):
+        x = self.backbone.stem(images)
+        ran = []
+        for gate, unit in zip(self.gates, self.backbone.blocks[0], strict=True):
+            opened = self._open(gate, x)
+            ran.append(opened)
+            mask = opened.float().view(-1, 1, 1, 1)
+            x = x + mask * (0.5 * unit(x) + 0.5 * unit(x) - x)
+        units_ran = torch.stack(ran, 1)
+        return ModelOutput(
+            logits=self.backbone.head(x),
+            units_ran=[units_ran],
+            branches_ran=[torch.ones_like(units_ran)],
+        )
+
+
+def _register(monkeypatch, name: str, model_cls, *args) -> None:
+    spec = dataclasses.replace(
+        get_method("resnet"),
+        name=name,
+        model_cls=model_cls,
+        build=lambda model_spec, config: model_cls(*args),
+    )
+    monkeypatch.setitem(registry._REGISTRY, name, spec)
+
+
+def test_a_check_that_cannot_run_is_skip_never_pass(monkeypatch, capsys):
+    """A plug-in no FLOP check can run on says SKIP with the reason (it used to print PASS ...
+    nothing to count); the vanilla ResNet, which runs everything, is counted."""
+    _register(monkeypatch, "twice", TwicePerForward, False)
+    assert main(["check-method", "twice", "--depth", "8"]) == 0  # a skip is not a failure
+    out = capsys.readouterr().out
+    assert "SKIP  flops: neither FLOP check could run on any execution: gated/masked" in out
+    assert "ran 2 times in one forward" in out
+    assert "PASS  flops" not in out and "1 skipped" in out
+    results = {r.name: r for r in check_method("resnet", depth=8)}
+    assert results["flops"].passed and not results["flops"].skipped
+    assert "standard/masked: flop-counter" in results["flops"].detail

@@ -64,6 +64,7 @@ def test_evaluate_and_costs_producers_write_exactly_their_columns(method: str):
     assert rows  # one row per mode (and threshold)
     for row in rows:
         assert list(row) == list(results.columns_of("evaluate"))
+        assert row["flops_verified"] in ("flop-counter", "mask-perturbation")  # the first batch
         # its per-image correctness, stored under its key, averages to its accuracy
         assert correct[row["per_image_key"]].shape == (12,)
         assert correct[row["per_image_key"]].mean() == pytest.approx(row["accuracy"])
@@ -71,7 +72,7 @@ def test_evaluate_and_costs_producers_write_exactly_their_columns(method: str):
     # Without an accountant and a correctness sink, their optional columns are left out.
     bare = evaluate_modes(model, loader, cfg, torch.device("cpu"), None)
     flop_columns = {"flops_per_image_mean", "flops_per_image_std", "flops_per_block"}
-    flop_columns.update({"flops_fraction_of_vanilla", "per_image_key"})
+    flop_columns.update({"flops_fraction_of_vanilla", "per_image_key", "flops_verified"})
     for row in bare:
         assert set(results.columns_of("evaluate")) - set(row) == flop_columns
     before = [set(row) for row in rows]

@@ -26,7 +26,12 @@ def add_parser(sub) -> None:
         "to an independent count of what really ran, state-dict round trip, config validation.",
     )
     p.add_argument("name", help="registered method name (see `pact-harness methods`)")
-    p.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth (default 20)")
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=26,
+        help="CIFAR ResNet depth (default 26: four units per block, two in the middle)",
+    )
     p.add_argument("--batch", type=int, default=8, help="random images per check (default 8)")
     p.add_argument("--seed", type=int, default=0)
     add_set_flag(p, "method-config keys, e.g. halting_bias_init=0 (halting that really halts)")

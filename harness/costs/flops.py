@@ -267,9 +267,7 @@ class FlopAccountant:
 
     def _block_per_sample(self, b: int, ran: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
         """MACs of block ``b`` per sample: every unit and branch that ran, at its own cost."""
-        unit_costs = torch.tensor([c.total for c in self.units[b]], dtype=torch.float64)
-        branch_costs = torch.tensor([c.total for c in self.halting[b]], dtype=torch.float64)
-        return ran.to(torch.float64) @ unit_costs + branches.to(torch.float64) @ branch_costs
+        return self._block(b, ran, branches)
 
     def _block_per_position(
         self, b: int, ran: torch.Tensor, branches: torch.Tensor
@@ -282,17 +280,43 @@ class FlopAccountant:
         stride) costs exactly its dense count. A decision branch is charged per position where it
         ran and its pooled part once per image where it ran anywhere.
         """
-        batch = ran.shape[0]
-        macs = torch.zeros(batch, dtype=torch.float64)
-        for u, cost in enumerate(self.units[b]):
-            active = ran[:, u].to(torch.float64).unsqueeze(1)  # [B, 1, H, W]
-            dilated = F.max_pool2d(active, 3, stride=1, padding=1)
-            charged = dilated.sum((1, 2, 3)) * cost.dilated_per_position
-            charged += active.sum((1, 2, 3)) * cost.active_per_position
-            everywhere = ran[:, u].flatten(1).all(1)  # exact dense count, no rounding
-            macs += torch.where(everywhere, float(cost.total), charged)
-        for k, halt in enumerate(self.halting[b]):
-            here = branches[:, k].to(torch.float64).flatten(1)
-            macs += here.sum(1) * halt.per_position
-            macs += (here.amax(1) > 0).to(torch.float64) * halt.per_image
+        return self._block(b, ran, branches)
+
+    def _block(self, b: int, ran: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
+        macs = torch.zeros(ran.shape[0], dtype=torch.float64)
+        for u in range(len(self.units[b])):
+            macs += self.unit_macs(b, u, ran[:, u])
+        for k in range(len(self.halting[b])):
+            macs += self.branch_macs(b, k, branches[:, k])
         return macs
+
+    def unit_macs(self, b: int, u: int, ran: torch.Tensor) -> torch.Tensor:
+        """MACs per sample ``[B]`` of unit ``u`` of block ``b`` from its mask: ``[B]`` (the
+        unit's dense cost where it ran) or ``[B, H, W]`` (spatial charging, see
+        :meth:`_block_per_position`)."""
+        cost = self.units[b][u]
+        ran = ran.detach().cpu().bool()
+        if ran.dim() == 1:
+            return ran.to(torch.float64) * float(cost.total)
+        active = ran.to(torch.float64).unsqueeze(1)  # [B, 1, H, W]
+        dilated = F.max_pool2d(active, 3, stride=1, padding=1)
+        charged = dilated.sum((1, 2, 3)) * cost.dilated_per_position
+        charged += active.sum((1, 2, 3)) * cost.active_per_position
+        everywhere = ran.flatten(1).all(1)  # exact dense count, no rounding
+        return torch.where(everywhere, float(cost.total), charged)
+
+    def branch_macs(self, b: int, k: int, ran: torch.Tensor) -> torch.Tensor:
+        """MACs per sample ``[B]`` of decision branch ``k`` of block ``b`` from where it ran
+        (``[B]`` or ``[B, H, W]``): per position where it ran, its pooled part once per image."""
+        halt = self.halting[b][k]
+        here = ran.detach().cpu().to(torch.float64)
+        if here.dim() == 1:
+            return here * float(halt.total)
+        here = here.flatten(1)
+        return here.sum(1) * halt.per_position + (here.amax(1) > 0).to(torch.float64) * (
+            halt.per_image
+        )
+
+    def branches_ran(self, output: ModelOutput, b: int) -> torch.Tensor:
+        """Where the decision branches of block ``b`` ran (the contract's default applied)."""
+        return self._branches_ran(output, b, output.units_ran[b].detach().cpu().bool())

@@ -52,6 +52,7 @@ class PACTResNet(HaltingResNet):
 
     eval_modes = ("deterministic", "stochastic", "sampled")
     random_modes = ("stochastic", "sampled")
+    relaxed_modes = ("stochastic",)  # the relaxed forward: every unit, a mixture of states
     threshold_modes = ("deterministic",)
     spatial = False
     penalty_name = "prior_loss"
