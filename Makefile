@@ -8,7 +8,7 @@ DATA_ROOT ?= $(or $(PACT_DATA_ROOT),data/cifar10)
 PRESET ?= cpu-mini
 DOWNLOAD ?= 0
 
-.PHONY: run test test-fast lint format install clean-venv
+.PHONY: run test test-fast lint format install clean-venv wheelhouse gpu-check
 
 $(BIN)/.installed: pyproject.toml examples/aig_gates/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,15 @@ format: $(BIN)/.installed
 
 clean-venv:
 	rm -rf $(VENV)
+
+# A lent GPU machine (docs/gpu.md). `make wheelhouse` here (it needs the package registries):
+# the wheels that machine lacks, at most 60 MiB, into wheelhouse/ (git-ignored; carry it).
+WHEELHOUSE ?= wheelhouse
+wheelhouse: $(BIN)/.installed
+	$(BIN)/python -m tools.wheelhouse build --out $(WHEELHOUSE)
+
+# There, from the repository root: every GPU check in at most 8 minutes; JSON and log into
+# $$OUT (or GPU_CHECK_OUT). Without CUDA: one line, exit 0. Uses .venv when there is one.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	$(GPU_PYTHON) -m tools.gpu_check --wheelhouse $(WHEELHOUSE) $(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT),)
