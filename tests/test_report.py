@@ -170,11 +170,16 @@ def test_modes_table_puts_each_experiments_modes_side_by_side_in_order(tmp_path)
                         "accuracy": acc,
                         "flops_per_image_mean": flops,
                         "peak_memory_bytes": memory * 2**20,
+                        # seed 1 of the deterministic mode was not verified: its cell is marked
+                        "flops_verified": ""
+                        if (mode, seed) == ("deterministic", 1)
+                        else "flop-counter",
                     }
                 )
     pd.concat([frame, pd.DataFrame(pact)]).to_csv(tmp_path / "results.csv", index=False)
     table = aggregate(load_results([tmp_path / "results.csv"]))
     modes = modes_table(table)
+    assert modes.iloc[0]["deterministic GFLOPs"] == "0.0900 *"  # one pooled seed unverified
     assert modes["penalty"].tolist() == ["lambda 0.01", "lambda 0.03"]
     first = modes.iloc[0]
     assert first["deterministic acc %"] == "71.50"  # (0.71 + 0.72) / 2

@@ -83,6 +83,12 @@ def _versions(values: pd.Series) -> list[str]:
     return sorted(set(map(str, values)))
 
 
+def _verified(values: pd.Series) -> str:
+    """The checks that verified every pooled row's FLOPs; "" if any row's were not."""
+    labels = [v if isinstance(v, str) else "" for v in values]
+    return "" if not all(labels) else "; ".join(sorted(set(labels)))
+
+
 def check_code_versions(frame: pd.DataFrame, allow_mixed_code: bool = False) -> None:
     """Seeds of one experiment must come from one code version (:func:`harness.store.
     code_version`); else one ``ConfigError`` line naming the experiment and the versions,
@@ -128,6 +134,8 @@ def aggregate(frame: pd.DataFrame, allow_mixed_code: bool = False) -> pd.DataFra
             stats[column.seeds.std] = (column.name, "std")
     if "code_version" in frame:
         stats["code"] = ("code_version", lambda v: "; ".join(_versions(v)))
+    if "flops_verified" in frame:
+        stats["flops_verified"] = ("flops_verified", _verified)
     table = frame.groupby(keys, dropna=False, sort=True).agg(**stats)
     for column in results.COLUMNS:
         if column.aggregate == "mean_std" and column.seeds.std in table:

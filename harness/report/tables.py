@@ -73,7 +73,7 @@ def paper_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
             "mode": row["eval_mode"],
             _ACCURACY.header: _accuracy_text(row),
             "seeds": int(row[SEEDS]),
-            _GFLOPS.header: _GFLOPS.format(row[FLOPS]),
+            _GFLOPS.header: _flops_text(row),
             "% of vanilla": "-" if pd.isna(row["fraction"]) else f"{row['fraction']:.1f}",
             _MEMORY.header: _mib(row.get(MEMORY)),
             **(
@@ -88,6 +88,18 @@ def paper_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
             record["code"] = row["code"]
         rows.append(record)
     return pd.DataFrame(rows)
+
+
+#: After a FLOPs cell whose rows' FLOPs were not all verified (see :data:`NOTE`).
+UNVERIFIED = " *"
+
+
+def _flops_text(row: pd.Series) -> str:
+    text = _GFLOPS.format(row[FLOPS])
+    verified = row.get("flops_verified")
+    if text != "-" and not (isinstance(verified, str) and verified):
+        text += UNVERIFIED
+    return text
 
 
 def modes_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -108,7 +120,7 @@ def modes_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
         for _, row in group.iterrows():
             mode = row["eval_mode"]
             record[f"{mode} acc %"] = _ACCURACY.format(row[ACCURACY])
-            record[f"{mode} GFLOPs"] = _GFLOPS.format(row[FLOPS])
+            record[f"{mode} GFLOPs"] = _flops_text(row)
             record[f"{mode} MiB"] = _mib(row.get(MEMORY))
         for key in table.attrs.get("differing", []):
             record[key] = first[key]
@@ -126,7 +138,10 @@ NOTE = (
     "backbone and input size, decision branches excluded). "
     "Peak memory: the maximum over the evaluation pass's measured batches (memory_batches of "
     "cost_batch_size images; eval.memory_batches, 0 = every batch), the median beside it; rows "
-    "made before the whole pass was measured hold the first test batch only (no median)."
+    "made before the whole pass was measured hold the first test batch only (no median). "
+    "GFLOPs marked * were not verified on an evaluation batch (results column flops_verified: "
+    "runs made before FLOPs were verified, or an execution neither check could run on); the "
+    "others were counted with FlopCounterMode or checked by perturbing unit outputs."
 )
 
 
