@@ -136,6 +136,21 @@ def check_output(
                 model.spatial,
                 sizes,
             )
+        elif any(branches) and model.branch_placement != "after":
+            placement = model.branch_placement
+            _fail(
+                method,
+                "branches_ran",
+                "is None, which means each decision branch ran where its unit ran, but "
+                + (
+                    "the model declares no branch_placement"
+                    if placement is None
+                    else f"branch_placement is {placement!r}"
+                )
+                + "; declare branch_placement = 'after' (a halting branch reading its unit's "
+                "output) or report branches_ran (a gate before its unit runs where it is asked, "
+                "also where its unit is then skipped)",
+            )
     if output.ponder_cost:
         if len(output.ponder_cost) != len(lengths):
             _fail(

@@ -41,6 +41,8 @@ from harness.errors import ConfigError, check_choice
 #: masks (the reference); ``early_exit`` removes halted samples from the batch as it goes;
 #: ``gathered`` runs only active positions (spatial methods).
 EXECUTIONS = ("masked", "early_exit", "gathered")
+#: Where a model's decision branches sit relative to their units (``branch_placement``).
+BRANCH_PLACEMENTS = ("after", "before")
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,12 @@ class ModelOutput:
 
     ``branches_ran`` holds, per block, the same kind of mask for the model's decision branches
     (:meth:`AdaptiveModel.decision_branches`: ``[B, K]`` or ``[B, K, H, W]`` for the block's
-    ``K`` branches): where each branch was evaluated. ``None`` means branch ``k`` ran exactly
-    where unit ``k`` ran (the halting convention: the branch after unit ``k`` decides whether
-    unit ``k + 1`` runs). A gate evaluated before its unit reports its own mask.
+    ``K`` branches): where each branch was evaluated. ``None`` is allowed only for a model that
+    declares ``branch_placement = "after"`` (:class:`AdaptiveModel`): branch ``k`` reads unit
+    ``k``'s output and ran exactly where unit ``k`` ran (the halting convention: the branch after
+    unit ``k`` decides whether unit ``k + 1`` runs). A gate evaluated before its unit
+    (``branch_placement = "before"``) reports its own mask: it runs wherever it is asked, also
+    where its unit is then skipped. There is no default pairing.
 
     ``units_executed`` (derived, read-only) is the count per sample or position, ``[B]`` or
     ``[B, H, W]``, for logs and maps. ``ponder_cost`` holds the per-sample or per-position
@@ -188,6 +193,12 @@ class AdaptiveModel(nn.Module, ABC):
     random_modes: ClassVar[tuple[str, ...]] = ()
     #: Modes whose halting rule has a threshold parameter; a subset of eval_modes.
     threshold_modes: ClassVar[tuple[str, ...]] = ()
+    #: Where the decision branches sit (:data:`BRANCH_PLACEMENTS`): ``"after"`` their unit (a
+    #: halting branch: branch ``k`` reads unit ``k``'s output, runs where unit ``k`` ran, and
+    #: ``ModelOutput.branches_ran`` may be None), or ``"before"`` it (a gate: every output must
+    #: report ``branches_ran``). Required when the model has decision branches and returns
+    #: ``branches_ran=None``; checked by :func:`harness.conformance.check_output`.
+    branch_placement: ClassVar[str | None] = None
     #: Relaxed modes: the forward mixes every unit's output (e.g. a Concrete relaxation's
     #: weighted sum of all states), so every unit runs everywhere by construction. Their masks
     #: must say so, and their FLOPs are verified by counting, not by perturbing unit outputs (a

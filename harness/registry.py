@@ -33,7 +33,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from harness.config import config_key
-from harness.contract import AdaptiveModel, MethodSpec
+from harness.contract import BRANCH_PLACEMENTS, AdaptiveModel, MethodSpec
 from harness.errors import ConfigError
 
 ENTRY_POINT_GROUP = "pact_harness.methods"
@@ -97,6 +97,12 @@ def spec_problem(spec: Any) -> str | None:
         extra = [m for m in getattr(model_cls, attr) if m not in modes]
         if extra:
             return f"model_cls {model_cls.__name__}.{attr} names modes not in eval_modes: {extra}"
+    placement = getattr(model_cls, "branch_placement", None)
+    if placement is not None and placement not in BRANCH_PLACEMENTS:
+        return (
+            f"model_cls {model_cls.__name__}.branch_placement={placement!r} is not one of "
+            f"{BRANCH_PLACEMENTS} (or None for a model without decision branches)"
+        )
     if not callable(spec.build):
         return f"build {spec.build!r} is not callable"
     if spec.time_penalty_field is not None:

@@ -401,3 +401,56 @@ def test_a_check_that_cannot_run_is_skip_never_pass(monkeypatch, capsys):
     results = {r.name: r for r in check_method("resnet", depth=8)}
     assert results["flops"].passed and not results["flops"].skipped
     assert "standard/masked: flop-counter" in results["flops"].detail
+
+
+def test_branches_ran_none_needs_a_declared_placement():
+    """No default pairing: ``branches_ran=None`` is accepted only from a model that declares
+    its branches sit after their units."""
+    from harness.conformance import check_output
+
+    class Undeclared(GatedToy):
+        def forward(self, images, spec=None):
+            return dataclasses.replace(super().forward(images, spec), branches_ran=None)
+
+    model = Undeclared(False).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 8, 8), EvalSpec("gated", "masked"))
+    with pytest.raises(ContractError, match="branches_ran is None.*declares no branch_placement"):
+        check_output(model, out, 2, "undeclared")
+    model.branch_placement = "before"
+    with pytest.raises(ContractError, match="branch_placement is 'before'"):
+        check_output(model, out, 2, "undeclared")
+    model.branch_placement = "after"
+    check_output(model, out, 2, "undeclared")  # declared: the pairing is the model's word
+
+
+def test_gates_before_their_units_declared_after_fail_check_method(monkeypatch):
+    """The example's gates run before their units on every image; a copy that reports
+    branches_ran=None and declares them "after" is charged its gates only where units ran.
+    check-method (depth 26: two middle units per block, gates varying) counts the difference
+    and names the branch."""
+    aig = get_method("aig")
+
+    class AfterLiar(aig.model_cls):
+        branch_placement = "after"
+
+        def forward(self, images, spec=None):
+            return dataclasses.replace(super().forward(images, spec), branches_ran=None)
+
+    spec = dataclasses.replace(
+        aig, name="aig_after", model_cls=AfterLiar, build=lambda ms, config: _rebuild(ms, config)
+    )
+
+    def _rebuild(model_spec, config):
+        model = aig.build(model_spec, config)
+        model.__class__ = AfterLiar
+        return model
+
+    monkeypatch.setitem(registry._REGISTRY, "aig_after", spec)
+    results = {r.name: r for r in check_method("aig_after", **_overrides("aig"))}
+    assert not results["flops"].passed
+    assert (
+        "decision branch" in results["flops"].detail and "branches_ran" in results["flops"].detail
+    )
+    honest = {r.name: r for r in check_method("aig", **_overrides("aig"))}
+    assert honest["flops"].passed and "gathered: flop-counter" in honest["flops"].detail

@@ -61,6 +61,8 @@ class HaltingResNet(AdaptiveModel):
 
     #: Name of the auxiliary loss term, and the config field that weights it.
     penalty_name: ClassVar[str] = "ponder_loss"
+    #: Halting branch ``k`` reads unit ``k``'s output and runs where unit ``k`` ran.
+    branch_placement = "after"
 
     def __init__(self, backbone: nn.Module, penalty_weight: float, bias_init: float = -3.0):
         super().__init__()

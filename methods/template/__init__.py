@@ -58,6 +58,10 @@ class TemplateModel(AdaptiveModel):
     threshold_modes = ()
     #: True if you count executed units per position ([B, H, W]) instead of per sample ([B]).
     spatial = False
+    #: Where your decision branches (decision_branches()) sit: "after" their unit (a halting
+    #: branch reading the unit's output: it ran where the unit ran, branches_ran may be None) or
+    #: "before" it (a gate: report branches_ran, where each gate was evaluated).
+    branch_placement = "after"
 
     def __init__(self, backbone, config: TemplateConfig):
         super().__init__()
@@ -92,7 +96,8 @@ class TemplateModel(AdaptiveModel):
         return ModelOutput(
             logits=self.backbone.head(x),
             units_ran=ran,
-            # branches_ran=None: branch k ran where unit k ran; report a mask if not so.
+            # branches_ran=None: branch k ran where unit k ran (branch_placement "after");
+            # a gate before its unit ("before") reports a mask of where it was evaluated.
             ponder_cost=[r.sum(1).to(images.dtype) for r in ran],
             aux_losses={"time_penalty_loss": self.config.time_penalty * penalty},
         )

@@ -58,6 +58,9 @@ class AIGResNet(AdaptiveModel):
 
     eval_modes = ("deterministic",)
     spatial = False
+    #: Each gate runs before its unit, on every image, whether or not the unit then runs; the
+    #: forward reports where (branches_ran).
+    branch_placement = "before"
 
     def __init__(self, backbone: nn.Module, config: AIGConfig):
         super().__init__()
