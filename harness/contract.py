@@ -20,8 +20,9 @@ The contract, in four parts (the first three are checked when the method is regi
   head, block channels); :class:`SpatialUnit` for the units spatial methods mask.
 
 Shapes: ``B`` is the batch, ``L`` the number of residual units in a block, ``C`` channels,
-``H, W`` the spatial size of a block's state. Image-level methods report per-sample counts
-``[B]``; spatial methods report per-position counts ``[B, H, W]``.
+``H, W`` the spatial size of a block's state. A forward reports *masks* of the units that ran:
+image-level methods ``[B, L]`` per block, spatial methods ``[B, L, H, W]``; the harness
+verifies them before it charges them (:mod:`harness.costs.verify`).
 """
 
 from __future__ import annotations
