@@ -41,7 +41,7 @@ from harness.costs.verify import verify_all
 from harness.errors import ConfigError, HarnessError
 from harness.evaluate import plan_specs
 from harness.models import create_model
-from harness.registry import get_method
+from harness.registry import get_method, plugin_frame
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,12 @@ def _check_state_dict(name, model, images, specs, seed, rebuild: Callable[[], Ad
     spec = specs[0]
     a, b = _run(model, images, spec, seed), _run(fresh, images, spec, seed)
     if not torch.equal(a.logits, b.logits):
+        if not torch.equal(a.logits, _run(model, images, spec, seed).logits):
+            raise AssertionError(
+                f"mode {spec.mode} ({spec.execution}) computes other logits on two identical "
+                "calls of the same model: draw every random number from spec.generator, not "
+                "from the global random state (torch.rand/randn/bernoulli without generator=)"
+            )
         raise AssertionError(
             "a fresh model that loaded the state dict computes other logits; keep every state "
             "(buffers included) in parameters or registered buffers"
@@ -228,7 +234,11 @@ def check_method(
         except SkipCheck as skip:
             results.append(CheckResult(check, True, str(skip), skipped=True))
         except Exception as err:  # noqa: BLE001 - any failure inside a plug-in is its FAIL line
-            results.append(CheckResult(check, False, f"{type(err).__name__}: {err}"))
+            where = (
+                plugin_frame(err) if not isinstance(err, (AssertionError, HarnessError)) else None
+            )
+            at = f" at {where[1]}:{where[2]} (module {where[3]})" if where else ""
+            results.append(CheckResult(check, False, f"{type(err).__name__}{at}: {err}"))
     return results
 
 

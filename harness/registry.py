@@ -29,7 +29,10 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import inspect
+import sys
+import traceback
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 from harness.config import config_key
@@ -215,6 +218,46 @@ def _load_entry_points() -> None:
             continue
         _REGISTRY[name] = spec
         _ORIGINS[name] = _origin_of(ep)
+
+
+def plugin_frame(err: BaseException) -> tuple[str, str, int, str] | None:
+    """Where inside a registered method's package ``err`` was raised: ``(who, file, line,
+    module)`` of the innermost traceback frame in a package that defines a method's model class
+    (``methods`` for the built-in ones, ``aig_gates``, your package), or None when no frame is
+    there (an error of the harness itself). ``who`` is ``method 'name'`` when the file sits
+    beside one method's model class, else ``package 'name'`` (shared code)."""
+    tops: dict[Path, str] = {}
+    beside: dict[Path, str] = {}
+    for name, spec in _REGISTRY.items():
+        module = sys.modules.get(spec.model_cls.__module__)
+        top = sys.modules.get(spec.model_cls.__module__.split(".")[0])
+        if module is None or top is None or not getattr(top, "__file__", None):
+            continue
+        tops[Path(top.__file__).resolve().parent] = top.__name__
+        beside.setdefault(Path(module.__file__).resolve().parent, name)
+    found = None
+    for frame, line in traceback.walk_tb(err.__traceback__):
+        file = Path(frame.f_code.co_filename).resolve()
+        for root, package in tops.items():
+            if file.is_relative_to(root):
+                owners = [(len(d.parts), n) for d, n in beside.items() if file.is_relative_to(d)]
+                who = f"method {max(owners)[1]!r}" if owners else f"package {package!r}"
+                relative = file.relative_to(root.parent).as_posix()
+                found = (who, relative, line, str(frame.f_globals.get("__name__", "?")))
+    return found
+
+
+def describe_plugin_error(err: BaseException) -> str | None:
+    """One line for an exception raised inside a method's package (see :func:`plugin_frame`):
+    ``method 'x' raised ValueError at aig_gates/__init__.py:123 (module aig_gates): ...``."""
+    where = plugin_frame(err)
+    if where is None:
+        return None
+    who, file, line, module = where
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{who} raised {type(err).__name__} at {file}:{line} (module {module})" + (
+        f": {message}" if message else ""
+    )
 
 
 def list_methods(pattern: str = "*") -> list[str]:

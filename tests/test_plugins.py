@@ -352,7 +352,9 @@ def test_an_exception_inside_a_plugin_is_a_fail_line_not_a_traceback(monkeypatch
     monkeypatch.setitem(registry._REGISTRY, "broken", spec)
     results = {r.name: r for r in check_method("broken", depth=8)}
     assert not results["contract"].passed
-    assert results["contract"].detail.startswith("AttributeError:")
+    assert re.match(
+        r"AttributeError at .*test_plugins\.py:\d+ \(module ", results["contract"].detail
+    )
     assert results["config"].passed  # checks that do not call forward still run
 
 
@@ -454,3 +456,60 @@ def test_gates_before_their_units_declared_after_fail_check_method(monkeypatch):
     )
     honest = {r.name: r for r in check_method("aig", **_overrides("aig"))}
     assert honest["flops"].passed and "gathered: flop-counter" in honest["flops"].detail
+
+
+class GlobalNoise(MaskedOnly):
+    """Draws its gate noise from the global random state instead of spec.generator."""
+
+    def _open(self, gate, x):
+        return gate(x.mean((2, 3)))[:, 0] + torch.randn(x.shape[0]) > 0
+
+
+def test_noise_from_the_global_rng_is_named_as_the_cause(monkeypatch):
+    _register(monkeypatch, "global_noise", GlobalNoise, False)
+    results = {r.name: r for r in check_method("global_noise", depth=8)}
+    assert not results["state dict"].passed
+    assert "draw every random number from spec.generator" in results["state dict"].detail
+    assert "parameters or registered buffers" not in results["state dict"].detail
+
+
+def test_an_exception_in_a_plugin_is_one_line_naming_its_file_and_line(
+    monkeypatch, tiny_args, tmp_path, capsys
+):
+    class Broken(MaskedOnly):
+        def forward(self, images, spec=None):
+            raise ValueError("expected 2D or 3D input (got 4D input)\nsecond line")
+
+    _register(monkeypatch, "broken_module", Broken, False)
+    detail = {r.name: r for r in check_method("broken_module", depth=8)}["contract"].detail
+    assert re.match(r"ValueError at .*test_plugins\.py:\d+ \(module .*test_plugins\): ", detail)
+    out = tmp_path / "run"
+    assert main(tiny_args(out, "--epochs", "1", method="broken_module")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert re.match(
+        r"error: method 'broken_module' raised ValueError at .*test_plugins\.py:\d+ "
+        r"\(module .*test_plugins\): expected 2D or 3D input \(got 4D input\)$",
+        err[0],
+    )
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_decision_branch_that_never_trains_stops_train_before_its_first_epoch(
+    monkeypatch, tiny_args, tmp_path, capsys
+):
+    class Idle(MaskedOnly):
+        def decision_branches(self):
+            return [[*self.gates, nn.Linear(8, 1)]]  # the last one is never called
+
+        def forward(self, images, spec=None):
+            out = super().forward(images, spec)
+            ones = torch.ones(images.shape[0], 5, dtype=torch.bool)
+            return dataclasses.replace(out, branches_ran=[ones])
+
+    _register(monkeypatch, "idle_branch", Idle, False)
+    out = tmp_path / "run"
+    assert main(tiny_args(out, "--epochs", "1", method="idle_branch")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decision branch 4 of block 0 did not run" in err[0], err
+    assert not (out / "checkpoint.pt").exists()

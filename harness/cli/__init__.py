@@ -16,6 +16,7 @@ import sys
 
 from harness.cli import bench, checkmethod, compare, grid, profile, report, train
 from harness.errors import HarnessError
+from harness.registry import describe_plugin_error
 
 #: Modules whose ``add_parser(subparsers)`` adds their subcommands, in help order.
 COMMANDS = (train, profile, grid, report, compare, checkmethod, bench)
@@ -45,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        # An exception raised inside a method's own code (a plug-in): one line naming its file,
+        # line and module. Anything else is a harness bug and keeps its traceback.
+        line = describe_plugin_error(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
 
 
