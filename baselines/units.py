@@ -123,6 +123,10 @@ class ResidualUnit(nn.Module):
 
     #: Conv submodules (attribute names) that feed a 3x3 conv; see the module docstring.
     DILATED_CONVS: ClassVar[tuple[str, ...]] = ()
+    #: The submodules (attribute names, in call order; the last one's output is the shortcut
+    #: value) that make up the shortcut: a skipped unit still runs them (a stage-opening unit
+    #: must change the state's shape), so the FLOP accountant charges them apart.
+    SHORTCUT_MODULES: ClassVar[tuple[str, ...]] = ("shortcut",)
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -243,6 +247,7 @@ class BottleneckV2Unit(ResidualUnit):
     """
 
     DILATED_CONVS = ("conv1",)
+    SHORTCUT_MODULES = ("shortcut_conv",)
 
     def __init__(self, in_channels: int, width: int, out_channels: int, stride: int = 1):
         super().__init__(in_channels, out_channels, stride)
@@ -277,6 +282,7 @@ class BottleneckV1Unit(ResidualUnit):
     """
 
     DILATED_CONVS = ("conv1",)
+    SHORTCUT_MODULES = ("shortcut_conv", "shortcut_bn")
 
     def __init__(self, in_channels: int, width: int, out_channels: int, stride: int = 1):
         super().__init__(in_channels, out_channels, stride)

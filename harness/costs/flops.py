@@ -5,7 +5,9 @@ convolutions and linear layers, as the SACT code's flopsometer counts them. Batc
 activations, pooling, additions and biases are not counted; halting branches are. For spatial
 methods a unit after the first of a block is charged per active position, and a conv that feeds a
 3x3 conv (the unit's ``DILATED_CONVS``) on the 3x3-dilated active set; the first unit of each
-block (it holds the stride) is dense.
+block (it holds the stride) is dense. A unit that did not run still pays its shortcut (the
+unit's ``SHORTCUT_MODULES``: a projection shortcut must change the state's shape even when the
+residual branch is skipped; parameter-free shortcuts cost 0).
 
 How fvcore meets input-dependent control flow, and why the accounting does not trace the adaptive
 model: fvcore runs one forward pass under the TorchScript tracer and counts the ops of the recorded
@@ -43,7 +45,7 @@ CONVENTION = (
     "FLOPs = 2 x multiply-accumulates of convolutions and linear layers (fvcore per unit, "
     "combined with executed-unit counts); halting branches included; BN, activations, pooling, "
     "additions and biases excluded; spatial: convs feeding a 3x3 conv on the 3x3-dilated "
-    "active set, first unit of each block dense"
+    "active set, first unit of each block dense; a skipped unit's projection shortcut charged"
 )
 
 # fvcore handles that count something other than conv/linear MACs: switch them off (a handle
@@ -104,7 +106,8 @@ class UnitCost:
 
     total: int  # dense cost of the unit
     dilated_per_position: float  # convs feeding a 3x3 conv, per output position
-    active_per_position: float  # the other convs, per output position
+    active_per_position: float  # the other residual convs, per output position
+    shortcut: int = 0  # its SHORTCUT_MODULES (a projection): run, and charged, where it skipped
 
 
 @dataclass
@@ -168,7 +171,15 @@ def _architecture_costs(model: AdaptiveModel, image_size: tuple[int, int]):
             positions = out_shape[2] * out_shape[3]
             total, by_module = count_macs(unit, torch.zeros(1, *in_shape[1:], device=device))
             dilated = sum(by_module.get(name, 0) for name in getattr(unit, "DILATED_CONVS", ()))
-            units[-1].append(UnitCost(total, dilated / positions, (total - dilated) / positions))
+            shortcut = sum(by_module.get(name, 0) for name in getattr(unit, "SHORTCUT_MODULES", ()))
+            units[-1].append(
+                UnitCost(
+                    total,
+                    dilated / positions,
+                    (total - dilated - shortcut) / positions,
+                    shortcut,
+                )
+            )
     for b, branches in enumerate(model.decision_branches()):
         halting.append([])
         for k, branch in enumerate(branches):
@@ -292,16 +303,17 @@ class FlopAccountant:
 
     def unit_macs(self, b: int, u: int, ran: torch.Tensor) -> torch.Tensor:
         """MACs per sample ``[B]`` of unit ``u`` of block ``b`` from its mask: ``[B]`` (the
-        unit's dense cost where it ran) or ``[B, H, W]`` (spatial charging, see
-        :meth:`_block_per_position`)."""
+        unit's dense cost where it ran, its shortcut's where it skipped) or ``[B, H, W]``
+        (spatial charging, see :meth:`_block_per_position`, plus the dense shortcut)."""
         cost = self.units[b][u]
         ran = ran.detach().cpu().bool()
-        if ran.dim() == 1:
-            return ran.to(torch.float64) * float(cost.total)
+        if ran.dim() == 1:  # where it skipped, its shortcut still ran
+            return torch.where(ran, float(cost.total), float(cost.shortcut)).to(torch.float64)
         active = ran.to(torch.float64).unsqueeze(1)  # [B, 1, H, W]
         dilated = F.max_pool2d(active, 3, stride=1, padding=1)
         charged = dilated.sum((1, 2, 3)) * cost.dilated_per_position
         charged += active.sum((1, 2, 3)) * cost.active_per_position
+        charged += float(cost.shortcut)  # the shortcut runs on every position
         everywhere = ran.flatten(1).all(1)  # exact dense count, no rounding
         return torch.where(everywhere, float(cost.total), charged)
 

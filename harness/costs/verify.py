@@ -9,15 +9,17 @@ the harness checks the claim on a real batch before it trusts it:
   reports no masks (it runs everything), or a declared relaxed mode
   (``model.relaxed_modes``: a mixture of every unit's output, whose masks must then be all
   true): the same
-  forward runs under ``torch.utils.flop_counter.FlopCounterMode`` and every unit and decision
-  branch's counted FLOPs must equal what the accountant charges it. A mismatch names the block
-  and the unit (or branch).
+  forward runs under ``torch.utils.flop_counter.FlopCounterMode`` and the batch's counted FLOPs
+  must equal what the accountant charges. A mismatch names the block and the unit (or branch)
+  whose own count differs (a module's count: inside its forward, or its leaf modules' when the
+  method calls them directly, as a skipped unit's shortcut).
 - **perturbed** (``mask-perturbation``), for a masked or dense execution (it computes every unit
   and then keeps what its masks say): a unit's output is perturbed where its mask says it did
   *not* run, and the logits must not change (unless the output there equals the unit's input:
-  the identity carry of a spatial unit that skipped a position); it is perturbed where its mask
-  says it *ran*, and the logits of those images must change (and, for a unit that keeps its
-  shape, its output must differ from its input there: a residual was added). A unit that was
+  the shortcut's value alone: the input carried through by a spatial unit that skipped a
+  position, or a skipped stage-opening unit's projection); it is perturbed where its mask says
+  it *ran*, and the logits of those images must change (and its output must differ from its
+  shortcut's value there: a residual was added). A unit that was
   not called at all must be reported as not run. A unit whose output does not have the whole
   batch's shape, or that runs more than once per forward, cannot be checked this way: the
   check says so.
@@ -74,18 +76,31 @@ def verify_counted(
     accountant: FlopAccountant,
     seed: int = 0,
 ) -> str:
-    """FlopCounterMode against the accountant, unit by unit and branch by branch."""
+    """FlopCounterMode against the accountant: the batch's total must be equal; where it is
+    not, the first unit or decision branch whose count differs is named."""
     counter = FlopCounterMode(display=False)
     generator = torch.Generator(device=images.device).manual_seed(seed)
     with torch.no_grad(), evaluating(model), counter:
         output = model(images, dataclasses.replace(spec, generator=generator))
+    where = f"mode {spec.mode} ({spec.execution})"
+    total = float(counter.get_total_flops())
+    batch_charged = float(accountant.per_image(output)[0].sum())
+    if abs(total - batch_charged) <= 1e-6 * max(total, batch_charged, 1.0):
+        return COUNTED
     counts = counter.get_flop_counts()
     names = _names(model)
 
     def counted(module: nn.Module) -> float:
-        return float(sum(counts.get(names.get(id(module), ""), {}).values()))
+        """A module's FLOPs: those counted inside its forward, or (when a method calls its
+        submodules directly, e.g. a skipped unit's shortcut) the sum of its leaf modules'."""
+        own = float(sum(counts.get(names.get(id(module), ""), {}).values()))
+        leaves = sum(
+            float(sum(counts.get(names.get(id(sub), ""), {}).values()))
+            for sub in module.modules()
+            if sub is not module and not any(True for _ in sub.children())
+        )
+        return max(own, leaves)
 
-    where = f"mode {spec.mode} ({spec.execution})"
     backbone = model.backbone
     branches = model.decision_branches()
     for b, block in enumerate(backbone.blocks):
@@ -111,18 +126,15 @@ def verify_counted(
                 raise ContractError(
                     f"{where}: block {b} decision branch {k} is charged {charged:,.0f} FLOPs "
                     f"for the batch but {real:,.0f} ran; branches_ran must say where each "
-                    "branch ran (None means: where the unit of the same index ran)"
+                    "branch ran (None, with branch_placement 'after', means: where the unit of "
+                    "the same index ran)"
                 )
-    total = float(counter.get_total_flops())
-    charged = float(accountant.per_image(output)[0].sum())
-    if abs(total - charged) > 1e-6 * max(total, charged, 1.0):
-        raise ContractError(
-            f"{where}: the accountant charges {charged:,.0f} FLOPs for the batch but "
-            f"{total:,.0f} ran outside the units and decision branches too (stem, head, or "
-            "layers the backbone does not declare); every conv or linear layer must belong to "
-            "the stem, a unit, a decision branch or the head"
-        )
-    return COUNTED
+    raise ContractError(
+        f"{where}: the accountant charges {batch_charged:,.0f} FLOPs for the batch but "
+        f"{total:,.0f} ran, and no single unit or decision branch accounts for it (the stem, "
+        "the head, or layers the backbone does not declare); every conv or linear layer must "
+        "belong to the stem, a unit, a decision branch or the head"
+    )
 
 
 def _per_image_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
@@ -149,13 +161,21 @@ def verify_perturbed(
         for u, unit in enumerate(block)
     }
     seen: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    shortcuts: dict[tuple[int, int], torch.Tensor] = {}  # each unit's shortcut value
     hooks = []
     for key, unit in modules.items():
 
         def record(mod, args, out, key=key) -> None:
             seen.setdefault(key, []).append((args[0].detach(), out))
 
+        def record_shortcut(mod, args, out, key=key) -> None:
+            shortcuts[key] = out.detach()
+
         hooks.append(unit.register_forward_hook(record))
+        names = getattr(unit, "SHORTCUT_MODULES", ())
+        last = getattr(unit, names[-1], None) if names else None
+        if isinstance(last, nn.Module):
+            hooks.append(last.register_forward_hook(record_shortcut))
     try:
         base = _forward(model, images, spec, seed)
     finally:
@@ -202,8 +222,13 @@ def verify_perturbed(
                 f"{tuple(out.shape)}"
             )
         mask = mask.expand_as(out)
-        if x.shape == out.shape:  # where the output is the input carried through
-            carried = torch.isclose(out, x, rtol=1e-6, atol=1e-6)
+        # Where the output is only the shortcut's value (the input carried through, or a
+        # stage-opening unit's projection): the residual branch did not contribute there.
+        reference = shortcuts.get((b, u))
+        if reference is None or reference.shape != out.shape:
+            reference = x if x.shape == out.shape else None
+        if reference is not None:
+            carried = torch.isclose(out, reference, rtol=1e-6, atol=1e-6)
         else:
             carried = torch.zeros_like(out, dtype=torch.bool)
         # Reported as not run: moving the output where it is not the carried input must not
@@ -222,15 +247,15 @@ def verify_perturbed(
         claimed = ran.flatten(1).any(1) if ran.dim() > 1 else ran
         if not claimed.any():
             continue
-        if x.shape == out.shape:
-            position_carried = carried.all(1)  # [B, H, W]: every channel equals the input
+        if reference is not None:
+            position_carried = carried.all(1)  # [B, H, W]: every channel is the shortcut's
             ran_positions = ran if ran.dim() > 1 else ran.view(-1, 1, 1).expand_as(position_carried)
             idle = claimed & (position_carried | ~ran_positions).flatten(1).all(1)
             if idle.any():
                 raise ContractError(
                     f"{label}: block {b} unit {u} is reported as run for image "
-                    f"{int(idle.nonzero()[0])}, but its output equals its input wherever it "
-                    "is said to have run (no residual was added); units_ran must not include "
+                    f"{int(idle.nonzero()[0])}, but its output is its shortcut's value wherever "
+                    "it is said to have run (no residual was added); units_ran must not include "
                     "units that did not run"
                 )
         unused = claimed & ~moved_by((b, u), mask)
