@@ -144,6 +144,15 @@ class ResidualUnit(nn.Module):
         """Merge the branches (pre-activation units: a plain sum)."""
         return shortcut + residual
 
+    def shortcut_value(self, x: Tensor) -> Tensor:
+        """The shortcut branch alone (what :meth:`branches` returns first)."""
+        raise NotImplementedError
+
+    def skipped(self, x: Tensor) -> Tensor:
+        """The unit's output with its residual branch skipped, computing only the shortcut:
+        equal to ``forward(x, residual_mask=0)`` (a gate that closes a stage-opening unit)."""
+        return self.combine(self.shortcut_value(x), x.new_zeros(()))
+
     def forward(self, x: Tensor, residual_mask: Tensor | None = None) -> Tensor:
         """Run the unit; ``residual_mask`` ``[B,1,H_out,W_out]`` gates the residual branch."""
         shortcut, residual = self.branches(x)
@@ -201,6 +210,11 @@ class CifarPreActUnit(ResidualUnit):
         residual = self.conv2(self.act1(self.bn1(self.conv1(preact))))
         return shortcut, residual
 
+    def shortcut_value(self, x: Tensor) -> Tensor:
+        if self.activate_before_residual:
+            return self.shortcut(self.preact_act(self.preact_bn(x)))
+        return self.shortcut(x)
+
 
 class CifarBasicUnit(ResidualUnit):
     """He et al. (2016) CIFAR basic unit, post-activation with ReLU and option-A shortcuts.
@@ -229,6 +243,9 @@ class CifarBasicUnit(ResidualUnit):
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         residual = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
         return self.shortcut(x), residual
+
+    def shortcut_value(self, x: Tensor) -> Tensor:
+        return self.shortcut(x)
 
     def combine(self, shortcut: Tensor, residual: Tensor) -> Tensor:
         return torch.relu(shortcut + residual)
@@ -272,6 +289,11 @@ class BottleneckV2Unit(ResidualUnit):
         residual = self.relu(self.bn2(self.conv2(residual)))
         return shortcut, self.conv3(residual)
 
+    def shortcut_value(self, x: Tensor) -> Tensor:
+        if self.shortcut_conv is None:
+            return x
+        return self.shortcut_conv(self.relu(self.preact_bn(x)))
+
 
 class BottleneckV1Unit(ResidualUnit):
     """torchvision's ``Bottleneck`` (ResNet v1.5: the stride on the 3x3 conv), post-activation.
@@ -309,6 +331,11 @@ class BottleneckV1Unit(ResidualUnit):
         residual = self.relu(self.bn1(self.conv1(x)))
         residual = self.relu(self.bn2(self.conv2(residual)))
         return shortcut, self.bn3(self.conv3(residual))
+
+    def shortcut_value(self, x: Tensor) -> Tensor:
+        if self.shortcut_conv is not None and self.shortcut_bn is not None:
+            return self.shortcut_bn(self.shortcut_conv(x))
+        return x
 
     def combine(self, shortcut: Tensor, residual: Tensor) -> Tensor:
         return torch.relu(shortcut + residual)

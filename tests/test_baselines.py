@@ -608,3 +608,35 @@ def test_load_torchvision_rejects_other_variants() -> None:
     model = meta_backbone("imagenet", 50, "sact")
     with pytest.raises(ConfigError, match="variant='sact'"):
         load_torchvision_state_dict(model, {})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CifarPreActUnit(16, 16, activate_before_residual=True),
+        lambda: CifarPreActUnit(16, 32, stride=2),
+        lambda: CifarBasicUnit(16, 32, stride=2),
+        lambda: BottleneckV2Unit(64, 16, 128, stride=2),
+        lambda: BottleneckV1Unit(64, 16, 128, stride=2),
+        lambda: BottleneckV1Unit(64, 16, 64),
+    ],
+)
+def test_a_skipped_unit_computes_its_shortcut_alone_and_equals_a_zero_residual_mask(make):
+    """``skipped(x)`` (a closed gate on the unit) equals the unit with its residual masked to
+    zero, and runs exactly the declared SHORTCUT_MODULES' FLOPs (none of the residual's)."""
+    torch.manual_seed(0)
+    unit = make().eval()
+    x = torch.randn(2, unit.in_channels, 8, 8).relu()
+    with torch.no_grad():
+        reference = unit(x, residual_mask=torch.zeros(1, 1, 1, 1))
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = unit.skipped(x)
+    assert torch.allclose(out, reference, atol=1e-6)
+    shortcut = [getattr(unit, name, None) for name in unit.SHORTCUT_MODULES]
+    expected = 0
+    for module in shortcut:
+        if isinstance(module, nn.Conv2d):  # 2 x MACs of a 1x1 conv on the strided output
+            h, w = out.shape[-2:]
+            expected += 2 * x.shape[0] * module.in_channels * module.out_channels * h * w
+    assert counter.get_total_flops() == expected
