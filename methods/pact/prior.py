@@ -91,11 +91,15 @@ def bernoulli_rate(num_units: int, lambda_: float) -> float:
 
 
 def log_prior_table(
-    num_units: int, lambda_: float, prior: str = "truncated_geometric"
+    num_units: int,
+    lambda_: float,
+    prior: str = "truncated_geometric",
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """log p(N = n) for n = 1..L as a float64 tensor ``[L]``."""
+    """log p(N = n) for n = 1..L as a float64 tensor ``[L]`` on ``device`` (made there: no
+    host-to-device copy, which would sync the host with CUDA at every training step)."""
     check_prior(prior, lambda_)
-    n = torch.arange(1, num_units + 1, dtype=torch.float64)
+    n = torch.arange(1, num_units + 1, dtype=torch.float64, device=device)
     if prior == "truncated_geometric":
         log_z = torch.logsumexp(-lambda_ * n, dim=0)
         return -lambda_ * n - log_z
@@ -108,7 +112,7 @@ def log_prior_table(
 
 def log_prior(n: torch.Tensor, num_units: int, lambda_: float, prior: str = "truncated_geometric"):
     """log p(N) for integer ``n`` in 1..L (any shape), float64."""
-    table = log_prior_table(num_units, lambda_, prior).to(n.device)
+    table = log_prior_table(num_units, lambda_, prior, device=n.device)
     return table[n.long() - 1]
 
 
@@ -117,6 +121,6 @@ def expected_log_prior(
 ) -> torch.Tensor:
     """E_q[log p(N)] = sum_n q(N = n) log p(n), ``[B]`` or ``[B, H, W]``, differentiable in h."""
     q = halting_distribution(halting_proba)
-    table = log_prior_table(q.shape[1], lambda_, prior).to(q)
+    table = log_prior_table(q.shape[1], lambda_, prior, device=q.device).to(q.dtype)
     table = table.view(1, -1, *([1] * (q.dim() - 2)))
     return (q * table).sum(dim=1)
