@@ -90,7 +90,7 @@ class TemplateModel(AdaptiveModel):
                 x = unit(x)  # TODO: decide per sample (or position) whether to run the unit
             # Which units really ran, per sample [B, L] (spatial: [B, L, H, W]): the FLOP
             # accounting charges each unit that ran at its own fvcore cost, whatever the pattern.
-            ran.append(torch.ones(images.shape[0], len(block), dtype=torch.bool))
+            ran.append(torch.ones(images.shape[0], len(block), dtype=torch.bool, device=x.device))
         # TODO: put your time penalty (already weighted) into aux_losses; loss() adds it to CE.
         penalty = images.new_zeros(())
         return ModelOutput(
