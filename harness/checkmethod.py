@@ -150,8 +150,17 @@ def _check_flops(name, model, images, specs, seed) -> str:
             f"{spec.mode}/{spec.execution} ({why})"
         ),
     )
+    skipped = {}
+    for spec in specs:  # how much each checked execution really skipped on these images
+        masks = _run(model, images, spec, seed).units_ran
+        total = sum(m.numel() for m in masks)
+        skipped[(spec.mode, spec.execution)] = (
+            sum(int((~m.bool()).sum()) for m in masks) / total if total else 0.0
+        )
     checked = [
-        f"{mode}/{execution}: {label}" for (mode, execution, _), label in labels.items() if label
+        f"{mode}/{execution}: {how} ({skipped[(mode, execution)]:.0%} of units skipped)"
+        for (mode, execution, _), how in labels.items()
+        if how
     ]
     if not checked:
         raise SkipCheck("neither FLOP check could run on any execution: " + "; ".join(uncheckable))

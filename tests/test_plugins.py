@@ -19,6 +19,7 @@ from harness.cli import main
 from harness.contract import AdaptiveModel, EvalSpec, ModelOutput
 from harness.costs.flops import FlopAccountant
 from harness.errors import ConfigError, ContractError
+from harness.models import create_model
 from harness.registry import get_method, list_methods
 
 
@@ -513,3 +514,23 @@ def test_a_decision_branch_that_never_trains_stops_train_before_its_first_epoch(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "decision branch 4 of block 0 did not run" in err[0], err
     assert not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("depth", [20, 110])
+def test_the_example_gates_stage_opening_units_and_is_charged_what_ran(depth):
+    """ConvNet-AIG gates every unit, stage-opening ones included (a closed one still runs its
+    shortcut). The stochastic mode (Gumbel samples at test time, as the peer's code) skips on
+    untrained gates; the accountant equals FlopCounterMode on the gathered execution."""
+    torch.manual_seed(0)
+    model = create_model("aig", depth=depth).eval()
+    images = torch.randn(8, 3, 32, 32)
+    spec = EvalSpec("stochastic", "gathered", generator=torch.Generator().manual_seed(1))
+    accountant = FlopAccountant(model, (32, 32))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        out = model(images, spec)
+    openers = torch.stack([ran[:, 0] for ran in out.units_ran])  # first unit of each block
+    assert not bool(openers.all())  # some stage-opening unit was skipped
+    assert _skips_middle_units(torch.cat(out.units_ran, 1))
+    assert accountant.per_image(out)[0].sum().item() == float(counter.get_total_flops())
+    assert len(model.decision_branches()[0]) == len(model.backbone.blocks[0])  # all gated

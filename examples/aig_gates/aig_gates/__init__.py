@@ -16,20 +16,23 @@ from torch import nn
 from baselines import build_backbone
 from harness.contract import AdaptiveModel, EvalSpec, MethodSpec, ModelOutput
 from harness.errors import ConfigError
-from methods.common.gates import binary_concrete, straight_through
+from methods.common.gates import binary_concrete, logistic_noise, straight_through
 
 
 @dataclass(frozen=True)
 class AIGConfig:
-    """``target_rate``: fraction of images each gated unit should run (the time penalty field:
-    the trade-off knob); ``rate_weight``: weight of the target-rate loss; ``temperature`` of the
-    Gumbel (binary Concrete) relaxation; ``gate_bias_init``: initial gate logit (open)."""
+    """``target_rate``: fraction of images each gate should open (the time penalty field: the
+    trade-off knob); ``rate_weight``: weight of the target-rate loss, a mean over gates
+    (ConvNet-AIG's ``--lossfact``); ``temperature`` of the Gumbel (binary Concrete) relaxation;
+    ``gate_hidden``: the gate's hidden width; ``gate_bias_init``: initial gate logit (ConvNet-AIG
+    initialises its two-way gate's biases to 0.1 and 2: a logit difference of 1.9, about 87%
+    open)."""
 
     target_rate: float = 0.6
     rate_weight: float = 2.0
     temperature: float = 1.0
     gate_hidden: int = 16
-    gate_bias_init: float = 2.0
+    gate_bias_init: float = 1.9
 
     def validate(self) -> None:
         """0 < target_rate <= 1; positive weight, temperature and hidden width."""
@@ -41,22 +44,31 @@ class AIGConfig:
 
 
 class Gate(nn.Module):
-    """Pooled state -> Linear -> ReLU -> Linear: one gate logit per image ``[B]``."""
+    """Pooled input -> Linear -> BN -> ReLU -> Linear: one gate logit per image ``[B]``
+    (ConvNet-AIG's 1x1 convs on the pooled state are these linear layers; its last layer
+    starts with weights of std 0.001, so every image starts at the bias)."""
 
     def __init__(self, channels: int, hidden: int, bias_init: float):
         super().__init__()
         self.fc1 = nn.Linear(channels, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
         self.fc2 = nn.Linear(hidden, 1)
+        nn.init.normal_(self.fc2.weight, 0.0, 0.001)
         nn.init.constant_(self.fc2.bias, bias_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x.mean((2, 3))))).squeeze(1)
+        return self.fc2(torch.relu(self.bn(self.fc1(x.mean((2, 3)))))).squeeze(1)
 
 
 class AIGResNet(AdaptiveModel):
-    """A gate before every unit but the first of each block; per-image skips of any unit."""
+    """A gate before every unit, the stage-opening ones included; per-image skips of any unit.
 
-    eval_modes = ("deterministic",)
+    A closed gate skips the unit's residual branch; its shortcut still runs (a stage-opening
+    unit must change the state's shape), as in ConvNet-AIG's ``shortcut(x) + residual * g``.
+    """
+
+    eval_modes = ("deterministic", "stochastic")
+    random_modes = ("stochastic",)
     spatial = False
     #: Each gate runs before its unit, on every image, whether or not the unit then runs; the
     #: forward reports where (branches_ran).
@@ -68,10 +80,9 @@ class AIGResNet(AdaptiveModel):
         self.config = config
         self.gates = nn.ModuleList(
             nn.ModuleList(
-                Gate(channels, config.gate_hidden, config.gate_bias_init)
-                for _ in range(len(block) - 1)
+                Gate(unit.in_channels, config.gate_hidden, config.gate_bias_init) for unit in block
             )
-            for channels, block in zip(backbone.block_channels, backbone.blocks, strict=True)
+            for block in backbone.blocks
         )
 
     def executions_for(self, mode: str) -> tuple[str, ...]:
@@ -79,45 +90,59 @@ class AIGResNet(AdaptiveModel):
         return ("gathered", "masked")
 
     def decision_branches(self) -> list[list[nn.Module]]:
-        """Per block, the gate of each unit after the first."""
+        """Per block, the gate of each unit."""
         return [list(gates) for gates in self.gates]
 
+    def _opened(self, logit: torch.Tensor, spec: EvalSpec) -> torch.Tensor:
+        """``deterministic``: the gate's mode (logit > 0); ``stochastic``: a hard Gumbel sample
+        (ConvNet-AIG samples at test time too), from ``spec.generator``."""
+        if spec.mode == "stochastic":
+            noise = logistic_noise(tuple(logit.shape), spec.generator, logit.device)
+            return logit + noise > 0
+        return logit > 0
+
     def forward(self, images: torch.Tensor, spec: EvalSpec | None = None) -> ModelOutput:
-        """Training (``spec=None``): straight-through Gumbel gates and the target-rate loss.
-        Evaluation: a unit runs for the images whose gate logit is positive."""
+        """Training (``spec=None``): straight-through Gumbel gates multiply each residual, and
+        the target-rate loss. Evaluation: a unit runs for the images whose gate opened."""
         x = self.backbone.stem(images)
         units_ran, rates = [], []
         for block, gates in zip(self.backbone.blocks, self.gates, strict=True):
-            ran = [torch.ones(x.shape[0], dtype=torch.bool, device=x.device)]
-            x = block[0](x)
-            for unit, gate in zip(list(block)[1:], gates, strict=True):
+            ran = []
+            for unit, gate in zip(block, gates, strict=True):
                 logit = gate(x)
                 if spec is None:
-                    soft = binary_concrete(logit, self.config.temperature)
-                    g = straight_through(soft)
+                    g = straight_through(binary_concrete(logit, self.config.temperature))
                     rates.append(g.mean())
-                    x = x + g.view(-1, 1, 1, 1) * (unit(x) - x)
+                    x = unit(x, residual_mask=g.view(-1, 1, 1, 1))
                     ran.append(g.detach() > 0.5)
                     continue
-                opened = logit > 0
+                opened = self._opened(logit, spec)
                 ran.append(opened)
                 if spec.execution == "masked":
-                    x = torch.where(opened.view(-1, 1, 1, 1), unit(x), x)
-                else:  # gathered: only the images whose gate is open run the unit
-                    idx = opened.nonzero().squeeze(1)
-                    if len(idx):
-                        x = x.index_copy(0, idx, unit(x.index_select(0, idx)))
+                    x = torch.where(opened.view(-1, 1, 1, 1), unit(x), unit.skipped(x))
+                    continue
+                # gathered: the open images run the unit, the others its shortcut only
+                run, skip = opened.nonzero().squeeze(1), (~opened).nonzero().squeeze(1)
+                parts = []
+                if len(run):
+                    parts.append((run, unit(x.index_select(0, run))))
+                if len(skip):
+                    parts.append((skip, unit.skipped(x.index_select(0, skip))))
+                new = parts[0][1].new_empty(x.shape[0], *parts[0][1].shape[1:])
+                for idx, values in parts:
+                    new = new.index_copy(0, idx, values)
+                x = new
             units_ran.append(torch.stack(ran, 1))
         aux = {}
-        if rates:
+        if rates:  # ConvNet-AIG's train.py: the mean over gates of (target - rate)^2
             target = self.config.target_rate
-            loss = sum((rate - target) ** 2 for rate in rates)
+            loss = torch.stack([(target - rate) ** 2 for rate in rates]).mean()
             aux["target_rate_loss"] = self.config.rate_weight * loss
         return ModelOutput(
             logits=self.backbone.head(x),
             units_ran=units_ran,
-            # every gate is evaluated on every image, whether or not the unit before it ran
-            branches_ran=[torch.ones_like(r[:, 1:]) for r in units_ran],
+            # every gate is evaluated on every image, whether or not its unit then runs
+            branches_ran=[torch.ones_like(r) for r in units_ran],
             ponder_cost=[r.sum(1).float() for r in units_ran],
             aux_losses=aux,
         )
