@@ -15,7 +15,8 @@ that one is older or missing (a trial retried on a node that lost it). Across la
 unfinished ones continue from their last epoch checkpoint. The run directory is the source of
 truth, so a study resumes even after the driver was killed before Tune saved any state, and it
 may resume with other resources or on another cluster. A launch that stops early (its cluster
-went away: :class:`ClusterWatch`; SIGINT or SIGTERM) marks its running trials ``interrupted``
+went away: :class:`ClusterWatch`; a write failed for lack of space, a trial's or the driver's:
+:func:`harness.study.write_fault`; SIGINT or SIGTERM) marks its running trials ``interrupted``
 and its outcome says how to resume; joining a cluster takes its head's token-authentication
 mode (:func:`_match_head_auth`).
 
@@ -76,6 +77,8 @@ from harness.study import (
     stop_line,
     study_lock,
     study_record,
+    trial_write_fault,
+    write_fault,
 )
 from harness.train import run_trial
 
@@ -237,12 +240,18 @@ def _check_reachable(address: str) -> None:
 class _TuneNoiseFilter(logging.Filter):
     """Drop Tune messages the study reports better: "Trial task failed" tracebacks and the
     list of failed trials (the progress lines and the summary name each error; tracebacks stay
-    in the trial's error.txt), and the "Tuner.restore" advice after an interruption (a study
-    resumes with ``--resume``)."""
+    in the trial's error.txt), the "Tuner.restore" advice after an interruption (a study
+    resumes with ``--resume``), and tracebacks of writes that failed for lack of space (the
+    study stops, saying so in one line)."""
 
     PREFIXES = ("Trial task failed", "Trials did not complete", "Experiment has been interrupted")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            # Tune's experiment state could not be saved for lack of space: the study stops
+            # and its last line says so.
+            if write_fault(record.exc_info[1]) is not None:
+                return False
         return not str(record.msg).startswith(self.PREFIXES)
 
 
@@ -357,7 +366,11 @@ def ray_session(address: str | None, verbose: bool = False) -> Iterator[str]:
     import ray
 
     if not verbose:
-        for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        for name in (
+            "ray.tune.execution.tune_controller",
+            "ray.tune.execution.experiment_state",
+            "ray.tune.tune",
+        ):
             logger = logging.getLogger(name)
             if not any(isinstance(f, _TuneNoiseFilter) for f in logger.filters):
                 logger.addFilter(_TuneNoiseFilter())
@@ -464,6 +477,8 @@ def make_progress_callback(
     heartbeat_s: float = 300.0,
     on_change: Callable[[str, dict[str, Any]], None] | None = None,
     emit: Emit = log.info,
+    on_write_fault: Callable[[str, str], None] | None = None,
+    folder: Path | None = None,
 ):
     """A Tune callback emitting one line per trial state change (started, finished, retrying,
     failed) with the study's counts and the best accuracy so far, plus a line listing the
@@ -471,7 +486,10 @@ def make_progress_callback(
     Ray node, failures and error for ``trials.csv``; ``on_change(name, record)`` is called
     after every change of state of a trial, with all the launch learnt about it (the driver's
     :class:`~harness.study.TrialsTable` logs it at once, so a killed driver loses nothing of
-    the trials that ended before, and rewrites ``trials.csv`` at most every 30 s)."""
+    the trials that ended before, and rewrites ``trials.csv`` at most every 30 s).
+    ``on_write_fault(name, cause)`` is called when a trial failed (or is retried) because a
+    write failed (:func:`harness.study.trial_write_fault`: a full disk; ``folder``, the
+    study folder, is where the space left is looked up)."""
     from ray import tune
 
     class GridProgress(tune.Callback):
@@ -482,6 +500,15 @@ def make_progress_callback(
             self.done, self.failed = done_before, 0
             self.best = best
             self.started = self.last_line = time.monotonic()
+            #: The first trial write that failed for lack of space (the launch then stops).
+            self.fault: str | None = None
+
+        def _fault(self, name: str) -> None:
+            cause = trial_write_fault(str(self.records[name].get("error", "")), folder)
+            if cause is not None and self.fault is None:
+                self.fault = f"trial {name}: {cause}"
+                if on_write_fault is not None:
+                    on_write_fault(name, cause)
 
         def _changed(self, name: str) -> None:
             if on_change is None:
@@ -521,6 +548,9 @@ def make_progress_callback(
         def on_trial_complete(self, iteration, trials, trial, **info):
             name = trial.config["trial"]
             self.running.discard(name)
+            known = self.records.get(name, {})
+            if self.fault is not None and not {"test_accuracy", "harness_error"} & set(known):
+                return  # stopped with the launch: a running one is marked interrupted at the end
             record = self._record(trial)
             record["failures"] = trial.num_failures
             if "test_accuracy" not in record:  # returned without results: bad input
@@ -528,6 +558,7 @@ def make_progress_callback(
                 record.update(status="failed", error=record.get("harness_error", "no results"))
                 self._line(f"FAILED   {name}: {record['error']}")
                 self._changed(name)
+                self._fault(name)
                 return
             self.done += 1
             record["status"] = "finished"
@@ -546,6 +577,7 @@ def make_progress_callback(
             record.update(failures=trial.num_failures, error=_error_text(trial))
             self._line(f"retrying {name} from its last checkpoint: {record['error']}")
             self._changed(name)
+            self._fault(name)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             name = trial.config["trial"]
@@ -555,6 +587,7 @@ def make_progress_callback(
             record.update(status="failed", failures=trial.num_failures, error=_error_text(trial))
             self._line(f"FAILED   {name}: {record['error']}")
             self._changed(name)
+            self._fault(name)
 
         def on_step_end(self, iteration, trials, **info):
             if self.running and time.monotonic() - self.last_line >= heartbeat_s:
@@ -665,13 +698,16 @@ def launch(
     emit: Emit = log.info,
     records: dict[str, dict[str, Any]] | None = None,
     watch: ClusterWatch | None = None,
+    stop: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the trials ``names`` as one Tune experiment; returns what it learnt per trial
     (status, node, failures, error), filling ``records`` as it goes (the caller keeps what a
     launch that stopped early learnt). ``finished`` (trials done before) sets the progress
     counts; ``argv`` is the command line recorded in each run's provenance; ``emit`` gets the
     progress lines; ``watch`` watches the cluster while Tune runs. Raises :class:`ClusterLost`
-    when the cluster's head stopped answering."""
+    when the cluster's head stopped answering. A trial that fails (or is retried) because a
+    write failed for lack of space stops every trial (a full disk fails them all), and
+    ``stop["disk"]`` says which trial and why."""
     from ray import tune
 
     preset = study.preset
@@ -685,13 +721,24 @@ def launch(
     )
     table = TrialsTable(study, records)
     table.write()
+    stop = {} if stop is None else stop
     progress = make_progress_callback(
         len(study.trials),
         len(finished),
         _best_accuracy(study, finished),
         on_change=table.changed,
         emit=emit,
+        on_write_fault=lambda name, cause: stop.setdefault("disk", f"trial {name}: {cause}"),
+        folder=study.folder,
     )
+
+    class StopOnWriteFault(tune.Stopper):
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return progress.fault is not None
+
     if records is not None:
         progress.records = records
     tuner = tune.Tuner(
@@ -708,6 +755,7 @@ def launch(
             storage_path=str(study.folder / RAY_DIR),
             verbose=0,
             callbacks=[progress],
+            stop=StopOnWriteFault(),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=preset.max_failures),
         ),
@@ -896,15 +944,24 @@ def run_grid(
         watch = ClusterWatch(_gcs_address(), abandon)
         detail = ""
         try:
-            launch(study, todo_names, finished, options.argv, emit, records, watch)
+            launch(study, todo_names, finished, options.argv, emit, records, watch, stop)
         except ClusterLost as err:
             stopped, detail = "cluster", str(err)
         except KeyboardInterrupt:
             stopped = "cluster" if watch.lost else stop.get("signal", "SIGINT")
             detail = watch.lost or ""
+        except Exception as err:
+            # A write of the driver (trials.csv, Ray's experiment state, a Tune checkpoint)
+            # failed for lack of space: Ray ends fit() with an OSError or an EOFError.
+            fault = write_fault(err, study.folder)
+            if fault is None:
+                raise
+            stopped, detail = "disk", stop.get("disk") or fault
         else:
-            # Tune returns early on SIGINT/SIGTERM, leaving trials neither finished nor failed.
-            stopped = stop.get("signal", "SIGINT")
+            # Tune returns early on SIGINT/SIGTERM or a trial's write fault (a full disk),
+            # leaving trials neither finished nor failed.
+            stopped = "disk" if "disk" in stop else stop.get("signal", "SIGINT")
+            detail = stop.get("disk", "")
         if not watch.claim():  # the watching thread concludes and ends the process
             threading.Event().wait()
         return conclude_study(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -74,6 +75,18 @@ LOCK_FILE = store.LOCK_FILE
 DEFAULT_PRESET = "cpu-mini"
 #: The exit status of a grid whose Ray cluster went away mid-study (``--resume`` continues it).
 CLUSTER_LOST_STATUS = 3
+#: The exit status of a grid stopped because a write failed for lack of space (a full disk, a
+#: quota, a file-size limit): free space, then ``--resume`` continues it.
+DISK_FULL_STATUS = 4
+#: The errors of a write that failed for lack of space, and how their messages say it (Ray and
+#: pyarrow re-raise them as text).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+DISK_FULL_TEXTS = (
+    *(os.strerror(code) for code in DISK_FULL_ERRNOS),
+    *(f"[errno {code}]" for code in DISK_FULL_ERRNOS),
+)
+#: A study folder with less free space than this after a failed write counts as full.
+LOW_SPACE_BYTES = 1 << 20
 #: Run-directory files mirrored into every Tune checkpoint (the checkpoint itself last).
 CHECKPOINTED_FILES = (
     store.CONFIG_FILE,
@@ -145,7 +158,8 @@ class GridOutcome:
     results_path: Path | None
     seconds: float
     #: Why the launch ended before its trials did: ``"cluster"`` (the Ray cluster went away
-    #: under the driver), ``"SIGINT"`` or ``"SIGTERM"``; None when it ran to its end.
+    #: under the driver), ``"disk"`` (a write failed for lack of space: :func:`write_fault`),
+    #: ``"SIGINT"`` or ``"SIGTERM"``; None when it ran to its end.
     stopped: str | None = None
     #: What the driver saw when it stopped (the lost cluster's address and the Ray error).
     stop_detail: str = ""
@@ -153,6 +167,9 @@ class GridOutcome:
     resume: str = ""
     #: The trials this launch left running, marked ``interrupted`` in ``trials.csv``.
     interrupted: list[str] = field(default_factory=list)
+    #: Why ``trials.csv`` / ``results.csv`` could not be written at the end ("" if they were):
+    #: they may be stale, and ``--resume`` re-checks every run directory.
+    tables_stale: str = ""
 
     @property
     def complete(self) -> bool:
@@ -644,6 +661,71 @@ def resume_command(study: Study, argv: list[str] | None = None) -> str:
     return shlex.join(["pact-harness", *kept, "--out", str(study.folder), "--resume"])
 
 
+def _free_bytes(folder: Path) -> int | None:
+    """The space left to an unprivileged writer on ``folder``'s file system (None: unknown)."""
+    try:
+        stat = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def write_fault(err: BaseException, folder: Path | None = None) -> str | None:
+    """Why ``err`` is a write that failed for lack of space, or None if it is not.
+
+    Any exception in its chain that is an ``OSError`` of :data:`DISK_FULL_ERRNOS` (its message
+    and file), or whose message says so (Ray and pyarrow pass them on as text), counts; so does
+    any error at all while ``folder`` (the study folder) has less than
+    :data:`LOW_SPACE_BYTES` left (Ray's driver dies with an ``EOFError`` when the disk fills
+    under its experiment state)."""
+    chain = _chain(err)
+    for exc in chain:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            where = f": {exc.filename}" if exc.filename else ""
+            return f"{os.strerror(exc.errno)}{where}"
+    for exc in chain:
+        text = str(exc)
+        if any(marker.lower() in text.lower() for marker in DISK_FULL_TEXTS):
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            return f"{type(exc).__name__}: {lines[-1][:300]}"
+    free = _free_bytes(folder) if folder is not None else None
+    if free is not None and free < LOW_SPACE_BYTES:
+        said = _chain(err)[0]
+        lines = [line.strip() for line in str(said).splitlines() if line.strip()]
+        return (
+            f"{os.strerror(errno.ENOSPC)} in {folder} ({free} bytes free); "
+            f"{type(said).__name__}: {lines[-1][:200] if lines else ''}"
+        ).rstrip(": ")
+    return None
+
+
+def trial_write_fault(error: str, folder: Path | None = None) -> str | None:
+    """The cause if a trial's one-line ``error`` is a write that failed for lack of space: its
+    message says so (no space left, a quota, a file-size limit), or it is a harness
+    ``StorageError`` for a failed write while ``folder`` (the study folder) has less than
+    :data:`LOW_SPACE_BYTES` left (torch reports a full disk as "unexpected pos"). The cause is
+    the error without the advice after its first ``;`` (plus the space left); else None."""
+    lowered = error.lower()
+    cause = error.split("; ", 1)[0]
+    if any(marker.lower() in lowered for marker in DISK_FULL_TEXTS):
+        return cause
+    if "storageerror: cannot write" not in lowered or folder is None:
+        return None
+    free = _free_bytes(folder)
+    if free is None or free >= LOW_SPACE_BYTES:
+        return None
+    return f"{cause}; {os.strerror(errno.ENOSPC)}: {free} bytes free in {folder}"
+
+
 def conclude_study(
     study: Study,
     records: dict[str, dict[str, Any]],
@@ -655,7 +737,10 @@ def conclude_study(
 ) -> GridOutcome:
     """Gather the tables and sort the trials into finished, failed and unfinished
     (:func:`outcome_lines` says what happened). A trial still running when the launch ended
-    (``stopped``: the cluster went away, or a signal) is marked ``interrupted``."""
+    (``stopped``: the cluster went away, a write failed for lack of space, or a signal) is
+    marked ``interrupted``. Tables that cannot be written for lack of space (every write is
+    atomic: the old ones stay whole) make it a launch stopped by ``"disk"``, their outcome
+    saying they may be stale (``tables_stale``); any other write error is raised."""
     finished = study.finished()
     failed = {
         name: rec.get("error", "failed")
@@ -668,20 +753,35 @@ def conclude_study(
             rec["status"] = "interrupted"
             interrupted.append(name)
     unfinished = [t.name for t in study.trials if t.name not in finished and t.name not in failed]
+    results_path, stale = None, ""
+    for table in (TRIALS_TABLE, store.RESULTS_FILE):  # trials.csv first: it says what to do
+        try:
+            if table == TRIALS_TABLE:
+                write_trials_table(study, records)
+            else:
+                results_path = gather_results(study)
+        except (OSError, HarnessError) as err:
+            fault = write_fault(err, study.folder)
+            if fault is None:
+                raise
+            stale = stale or f"{table}: {fault}"
+    if stale and stopped != "disk":
+        stopped, stop_detail = "disk", stale
     outcome = GridOutcome(
         study=study,
         finished=finished,
         failed=failed,
         unfinished=unfinished,
         node_ids={k: v["node_id"] for k, v in records.items() if v.get("node_id")},
-        results_path=gather_results(study),
+        results_path=results_path,
         seconds=seconds,
-        stopped=stopped if unfinished else None,  # nothing to continue: it ran to its end
+        # nothing to continue: it ran to its end (unless its tables are to be rewritten)
+        stopped=stopped if unfinished or stale else None,
         stop_detail=stop_detail,
         resume=resume_command(study, argv),
         interrupted=sorted(interrupted),
+        tables_stale=stale,
     )
-    write_trials_table(study, records)
     return outcome
 
 
@@ -718,6 +818,22 @@ def stop_line(outcome: GridOutcome) -> str | None:
         else "no trial was running"
     )
     resume = outcome.resume or resume_command(outcome.study)
+    if outcome.stopped == "disk":
+        stale = outcome.tables_stale
+        if stale.startswith(TRIALS_TABLE):
+            running = f"{n} running trial(s) stopped" if n else "no trial was running"
+            kept = (
+                f"{running} (finished epochs are kept), but {TRIALS_TABLE} could not be written "
+                f"({stale.split(': ', 1)[1]}) and may be stale: --resume re-checks every "
+                "trial's run directory"
+            )
+        elif stale:
+            kept += f"; {stale.split(': ', 1)[0]} could not be written: --resume rewrites it"
+        detail = f" ({outcome.stop_detail})" if outcome.stop_detail else ""
+        return (
+            f"error: out of disk space mid-study{detail}; study {folder}: {kept}; nothing is "
+            f"half-written; free space, then continue with: {resume}"
+        )
     if outcome.stopped == "cluster":
         detail = f" ({outcome.stop_detail})" if outcome.stop_detail else ""
         return (

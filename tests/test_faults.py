@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -41,6 +42,7 @@ from harness.data import CIFAR10_CLASSES, build_data
 from harness.errors import ConfigError, DataError, DivergenceError
 from harness.presets import PRESET_DIR, load_preset
 from harness.study import (
+    RAY_DIR,
     TRIALS_EVENTS,
     TRIALS_TABLE,
     GridOptions,
@@ -1198,3 +1200,167 @@ def test_image_folder_and_cifar_batch_fingerprints_follow_their_files(tmp_path: 
     c, d = fingerprint("c", "cifar10"), fingerprint("d", "cifar10")
     assert re.fullmatch(r"torchvision:[0-9a-f]{12}/10c/[0-9a-f]{8}", c)
     assert fingerprint("c_copy", "cifar10") == c and d != c
+
+
+# -- a full disk under a running grid ------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """``mount(size)``: a tmpfs of ``size`` at ``tmp_path/fs`` (a real full disk: ENOSPC), and
+    ``mount.grow(size)`` remounts it larger (space freed); unmounted at the end. Skipped where
+    this process may not mount one (not root, or no CAP_SYS_ADMIN in its container)."""
+    folder = tmp_path / "fs"
+    folder.mkdir()
+    mounted = []
+
+    def mount(size: str) -> Path:
+        cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("a full disk needs a small tmpfs: mounting one needs root")
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip()})")
+        mounted.append(folder)
+        return folder
+
+    def grow(size: str) -> None:
+        cmd = ["mount", "-o", f"remount,size={size}", str(folder)]
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    mount.grow = grow
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_disk_filling_under_a_grid_ends_it_in_one_line_with_status_4_and_resume_finishes(
+    small_tmpfs, tmp_path: Path, tiny_npz_root: Path
+):
+    """The study folder on a 1.5 MB tmpfs: a trial's checkpoint of ~0.6 MB (and Tune's copy
+    of it) fills it. The driver stops every trial, ends with status 4 and one ``error:`` line
+    naming the full disk, the failed write and the ``--resume`` command; trials.csv says which
+    trial failed on the disk and which were interrupted; nothing is half-written. With space
+    freed (the tmpfs remounted larger), the printed command finishes the study."""
+    tree = yaml.safe_load((PRESET_DIR / "smoke.yaml").read_text())
+    base = {**tree["base"], "optim": {**tree["base"]["optim"], "epochs": 3}}
+    tree.update(
+        name="tiny", base=base, methods={"resnet": {}}, depths=[8], seeds=[0, 1],
+        vanilla_depths=[], resources={"cpu": 1, "gpu": 0}, max_concurrent=2, max_failures=1,
+    )  # fmt: skip
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(tree))
+    out = small_tmpfs("1500k") / "study"
+    argv = [*console_script(), "grid", "--preset", str(preset), "--out", str(out)]
+    argv += ["--data-root", str(tiny_npz_root)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PACT_NPZ_CACHE": "off"}
+    tic = time.monotonic()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=400)
+    first_s = time.monotonic() - tic
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert errors == [last], proc.stderr
+    match = re.fullmatch(
+        r"error: out of disk space mid-study \(trial (resnet_d8_s[01]): StorageError: cannot "
+        rf"write (.*?) to {re.escape(str(out / 'trials'))}/\1: (.*)\); study "
+        rf"{re.escape(str(out))}: (.*); nothing is half-written; free space, then continue "
+        r"with: (.*)",
+        last,
+    )
+    assert match, last
+    faulty, kept, resume = match[1], match[4], match[5]
+    assert "No space left on device" in match[3] or "bytes free in" in match[3], last
+    again = ["grid", "--preset", str(preset), "--data-root", str(tiny_npz_root), "--out", str(out)]
+    assert shlex.split(resume) == ["pact-harness", *again, "--resume"], resume
+    # Every file the harness wrote parses; no temporary file is left.
+    assert not [p for p in out.rglob("*.tmp") if RAY_DIR not in p.relative_to(out).parts]
+    for name in ("resnet_d8_s0", "resnet_d8_s1"):
+        if (out / "trials" / name / store.CONFIG_FILE).exists():
+            _files_parse(out / "trials" / name)
+    if "may be stale" in kept:  # trials.csv could not be written either: resume re-checks
+        assert "could not be written" in kept
+    else:
+        table = pd.read_csv(out / TRIALS_TABLE, keep_default_na=False).set_index("trial_id")
+        status = table["status"].to_dict()
+        assert status[faulty] == "failed" and "cannot write" in table.loc[faulty, "error"]
+        interrupted = sorted(n for n, s in status.items() if s == "interrupted")
+        assert set(status.values()) <= {"failed", "interrupted", "pending"}, status
+        if interrupted:
+            assert kept.startswith(f"{len(interrupted)} running trial(s) marked interrupted")
+        else:
+            assert kept == "no trial was running", kept
+    small_tmpfs.grow("64m")  # space freed
+    tic = time.monotonic()
+    second = subprocess.run(
+        [*console_script(), *shlex.split(resume)[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    resume_s = time.monotonic() - tic
+    assert second.returncode == 0, second.stdout + second.stderr
+    table = pd.read_csv(out / TRIALS_TABLE, keep_default_na=False)
+    assert list(table["status"]) == ["finished", "finished"], table.to_dict("records")
+    for name in ("resnet_d8_s0", "resnet_d8_s1"):
+        epochs = [r["epoch"] for r in store.read_jsonl(out / "trials" / name / store.METRICS_FILE)]
+        assert epochs == [1, 2, 3], (name, epochs)
+    assert sorted(set(pd.read_csv(out / store.RESULTS_FILE)["trial_id"])) == [
+        "resnet_d8_s0",
+        "resnet_d8_s1",
+    ]
+    print(f"first launch {first_s:.0f} s, resume {resume_s:.0f} s; it ended with: {last}")
+
+
+def test_tables_that_cannot_be_written_for_lack_of_space_say_they_may_be_stale(
+    tmp_path: Path, tiny_npz_root: Path, monkeypatch
+):
+    """The driver's own writes at the end of a launch (trials.csv, results.csv) failing with
+    ENOSPC: no traceback, the launch counts as stopped by the disk (status 4), the old table
+    is left whole, and the line says it may be stale and that --resume re-checks."""
+    from harness.cli.grid import EXIT_DISK_FULL, exit_status
+    from harness.study import conclude_study, stop_line, trial_write_fault, write_fault
+
+    preset = tmp_path / "tiny.yaml"
+    tree = yaml.safe_load((PRESET_DIR / "smoke.yaml").read_text())
+    tree.update(name="tiny", methods={"resnet": {}}, depths=[8], seeds=[0, 1], vanilla_depths=[])
+    preset.write_text(yaml.safe_dump(tree))
+    study = plan_study(
+        GridOptions(preset=str(preset), out=str(tmp_path / "s"), data_root=str(tiny_npz_root))
+    )
+    study.folder.mkdir(parents=True)
+    write_trials_table(study, {})
+    before = (study.folder / TRIALS_TABLE).read_bytes()
+    names = [t.name for t in study.trials]
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(store, "atomic_write_bytes", full)
+    records = {names[0]: {"status": "running"}}
+    outcome = conclude_study(study, records, 1.0, argv=["pact-harness", "grid", "--preset", "x"])
+    assert outcome.stopped == "disk" and exit_status(outcome) == EXIT_DISK_FULL == 4
+    line = stop_line(outcome)
+    path = study.folder / TRIALS_TABLE
+    assert line.startswith(f"error: out of disk space mid-study ({TRIALS_TABLE}: No space left")
+    assert f"1 running trial(s) stopped (finished epochs are kept), but {TRIALS_TABLE} " in line
+    assert f"could not be written (No space left on device: {path}) and may be stale" in line
+    assert "--resume re-checks every trial's run directory" in line
+    assert line.endswith(f"--out {study.folder} --resume")
+    assert path.read_bytes() == before
+    assert not [p.name for p in study.folder.iterdir() if p.name.endswith(".tmp")]
+    # What counts as a write fault, and what does not.
+    assert write_fault(EOFError("Ray: connection closed")) is None
+    assert write_fault(OSError(errno.EFBIG, os.strerror(errno.EFBIG), "f")) == "File too large: f"
+    wrapped = RuntimeError("upload failed: OSError: [Errno 28] Error writing bytes to file")
+    assert "[Errno 28]" in write_fault(wrapped)
+    assert trial_write_fault("DivergenceError: loss is nan at epoch 2") is None
+    torch_said = "StorageError: cannot write the checkpoint of epoch 2 to /r: torch.save failed"
+    assert trial_write_fault(torch_said, tmp_path) is None  # space is left: not a full disk
+    assert trial_write_fault("StorageError: cannot write to /r: File too large; free space") == (
+        "StorageError: cannot write to /r: File too large"
+    )

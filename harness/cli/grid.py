@@ -14,10 +14,12 @@ from harness.presets import list_presets
 from harness.study import (
     CLUSTER_LOST_STATUS,
     DEFAULT_PRESET,
+    DISK_FULL_STATUS,
     GridOptions,
     GridOutcome,
     outcome_lines,
     stop_line,
+    write_fault,
 )
 
 #: The grid's exit statuses (README, docs/cluster.md). Bad input is 2, as for every command
@@ -25,6 +27,9 @@ from harness.study import (
 EXIT_FINISHED = 0  # every trial finished
 EXIT_FAILED = 1  # a trial failed for good (out of retries, or bad input inside a trial)
 EXIT_CLUSTER_LOST = CLUSTER_LOST_STATUS  # the Ray cluster went away mid-study: --resume
+#: A write failed for lack of space (a full disk, a quota, a file-size limit): free space,
+#: then --resume.
+EXIT_DISK_FULL = DISK_FULL_STATUS
 #: Stopped by a signal (128 + its number; Ctrl+C is SIGINT): continue with --resume.
 EXIT_INTERRUPTED = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
 
@@ -37,6 +42,8 @@ def exit_status(outcome: GridOutcome) -> int:
     """The grid's exit status for what a launch did (see the EXIT_* constants)."""
     if outcome.stopped == "cluster":
         return EXIT_CLUSTER_LOST
+    if outcome.stopped == "disk":
+        return EXIT_DISK_FULL
     if outcome.stopped in EXIT_INTERRUPTED:
         return EXIT_INTERRUPTED[outcome.stopped]
     if outcome.failed:
@@ -45,9 +52,10 @@ def exit_status(outcome: GridOutcome) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    """0 when every trial finished, 1 on failed trials, 3 when the Ray cluster went away,
-    130 / 143 when interrupted by SIGINT / SIGTERM (each of the last three ends with one line
-    holding the ``--resume`` command); bad input is 2 (:func:`harness.cli.main`)."""
+    """0 when every trial finished, 1 on failed trials, 3 when the Ray cluster went away, 4
+    when a write failed for lack of space, 130 / 143 when interrupted by SIGINT / SIGTERM (each
+    of the last four ends with one line holding the ``--resume`` command); bad input is 2
+    (:func:`harness.cli.main`)."""
     if args.list_presets:
         for name, description in list_presets().items():
             print(f"{name:<16} {description}")
@@ -74,6 +82,16 @@ def cmd_grid(args: argparse.Namespace) -> int:
         name = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
         print(f"interrupted ({name}) before any trial started; rerun the command", file=sys.stderr)
         return EXIT_INTERRUPTED[name]
+    except OSError as err:  # the study's own files before any trial started (atomic writes)
+        fault = write_fault(err)
+        if fault is None:
+            raise
+        print(
+            f"error: out of disk space before any trial started ({fault}); nothing is "
+            "half-written: free space and rerun the command",
+            file=sys.stderr,
+        )
+        return EXIT_DISK_FULL
     if outcome is None:
         return 0
     _print_outcome(outcome)
