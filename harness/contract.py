@@ -360,3 +360,7 @@ class MethodSpec(Generic[ConfigT]):
     #: method was measured; None: unknown (the estimate then assumes the dearest registered
     #: method's cost and says so).
     train_cost: float | None = None
+    #: The backbone variants ``build`` accepts (``model.variant``, ``--variant``), checked
+    #: before it is called; a method that builds its own backbone names it here. Empty: the
+    #: harness backbones' variants (``baselines``), which check them themselves.
+    variants: tuple[str, ...] = ()

@@ -14,8 +14,11 @@ directory, no device: the model is returned in training mode on the CPU, as ``bu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from typing import Any
+
+from torch import nn
 
 from harness.config import DATASETS, RunConfig, config_key, from_dict
 from harness.contract import AdaptiveModel, MethodConfig, MethodSpec, ModelSpec
@@ -73,6 +76,8 @@ def build_model(cfg: RunConfig, num_classes: int | None = None) -> AdaptiveModel
     spec = get_method(cfg.method)
     model_spec = cfg.model
     check_choice("model.dataset", model_spec.dataset, DATASETS)
+    if spec.variants:
+        check_choice(f"model.variant (method {spec.name})", model_spec.variant, spec.variants)
     if num_classes is not None and model_spec.num_classes is None:
         model_spec = dataclasses.replace(model_spec, num_classes=num_classes)
     return spec.build(model_spec, build_method_config(spec, cfg.method_config))
@@ -88,3 +93,20 @@ def create_model(name: str, **overrides: Any) -> AdaptiveModel:
     model_keys, method_keys = split_overrides(name, overrides)
     model_spec = from_dict(ModelSpec, model_keys, "model")
     return build_model(RunConfig(method=name, method_config=method_keys, model=model_spec))
+
+
+def backbone_identity(model: nn.Module) -> dict[str, str]:
+    """The backbone a model runs on: its name (``backbone.name`` if it has one, else its class)
+    and a hash of its architecture (every submodule's name, class and ``extra_repr``, every
+    parameter's and buffer's name and shape; not their values): two runs with equal hashes ran
+    the same architecture, whoever built it."""
+    backbone = model.backbone
+    name = getattr(backbone, "name", None) or (
+        f"{type(backbone).__module__}.{type(backbone).__qualname__}"
+    )
+    digest = hashlib.sha256()
+    for key, module in backbone.named_modules():
+        digest.update(f"{key}|{type(module).__qualname__}|{module.extra_repr()}\n".encode())
+    for key, tensor in [*backbone.named_parameters(), *backbone.named_buffers()]:
+        digest.update(f"{key}|{tuple(tensor.shape)}\n".encode())
+    return {"name": str(name), "architecture_hash": digest.hexdigest()[:16]}

@@ -146,6 +146,14 @@ COLUMNS: tuple[Column, ...] = (
         "train",
     ),
     _c(
+        "backbone",
+        "",
+        "the backbone the run trained on: name@architecture hash (provenance 'backbone'; empty "
+        "in runs made before it was recorded); seeds on different architectures are never pooled",
+        "train",
+        required=False,
+    ),
+    _c(
         "eval_mode",
         "",
         "evaluation mode (one of the model's eval_modes, e.g. standard, deterministic)",

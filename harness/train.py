@@ -51,7 +51,7 @@ from harness.costs.measure import add_cost_columns
 from harness.data import DataBundle, resolve_data_root
 from harness.errors import CheckpointError, ConfigError, DivergenceError, StorageError
 from harness.evaluate import evaluate, evaluate_modes, plan_evaluations, write_correct
-from harness.models import build_model
+from harness.models import backbone_identity, build_model
 from harness.progress import progress_bar, want_progress
 from harness.registry import method_origin
 from harness.runs import (
@@ -132,6 +132,14 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
         verify_flops(model, first[0].to(device), specs, cfg.method, cfg.eval.seed)
     forward = compiled(model, speed)
     return PreparedRun(cfg, spec, method_config, model, data, device, speed, forward, probe)
+
+
+def _backbone_text(provenance: dict[str, Any]) -> str:
+    """``name@hash`` of the provenance's backbone identity ("" for runs made before it)."""
+    backbone = provenance.get("backbone") or {}
+    if not backbone.get("architecture_hash"):
+        return ""
+    return f"{backbone.get('name', '?')}@{backbone['architecture_hash']}"
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -561,6 +569,7 @@ def restore_or_start(
     provenance["init_from"] = str(init_from) if init_from else None
     provenance["fresh_parameters"] = fresh_keys
     provenance["data_fingerprint"] = prepared.data.fingerprint
+    provenance["backbone"] = backbone_identity(model)  # who built it, and its architecture
     provenance["init_from_data_fingerprint"] = init_source_fingerprint(init_from)
     store.atomic_write_json(run_dir / store.PROVENANCE_FILE, provenance)
     torch.manual_seed(cfg.seed)
@@ -878,6 +887,7 @@ def finish_run(
             val_row.update({k: test_row[k] for k in cost_keys if k in test_row})
         rows = rows + val_rows
     columns = trial_columns(cfg, prepared.spec, run_dir.name)
+    provenance = store.read_json(run_dir / store.PROVENANCE_FILE)
     columns.update(
         results.fields(
             "train",
@@ -885,9 +895,8 @@ def finish_run(
                 "epochs": cfg.optim.epochs,
                 "num_train": prepared.data.num_train,
                 "num_val": prepared.data.num_val,
-                "code_version": store.code_version(
-                    store.read_json(run_dir / store.PROVENANCE_FILE)
-                ),
+                "code_version": store.code_version(provenance),
+                "backbone": _backbone_text(provenance),
             },
         )
     )

@@ -209,3 +209,43 @@ def test_a_skipped_stage_opening_unit_is_charged_its_projection_shortcut():
     assert charged[skipped].item() == expected
     assert verify_execution(model, images, spec, accountant) == COUNTED
     assert verify_execution(model, images, EvalSpec("gated", "masked"), accountant) == PERTURBED
+
+
+def test_a_plugin_backbone_gives_the_full_network_flops_and_its_identity(monkeypatch):
+    """A method that builds its own backbone: the full-network FLOPs come from that backbone
+    (golden count), its identity (name, architecture hash) differs from another architecture's,
+    and a variant the method does not declare is refused before it builds."""
+    from harness import registry
+    from harness.errors import ConfigError
+    from harness.models import backbone_identity
+    from harness.registry import get_method
+
+    model = GatedStageOpening()
+    accountant = FlopAccountant(model, (8, 8))
+    macs = (
+        3 * 8 * 9 * 64  # stem 3x3, 3 -> 8, 8x8
+        + 8 * 16 * 9 * 16  # stage-opening conv1, stride 2 -> 4x4
+        + 16 * 16 * 9 * 16  # its conv2
+        + 8 * 16 * 16  # its 1x1 projection shortcut
+        + 2 * 16 * 16 * 9 * 16  # two same-shape units
+        + 16 * 10  # classifier
+    )
+    assert accountant.vanilla_flops == 2 * macs
+    first, again = backbone_identity(model), backbone_identity(GatedStageOpening())
+    assert first == again and first["name"].endswith("ProjectionBackbone")
+    other = GatedStageOpening()
+    other.backbone.blocks[0].append(SameUnit(16))
+    assert backbone_identity(other)["architecture_hash"] != first["architecture_hash"]
+    spec = dataclasses.replace(
+        get_method("resnet"),
+        name="own_backbone",
+        model_cls=GatedStageOpening,
+        build=lambda model_spec, config: GatedStageOpening(),
+        variants=("projection-toy",),
+    )
+    monkeypatch.setitem(registry._REGISTRY, "own_backbone", spec)
+    assert isinstance(create_model("own_backbone", variant="projection-toy"), GatedStageOpening)
+    with pytest.raises(ConfigError, match=r"model.variant \(method own_backbone\).*projection-toy"):
+        create_model("own_backbone", variant="convnet-aig")
+    with pytest.raises(ConfigError, match="variant"):  # harness backbones check their own
+        create_model("aig", variant="convnet-aig")

@@ -92,7 +92,19 @@ def _verified(values: pd.Series) -> str:
 def check_code_versions(frame: pd.DataFrame, allow_mixed_code: bool = False) -> None:
     """Seeds of one experiment must come from one code version (:func:`harness.store.
     code_version`); else one ``ConfigError`` line naming the experiment and the versions,
-    unless ``allow_mixed_code``."""
+    unless ``allow_mixed_code``. Seeds that ran on different backbone architectures (the
+    ``backbone`` column's hashes) are never pooled, whatever the flag."""
+    if "backbone" in frame:
+        known = frame[frame["backbone"].map(lambda v: isinstance(v, str) and bool(v))]
+        for _, group in known.groupby("experiment_id"):
+            found = sorted(set(group["backbone"]))
+            if len(found) > 1:
+                first = group.iloc[0]
+                name = f"{first['method']} d{first['depth']} {_penalty_text(first)}"
+                raise ConfigError(
+                    f"report: the seeds of {name} ran on {len(found)} backbone architectures "
+                    f"({'; '.join(found)}); they are not pooled"
+                )
     if allow_mixed_code or "code_version" not in frame:
         return
     versions = frame.groupby("experiment_id")["code_version"].agg(
