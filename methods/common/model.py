@@ -50,7 +50,12 @@ def logistic_noise(
     shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
     """Standard logistic noise log(u) - log(1 - u): ``logit(h) + noise > 0`` is Bernoulli(h)."""
-    u = torch.rand(shape, generator=generator, device=device)
+    # No generator=None: under torch.compile with dynamic shapes, rand's generator overload
+    # refuses a symbolic shape (the training forward of a method with noise failed to compile).
+    if generator is None:
+        u = torch.rand(shape, device=device)
+    else:
+        u = torch.rand(shape, generator=generator, device=device)
     tiny = torch.finfo(u.dtype).tiny
     u = u.clamp(tiny, 1.0 - torch.finfo(u.dtype).eps)
     return torch.log(u) - torch.log1p(-u)
