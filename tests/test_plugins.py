@@ -224,8 +224,9 @@ def test_a_wrong_mask_shape_is_one_line_naming_the_field():
         check_output(model, counts, 2, "gated_toy")
 
 
-def test_check_method_names_what_a_plugin_must_change(monkeypatch):
-    """A plug-in whose accounting lies (reports every unit while skipping) fails `flops`."""
+def test_check_method_names_what_a_plugin_must_change(monkeypatch, tiny_args, tmp_path, capsys):
+    """A plug-in whose accounting lies (reports every unit while skipping) fails `flops`, and
+    `train` stops it before its first epoch (nothing written but the refusal)."""
 
     class Liar(GatedToy):
         def forward(self, images, spec=None):
@@ -243,6 +244,11 @@ def test_check_method_names_what_a_plugin_must_change(monkeypatch):
     assert not results["flops"].passed
     assert "units_ran must say exactly where each unit ran" in results["flops"].detail
     assert "(gathered): block 0 unit " in results["flops"].detail  # named
+    out = tmp_path / "run"
+    assert main(tiny_args(out, "--epochs", "1", method="liar")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mode gated (gathered): block 0 unit " in err[0], err
+    assert not (out / "checkpoint.pt").exists()
 
 
 class MaskedOnly(GatedToy):
