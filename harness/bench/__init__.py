@@ -1,10 +1,14 @@
 """``pact-harness bench``: speed you can see, as ratios measured side by side in one process.
 
-Every figure is a ratio of two (or more) things timed in turn (interleaved repeats after warm-up,
-medians: :func:`harness.costs.timing.time_interleaved`), so that a machine whose load drifts
-(other jobs on the same cores) cancels out of it. Which methods each figure measures, its key
-and its target come from a plan file (:mod:`harness.bench.plan`; the shipped one is
-``harness/preset_files/bench.yaml``), never from this package. The figures:
+Every figure is a ratio of two (or more) things timed in turn (interleaved rounds after warm-up:
+:func:`harness.costs.timing.time_interleaved`), so that a machine whose load drifts (other jobs
+on the same cores) cancels out of it. The figure is computed in each round; its value is the
+median of the rounds and its spread a distribution-free confidence interval of that median. A
+target is judged against the interval: met when all of it meets the target, missed when none of
+it does, else too noisy to judge; fewer than 5 rounds are too few (:mod:`harness.bench.judge`).
+Which methods each figure measures, its key and its target come from a plan file
+(:mod:`harness.bench.plan`; the shipped one is ``harness/preset_files/bench.yaml``), never from
+this package. The figures:
 
 - ``harness_vs_bare``: a slice of a training epoch through the harness's loop
   (:func:`harness.train.train_one_epoch`) over a bare PyTorch loop (forward, cross-entropy,
@@ -27,19 +31,21 @@ and its target come from a plan file (:mod:`harness.bench.plan`; the shipped one
   path (device-resident data, bf16 autocast, channels-last, one host sync per epoch).
 
 The JSON (``--out``) holds ``ratios`` (exactly the plan's keys; a figure that could not be
-measured is null with its reason under ``skipped``), ``targets``, ``per_depth``, ``details``
-(times, FLOP reductions, executed fractions), ``throughput`` (one entry per method and depth
-trained: ``method, depth, device, batch_size, train_images_per_s``, read by ``grid
---estimate``) and the machine.
+measured is null with its reason under ``skipped``), ``spread`` (per figure: its ``rounds``,
+``median``, ``low``/``high``, ``n``, ``confidence``), ``targets`` (each with its ``verdict``:
+met, missed, too noisy, too few rounds or skipped), ``judgement`` (the rule), ``per_depth`` and
+``per_depth_spread``, ``details`` (times, FLOP reductions, executed fractions), ``throughput``
+(one entry per method and depth trained: ``method, depth, device, batch_size,
+train_images_per_s``, read by ``grid --estimate``) and the machine.
 
 Modules, one job each: :mod:`~harness.bench.plan` (read and validate the plan),
-:mod:`~harness.bench.measure` (the measurements), :mod:`~harness.bench.judge` (targets met?),
+:mod:`~harness.bench.measure` (the measurements), :mod:`~harness.bench.judge` (spread, verdicts),
 :mod:`~harness.bench.render` (table and JSON) and :mod:`~harness.bench.run` (all of it in turn).
 """
 
 from __future__ import annotations
 
-from harness.bench.judge import met, verdicts
+from harness.bench.judge import MIN_ROUNDS, RULE, Spread, met, spread_of, verdicts
 from harness.bench.measure import (
     GridRunner,
     GridTimes,
@@ -57,6 +63,8 @@ from harness.bench.run import GROUPS, BenchOptions, BenchResult, run_bench
 
 __all__ = [
     "GROUPS",
+    "MIN_ROUNDS",
+    "RULE",
     "PLAN_FILE",
     "BenchOptions",
     "BenchPlan",
@@ -65,6 +73,7 @@ __all__ = [
     "GridTimes",
     "Report",
     "Settings",
+    "Spread",
     "SpeedupVsFlops",
     "Target",
     "bench_json",
@@ -76,6 +85,7 @@ __all__ = [
     "parse_plan",
     "run_bench",
     "speedup_vs_flops",
+    "spread_of",
     "varied_images",
     "verdicts",
 ]

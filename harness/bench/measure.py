@@ -6,12 +6,19 @@ nothing here judges a value against its target (:mod:`harness.bench.judge`) or f
 (:mod:`harness.bench.render`). The arithmetic that turns times and FLOPs into a figure is the
 pure :func:`speedup_vs_flops`.
 
+A timed figure is computed once per interleaved round (round ``r`` of each callable timed by
+:func:`~harness.costs.timing.time_interleaved` ran next to round ``r`` of the others), so each
+figure comes with one value per round (``Report.rounds``, ``Report.per_depth_rounds``); its
+value is their median, and :mod:`harness.bench.judge` makes its interval from them.
+
 Halting models are made to halt as a trained network would (:func:`calibrate_halting`) on
 images that differ as whole images do (:func:`varied_images`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +33,7 @@ from harness.contract import AdaptiveModel, EvalSpec
 from harness.costs import evaluating
 from harness.costs.flops import FlopAccountant
 from harness.costs.memory import measure_peak_memory
-from harness.costs.timing import time_interleaved
+from harness.costs.timing import TimingReport, time_interleaved
 from harness.data import ArrayDataset, ArrayLoader
 from harness.models import create_model
 from harness.speed import Speed, resolve_speed
@@ -35,7 +42,12 @@ from harness.train import train_one_epoch
 
 @dataclass
 class Settings:
-    """Sizes of every figure (``--quick`` shrinks them to finish in minutes on 2 cores)."""
+    """Sizes of every figure (``--quick`` shrinks them to finish in minutes on 2 cores).
+
+    ``repeats`` (training and harness figures, CUDA throughput) and ``exit_repeats`` (early
+    exits, gathering) are the interleaved rounds, one value of each figure per round; a target
+    is judged only from :data:`harness.bench.judge.MIN_ROUNDS` (5) rounds on, so ``--quick``
+    keeps 5 (``--rounds`` sets both)."""
 
     warmup: int = 1
     repeats: int = 5
@@ -63,13 +75,13 @@ class Settings:
             return cls()
         return cls(
             warmup=1,
-            repeats=3,
+            repeats=5,
             bare_batch=32,
             bare_steps=2,
             method_depth=20,
             method_batch=32,
             method_steps=1,
-            exit_repeats=2,
+            exit_repeats=5,
             calibration_batch=8,
             calibration_steps=5,
             gather_depth=20,
@@ -79,15 +91,28 @@ class Settings:
             cuda_steps=10,
         )
 
+    def with_rounds(self, rounds: int | None) -> Settings:
+        """These sizes with ``rounds`` interleaved rounds for every timed figure (None: as
+        they are)."""
+        if rounds is None:
+            return self
+        return dataclasses.replace(self, repeats=rounds, exit_repeats=rounds)
+
 
 @dataclass
 class Report:
-    """What the bench measured: ``ratios`` (figure key -> value, None when not measured),
-    ``per_depth`` (key -> depth -> value), ``details``, ``throughput`` rows, ``skipped`` (figure
-    key or group -> why) and ``seconds`` per group."""
+    """What the bench measured: ``ratios`` (figure key -> value, None when not measured; the
+    median of its rounds), ``rounds`` (key -> the figure in each interleaved round, in order),
+    ``per_depth`` (key -> depth -> value) and ``per_depth_rounds`` (key -> depth -> rounds) for
+    figures measured per depth (their key holds the worse depth), ``exact`` (keys counted, not
+    timed: no rounds), ``details``, ``throughput`` rows, ``skipped`` (figure key or group ->
+    why) and ``seconds`` per group."""
 
     ratios: dict[str, float | None] = field(default_factory=dict)
+    rounds: dict[str, list[float]] = field(default_factory=dict)
     per_depth: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_depth_rounds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    exact: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     throughput: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -96,7 +121,10 @@ class Report:
     def merge(self, other: Report) -> None:
         """Add what ``other`` measured (its keys replace these)."""
         self.ratios.update(other.ratios)
+        self.rounds.update(other.rounds)
         self.per_depth.update(other.per_depth)
+        self.per_depth_rounds.update(other.per_depth_rounds)
+        self.exact += [key for key in other.exact if key not in self.exact]
         self.details.update(other.details)
         self.throughput += other.throughput
         self.skipped.update(other.skipped)
@@ -134,6 +162,15 @@ def speedup_vs_flops(
     """The figure of an early exit or a gathered execution, from the times of one batch (the
     vanilla network's and the execution's) and the FLOPs per image of that batch."""
     return SpeedupVsFlops(vanilla_seconds / seconds, flop_reduction(vanilla_flops, flops_per_image))
+
+
+def per_round(
+    numerator: TimingReport, denominator: TimingReport, scale: float = 1.0
+) -> list[float]:
+    """``scale * numerator / denominator`` of each interleaved round (round ``r`` of one timed
+    beside round ``r`` of the other): the sample a figure's spread is made from."""
+    pairs = zip(numerator.seconds, denominator.seconds, strict=True)
+    return [scale * top / bottom for top, bottom in pairs]
 
 
 def _flop_reduction(model: AdaptiveModel, output, size=(32, 32)) -> float:
@@ -361,7 +398,8 @@ def bench_harness_vs_bare(plan: BenchPlan, s: Settings, device, speed: Speed, cl
         s.repeats,
     )
     harness, bare = times["harness"].seconds_per_batch, times["bare"].seconds_per_batch
-    report.ratios[key] = harness / bare
+    report.rounds[key] = per_round(times["harness"], times["bare"])
+    report.ratios[key] = statistics.median(report.rounds[key])
     report.details[key] = {
         "depth": s.bare_depth,
         "batch_size": s.bare_batch,
@@ -387,14 +425,15 @@ def bench_method_training(plan: BenchPlan, s: Settings, device, speed: Speed, cl
         model = _subject_model(entry.subject, s.method_depth, device, cl)
         runs[entry.subject.method] = harness_loop(model, batches, device, speed)
     times = time_interleaved(runs, device, s.warmup, s.repeats)
-    vanilla = times[plan.vanilla].seconds_per_batch
     details: dict[str, Any] = {"depth": s.method_depth, "batch_size": s.method_batch, "seconds": {}}
     for name, timing in times.items():
         details["seconds"][name] = timing.seconds_per_batch
         step = timing.seconds_per_batch / s.method_steps
         report.throughput.append(throughput_row(name, s.method_depth, device, s.method_batch, step))
     for entry in plan.train:
-        report.ratios[entry.figure.key] = times[entry.subject.method].seconds_per_batch / vanilla
+        key = entry.figure.key
+        report.rounds[key] = per_round(times[entry.subject.method], times[plan.vanilla])
+        report.ratios[key] = statistics.median(report.rounds[key])
     report.details["train_vs_vanilla"] = details
     return report
 
@@ -439,7 +478,11 @@ def bench_early_exit(
                 figure = SpeedupVsFlops(vanilla_seconds / seconds, _flop_reduction(model, output))
                 ran = sum(u.double().mean().item() for u in output.units_executed)
                 spread = [u.double().std().item() for u in output.units_executed]
-                report.per_depth.setdefault(key, {})[str(depth)] = figure.ratio
+                rounds = per_round(
+                    times["vanilla"], times[f"figure {i}"], 1.0 / figure.flop_reduction
+                )
+                report.per_depth_rounds.setdefault(key, {})[str(depth)] = rounds
+                report.per_depth.setdefault(key, {})[str(depth)] = statistics.median(rounds)
                 report.details.setdefault(key, {})[str(depth)] = {
                     "batch_size": s.exit_batch,
                     "vanilla_seconds": vanilla_seconds,
@@ -514,6 +557,8 @@ def bench_memory(
 
     report.ratios[memory.vs_vanilla.key] = used(memory.label) / used("vanilla")
     report.ratios[memory.vs_against.key] = used(memory.label) / used(memory.against_label)
+    # Bytes counted, not timed: no rounds (the same pass allocates the same bytes each time).
+    report.exact += [memory.vs_vanilla.key, memory.vs_against.key]
     report.details["memory"] = {
         "depth": depth,
         "batch_size": s.exit_batch,
@@ -564,7 +609,8 @@ def bench_gathered(plan: BenchPlan, s: Settings, device, cl: bool) -> Report:
     figure = SpeedupVsFlops(vanilla_seconds / times[entry.execution].seconds_per_batch, reduction)
     compared = SpeedupVsFlops(vanilla_seconds / times[entry.compare].seconds_per_batch, reduction)
     ran = sum(u.double().mean().item() for u in output.units_executed)
-    report.ratios[key] = figure.ratio
+    report.rounds[key] = per_round(times["vanilla"], times[entry.execution], 1.0 / reduction)
+    report.ratios[key] = statistics.median(report.rounds[key])
     report.details["spatial_gathered"] = {
         "method": entry.subject.method,
         "depth": s.gather_depth,
@@ -610,6 +656,7 @@ def bench_grid(plan: BenchPlan, s: Settings, runner: GridRunner | None) -> Repor
         report.skipped[key] = "the grid did not finish every trial"
         return report
     report.ratios[key] = times.grid_seconds / times.loop_seconds
+    report.rounds[key] = [report.ratios[key]]  # one round: too few to judge
     report.details[key] = {
         "trials": list(times.trials),
         "grid_seconds": times.grid_seconds,
@@ -627,10 +674,11 @@ def bench_cuda_throughput(plan: BenchPlan, s: Settings, device) -> Report:
         batches = synthetic_batches(s.cuda_steps, s.cuda_batch, device, channels_last=True)
         model = _model(plan.vanilla, entry.depth, device, channels_last=True)
         timing = time_interleaved(
-            {"train": harness_loop(model, batches, device, speed)}, device, 1, 3
+            {"train": harness_loop(model, batches, device, speed)}, device, 1, s.repeats
         )["train"]
         per_s = s.cuda_steps * s.cuda_batch / timing.seconds_per_batch
-        report.ratios[entry.figure.key] = per_s
+        report.rounds[entry.figure.key] = [s.cuda_steps * s.cuda_batch / t for t in timing.seconds]
+        report.ratios[entry.figure.key] = statistics.median(report.rounds[entry.figure.key])
         report.throughput.append(
             throughput_row(plan.vanilla, entry.depth, device, s.cuda_batch, s.cuda_batch / per_s)
         )

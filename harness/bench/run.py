@@ -52,6 +52,7 @@ class BenchOptions:
     threads: int | None = None
     skip: Sequence[str] = ()  # figure groups to leave out (GROUPS)
     settings: Settings | None = None  # sizes; default Settings.for_run(quick)
+    rounds: int | None = None  # interleaved rounds of every timed figure; default the settings'
     plan: str | None = None  # a plan file; default harness/preset_files/bench.yaml
     #: Times the grid figure (the command line passes one; without it the figure is skipped).
     grid_runner: GridRunner | None = None
@@ -113,12 +114,14 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     unknown = sorted(set(options.skip) - set(GROUPS))
     if unknown:
         raise ConfigError(f"--skip {','.join(unknown)}: unknown; allowed: {', '.join(GROUPS)}")
+    if options.rounds is not None and options.rounds < 1:
+        raise ConfigError(f"--rounds {options.rounds} must be >= 1")
     if options.out is not None:
         store.check_writable_file(options.out, "--out")
     plan = load_plan(options.plan)
     device = resolve_device(options.device)
     set_threads(options.threads)
-    settings = options.settings or Settings.for_run(options.quick)
+    settings = (options.settings or Settings.for_run(options.quick)).with_rounds(options.rounds)
     targets = plan.targets(cuda=device.type == "cuda")
     report = Report(ratios=dict.fromkeys(targets))
     machine = machine_info(device)

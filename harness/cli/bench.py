@@ -42,6 +42,8 @@ from harness.train import run_trial
 EXAMPLES = """examples:
   # every figure at reduced sizes (under 10 minutes on 2 CPU cores)
   pact-harness bench --quick --out results/bench_cpu_quick.json
+  # more rounds: a narrower interval, so fewer "too noisy" verdicts
+  pact-harness bench --quick --threads 1 --rounds 9
   # on a GPU: the CPU figures plus training images/s of ResNet-32 and ResNet-110
   pact-harness bench --device cuda --out bench_cuda.json
   # another plan: other methods, keys or targets (same keys as the shipped plan)
@@ -182,7 +184,10 @@ def add_parser(sub) -> None:
         help_text="speed ratios measured side by side (harness vs bare loop, early exit, memory, "
         "grid)",
         description="Every figure is a ratio of things timed in turn in one process "
-        "(interleaved repeats after warm-up, medians); prints figure, value, target, met?",
+        "(interleaved rounds after warm-up; the value is the median of its per-round values); "
+        "prints figure, value, spread (a distribution-free 90% confidence interval of the "
+        "median), target, met?: yes when the whole interval meets the target, NO when none of "
+        "it does, else too noisy (too few rounds below 5)",
         epilog=EXAMPLES,
     )
     p.add_argument("--quick", action="store_true", help="reduced sizes: minutes on 2 CPU cores")
@@ -190,6 +195,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="write the JSON (ratios, targets, details, throughput) here")
     p.add_argument("--data-root", help="CIFAR-10 for grid_vs_loop (default: $PACT_DATA_ROOT)")
     p.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="interleaved rounds of every timed figure, one value each (default 5; a target is "
+        "judged from 5 rounds on)",
+    )
     p.add_argument(
         "--skip", type=csv_list(str), help=f"figure groups to leave out: {', '.join(GROUPS)}"
     )
