@@ -342,3 +342,23 @@ def test_curves_report_matched_flops_differences_with_intervals(tmp_path, capsys
     # var = (0.75^2 + 0.25^2 + 0.625^2 + 0.375^2) / 3 points^2: the 95% half-width is t * 0.62
     assert lines[0].endswith("A better")
     assert "n = 3 seeds per point" in verdict_line(out)
+
+
+def test_pair_verdicts_take_the_wider_of_the_t_and_bootstrap_intervals(tmp_path, capsys):
+    """A percentile bootstrap over three seeds is far narrower than the t-interval; the verdict
+    holds only under both (their envelope). Three seed differences +1.2, +3.5, +2.0 points: the
+    paired t (df 2) crosses 0, so the verdict is inconclusive whatever the bootstrap says."""
+    t = inference.Interval(2.23, -0.65, 5.12, 0.27, 4.2, "t", 3)
+    narrow = inference.Interval(2.23, 1.2, 3.5, 1.3, 3.3, "bootstrap", 3)
+    both = inference.envelope(t, narrow)
+    assert (both.low95, both.high95, both.low90, both.high90) == (-0.65, 5.12, 0.27, 4.2)
+    assert inference.verdict(narrow, 1.0) == inference.A_BETTER
+    assert inference.verdict(both, 1.0) == inference.INCONCLUSIVE
+    assert inference.envelope(None, narrow) is narrow and inference.envelope(t, None) is t
+    for seed, gain in enumerate((0.012, 0.035, 0.020)):
+        write_run(tmp_path, "act", ("tau", 0.01), seed, correctness(0.50, 100 + seed), mode="act")
+        write_run(tmp_path, "pact", ("lambda_", 0.01), seed, correctness(0.50 + gain, seed))
+    code, out, _ = compare(tmp_path, "--a", "method=pact", "--b", "method=act", capsys=capsys)
+    assert code == 0
+    assert "basis: the wider of paired t over 3 seeds and" in verdict_line(out)
+    assert verdict_line(out).startswith("verdict: inconclusive")

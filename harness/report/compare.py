@@ -271,7 +271,7 @@ def compare_pair(
         bootstrap = inference.bootstrap_seeds_and_images(correct_a, correct_b)
     mean_accuracy = float(np.mean([*side_a.accuracy, *side_b.accuracy])) / 100
     noise_se, noise_half = inference.binomial_noise(mean_accuracy, side_a.images)
-    basis_interval = bootstrap if bootstrap is not None else t
+    basis_interval = inference.envelope(t, bootstrap)
     if len(seeds) < 2:
         # One seed: the bootstrap resamples test images only; the training noise is unmeasured,
         # so no verdict (an image-only interval would call seed noise a difference).
