@@ -362,3 +362,57 @@ def test_pair_verdicts_take_the_wider_of_the_t_and_bootstrap_intervals(tmp_path,
     assert code == 0
     assert "basis: the wider of paired t over 3 seeds and" in verdict_line(out)
     assert verdict_line(out).startswith("verdict: inconclusive")
+
+
+def test_a_difference_of_differences_is_welchs_interval_of_the_two_gaps(tmp_path, capsys):
+    """(A - B) - (C - D): the per-seed gaps of two conditions (here two budgets, epochs 10 and
+    3), independent trainings, so the interval is Welch's on the two sets of gaps."""
+    gaps = {10: (0.010, 0.020, 0.015), 3: (-0.030, -0.020, -0.035)}
+    for epochs, deltas in gaps.items():
+        study = tmp_path / f"e{epochs}"
+        for seed, delta in enumerate(deltas):
+            write_run(study, "act", ("tau", 0.01), seed, correctness(0.50, 100 + seed), mode="act")
+            write_run(study, "pact", ("lambda_", 0.01), seed, correctness(0.50 + delta, seed))
+        for csv in study.rglob("results.csv"):  # the budget as a column the selectors can use
+            frame = pd.read_csv(csv)
+            frame["epochs"] = epochs
+            tree = json.loads(frame["experiment_config"].iloc[0])
+            tree["optim"]["epochs"] = epochs
+            frame["experiment_config"] = json.dumps(tree)
+            frame["experiment_id"] = experiment_id(tree)
+            frame.to_csv(csv, index=False)
+    code, out, _ = compare(
+        tmp_path / "e10",
+        str(tmp_path / "e3"),
+        "--a",
+        "method=pact,epochs=10",
+        "--b",
+        "method=act,epochs=10",
+        "--minus-a",
+        "method=pact,epochs=3",
+        "--minus-b",
+        "method=act,epochs=3",
+        capsys=capsys,
+    )
+    assert code == 0, out
+    from scipy import stats
+
+    first = [100 * d for d in gaps[10]]
+    second = [100 * d for d in gaps[3]]
+    welch = stats.ttest_ind(first, second, equal_var=False).confidence_interval(0.95)
+    line = next(x for x in out.splitlines() if x.startswith("(A - B) - (C - D)"))
+    assert f"{statistics.mean(first) - statistics.mean(second):+.2f} [{welch.low:+.2f}, " in line
+    assert verdict_line(out).startswith("verdict: A better")
+    code = main(
+        [
+            "compare",
+            str(tmp_path / "e10"),
+            "--a",
+            "method=pact",
+            "--b",
+            "method=act",
+            "--minus-a",
+            "method=pact",
+        ]
+    )
+    assert code == 2 and "--minus-a and --minus-b go together" in capsys.readouterr().err

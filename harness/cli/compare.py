@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.report.compare import CurveComparison, PairComparison, run_compare
-from harness.report.tables import format_curves, format_pair, format_vanilla
+from harness.errors import ConfigError
+from harness.report.compare import CurveComparison, DiffComparison, PairComparison, run_compare
+from harness.report.tables import format_curves, format_difference, format_pair, format_vanilla
 
 
 def _warn(message: str) -> None:
@@ -16,6 +17,8 @@ def _warn(message: str) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the comparison's lines, the verdict last."""
+    if (args.minus_a is None) != (args.minus_b is None):
+        raise ConfigError("--minus-a and --minus-b go together (the C and D of (A - B) - (C - D))")
     result, source = run_compare(
         args.inputs,
         args.a,
@@ -25,8 +28,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         split=args.split,
         allow_mixed_code=args.allow_mixed_code,
         warn=_warn,
+        minus=None if args.minus_a is None else (args.minus_a, args.minus_b),
     )
-    if isinstance(result, CurveComparison):
+    if isinstance(result, DiffComparison):
+        lines = format_difference(result)
+    elif isinstance(result, CurveComparison):
         lines = format_curves(result)
     elif isinstance(result, PairComparison):
         lines = format_pair(result)
@@ -71,4 +77,10 @@ def add_parser(sub) -> None:
         action="store_true",
         help="pair or pool rows from different code versions",
     )
+    p.add_argument(
+        "--minus-a",
+        help="with --minus-b: compare (A - B) - (C - D), how a paired gap changes between two "
+        "conditions (e.g. two budgets); C and D are selectors like --a",
+    )
+    p.add_argument("--minus-b", help="the D of --minus-a")
     p.set_defaults(func=cmd_compare)

@@ -297,6 +297,50 @@ def compare_pair(
     )
 
 
+# ---------------------------------------------------------------- difference of differences
+@dataclass
+class DiffComparison:
+    """``(A - B) - (C - D)``: how a paired gap changes between two conditions (e.g. two
+    training budgets), each gap paired by seed within its condition, the two conditions'
+    per-seed gaps independent (different trainings)."""
+
+    first: PairComparison
+    second: PairComparison
+    interval: inference.Interval | None
+    margin: float
+    verdict: str
+    seeds_needed: int | None
+    codes: list[str] = field(default_factory=list)
+
+
+def compare_difference(
+    frame: pd.DataFrame,
+    selectors: tuple[Selector, Selector, Selector, Selector],
+    margin: float,
+    split: str = "test",
+    allow_mixed_code: bool = False,
+) -> DiffComparison:
+    """``(A - B) - (C - D)`` with the Welch t-interval of the difference of the two conditions'
+    mean per-seed gaps (:func:`harness.inference.linear_interval` with weights 1, -1)."""
+    a, b, c, d = selectors
+    first = compare_pair(frame, a, b, margin, split, allow_mixed_code)
+    second = compare_pair(frame, c, d, margin, split, allow_mixed_code)
+    check_same_code([first.a, first.b, second.a, second.b], allow_mixed_code)
+    gaps = [np.asarray(first.differences), np.asarray(second.differences)]
+    interval = inference.linear_interval(
+        [1.0, -1.0], gaps, "Welch t over the two conditions' per-seed gaps"
+    )
+    return DiffComparison(
+        first,
+        second,
+        interval,
+        margin,
+        inference.verdict(interval, margin),
+        inference.linear_seeds_needed([1.0, -1.0], gaps, margin),
+        sorted({*first.codes, *second.codes}),
+    )
+
+
 # --------------------------------------------------------------------------------- vanilla
 @dataclass
 class Point:
@@ -621,10 +665,19 @@ def run_compare(
     split: str = "test",
     allow_mixed_code: bool = False,
     warn=None,
-) -> tuple[PairComparison | VanillaComparison | CurveComparison, str]:
+    minus: tuple[str, str] | None = None,
+) -> tuple[PairComparison | VanillaComparison | CurveComparison | DiffComparison, str]:
     """Parse, load and compare (everything checked before any statistics); returns the
-    comparison and where its margin came from."""
+    comparison and where its margin came from. ``minus`` (C, D): the difference of
+    differences ``(A - B) - (C - D)``."""
     selector_a, selector_b = parse_selector(a, "--a"), parse_selector(b, "--b")
+    extra = None
+    if minus is not None:
+        extra = (parse_selector(minus[0], "--minus-a"), parse_selector(minus[1], "--minus-b"))
+        if curve or any(s.vanilla for s in (selector_b, *extra)):
+            raise ConfigError(
+                "--minus-a/--minus-b: a difference of two paired gaps; not with --curve or vanilla"
+            )
     if selector_a.vanilla:
         raise ConfigError("--a vanilla: put the vanilla series on the B side (--b vanilla)")
     if margin is None:
@@ -637,7 +690,11 @@ def run_compare(
         raise ConfigError(
             f"--split {split}: not in the inputs; allowed: {', '.join(sorted(set(frame['split'])))}"
         )
-    if curve:
+    if extra is not None:
+        result = compare_difference(
+            frame, (selector_a, selector_b, *extra), margin, split, allow_mixed_code
+        )
+    elif curve:
         result = compare_curves(frame, selector_a, selector_b, margin, split, allow_mixed_code)
     elif selector_b.vanilla:
         result = compare_vanilla(frame, selector_a, margin, split, allow_mixed_code)

@@ -29,7 +29,13 @@ from harness.report.aggregate import (
     _penalty_text,
     _vanilla_fraction,
 )
-from harness.report.compare import CurveComparison, PairComparison, Planned, VanillaComparison
+from harness.report.compare import (
+    CurveComparison,
+    DiffComparison,
+    PairComparison,
+    Planned,
+    VanillaComparison,
+)
 from harness.store import atomic_write_text
 
 _ACCURACY = results.SCHEMA["accuracy"].display
@@ -292,6 +298,31 @@ def format_curves(c: CurveComparison) -> list[str]:
         f"±{c.margin:g} points, n = {n} seeds per point){needed}"
     )
     return lines
+
+
+def format_difference(c: DiffComparison) -> list[str]:
+    """The lines for ``(A - B) - (C - D)``."""
+    first, second = c.first, c.second
+    n = f"n = {len(first.seeds)} and {len(second.seeds)} seeds"
+    needed = ""
+    if c.verdict == INCONCLUSIVE and c.seeds_needed is not None:
+        needed = f"; about {c.seeds_needed} seeds per condition would decide it"
+    return [
+        f"A: {first.a.label}; B: {first.b.label}",
+        f"C: {second.a.label}; D: {second.b.label}",
+        f"split {first.a.rows['split'].iloc[0]}; code: {'; '.join(c.codes)}",
+        "A - B per seed: "
+        + ", ".join(f"{d:+.2f}" for d in first.differences)
+        + f"  (paired t 95% CI {_interval_text(first.t)})",
+        "C - D per seed: "
+        + ", ".join(f"{d:+.2f}" for d in second.differences)
+        + f"  (paired t 95% CI {_interval_text(second.t)})",
+        f"(A - B) - (C - D), 95% CI ({c.interval.method}): {_interval_text(c.interval)}"
+        if c.interval
+        else "(A - B) - (C - D): no interval (a condition has one seed)",
+        f"verdict: {_verdict_text(c.verdict, c.margin)} (margin ±{c.margin:g} points, {n})"
+        + needed,
+    ]
 
 
 def comparison_lines(item: Planned) -> list[str]:
