@@ -64,7 +64,7 @@ def _images(batch: int, seed: int) -> torch.Tensor:
 
 
 def _run(model: AdaptiveModel, images: torch.Tensor, spec: EvalSpec, seed: int):
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=images.device).manual_seed(seed)
     with torch.no_grad(), evaluating(model):
         return model(images, dataclasses.replace(spec, generator=generator))
 
