@@ -117,7 +117,7 @@ class PACTResNet(HaltingResNet):
     def _relaxed(self, b: int, x, generator) -> BlockResult:
         units, branches = self.backbone.blocks[b], self.halting[b]
         x = take(x)
-        temperature = self.temperature.item()
+        temperature = self.temperature  # a device tensor: no host read at each step
         out = survive = noise = None
         logits = []
         for l, unit in enumerate(units):

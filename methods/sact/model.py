@@ -78,7 +78,7 @@ class SACTResNet(HaltingResNet):
             ponder = torch.where(halts, (l + 1) + (1.0 - cum), ponder)
             cum = torch.where(active, new_cum, cum)
             active = active & ~halts
-            if not bool(active.any()) and spec is not None:
+            if spec is not None and not bool(active.any()):  # no host read in training
                 break  # batch-level early stop (SACT code's act_early_stopping)
         return BlockResult(out, n, ponder, penalty=ponder)
 
