@@ -1,6 +1,7 @@
 # Two commands on a fresh clone: `make run` (the cpu-mini grid on a local Ray and CIFAR-10) and
 # `make test`. Both create the virtual environment .venv on first use (pip install -e ".[dev]"
-# and the example plug-in examples/aig_gates, which the tests run like any method).
+# and the example plug-ins examples/aig_gates and examples/blockdrop, which the tests run like any
+# method).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,10 +11,10 @@ DOWNLOAD ?= 0
 
 .PHONY: run test test-fast lint format install clean-venv wheelhouse gpu-check
 
-$(BIN)/.installed: pyproject.toml examples/aig_gates/pyproject.toml
+$(BIN)/.installed: pyproject.toml examples/aig_gates/pyproject.toml examples/blockdrop/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[dev]" -e examples/aig_gates
+	$(BIN)/pip install -e ".[dev]" -e examples/aig_gates -e examples/blockdrop
 	touch $@
 
 install: $(BIN)/.installed
