@@ -276,7 +276,17 @@ def step_install(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         result["project"] = "already installed"
     except importlib.metadata.PackageNotFoundError:
         rc, _ = _call(
-            [*pip, "--no-deps", "--no-build-isolation", "-e", ".", "-e", "examples/aig_gates"]
+            [
+                *pip,
+                "--no-deps",
+                "--no-build-isolation",
+                "-e",
+                ".",
+                "-e",
+                "examples/aig_gates",
+                "-e",
+                "examples/blockdrop",
+            ]
         )
         result["project"] = f"pip install -e . (exit {rc})"
     importlib.invalidate_caches()
