@@ -283,7 +283,17 @@ def test_bf16_autocast_on_cpu_keeps_logits_top1_and_halting(method):
         name = "train" if spec is None else f"{spec.mode}/{spec.execution}"
         full, half = run(spec, False), run(spec, True)
         assert half.logits.dtype == torch.bfloat16, name  # autocast really applied on CPU
-        error = (half.logits.float() - full.logits).abs().max() / full.logits.abs().max()
+        # The logit tolerance holds where bf16 took the same per-image decisions (a flipped
+        # decision runs other units: that image is judged by the decision and top-1 agreement
+        # below). Spatial decisions flip at a few positions of most images and are judged per
+        # position below, their logits over every image.
+        same = torch.ones(images.shape[0], dtype=torch.bool)
+        for a, b in zip(full.units_ran, half.units_ran, strict=True):
+            if a.dim() == 2:
+                same &= (a == b).all(1)
+        assert same.double().mean() >= BF16_DECISIONS_KEPT, (name, float(same.double().mean()))
+        gap = (half.logits.float() - full.logits)[same].abs().max()
+        error = gap / full.logits.abs().max()
         assert error <= BF16_LOGIT_RTOL, (name, float(error))
         top1 = (half.logits.argmax(1) == full.logits.argmax(1)).double().mean()
         assert top1 >= BF16_TOP1_AGREEMENT, (name, float(top1))
