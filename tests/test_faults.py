@@ -935,7 +935,14 @@ def test_a_signal_to_train_ends_in_one_line_that_says_how_to_resume(
     argv = [*console_script(), *tiny_args(out, "--epochs", "200")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell that starts a job in the background (`cmd &`) ignores SIGINT in it, and the
+        # child inherits that: give it Python's default, as an interactive run has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120

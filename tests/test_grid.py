@@ -595,7 +595,13 @@ def test_interrupted_study_resumes_only_the_unfinished_trials(tmp_path, tiny_npz
     argv = [*console_script(), "grid", "--preset", str(preset), "--out", str(out), "--resume"]
     argv += ["--data-root", str(tiny_npz_root)]
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    first = subprocess.Popen(  # SIGINT at its default even when the tests run as a background job
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 180
         while not list(out.glob("trials/*/summary.json")):
