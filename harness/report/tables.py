@@ -288,11 +288,13 @@ def format_curves(c: CurveComparison) -> list[str]:
             f"{_verdict_text(point.verdict, c.margin)}"
         )
     needed = ""
+    n = min((len(p.accuracy) for p in [*c.a, *c.b]), default=0)
     if c.verdict == INCONCLUSIVE and c.seeds_needed is not None:
         needed = f"; about {c.seeds_needed} seeds per point would decide the mean gap"
+    elif c.verdict == INCONCLUSIVE and n < 2:
+        needed = "; with one seed per point the spread, and so the seeds needed, is unknown"
     elif c.verdict == INCONCLUSIVE:
         needed = "; no seed count up to 1,000 would decide it at this gap"
-    n = min((len(p.accuracy) for p in [*c.a, *c.b]), default=0)
     lines.append(
         f"verdict: {_verdict_text(c.verdict, c.margin)} for the mean gap (margin "
         f"±{c.margin:g} points, n = {n} seeds per point){needed}"
