@@ -540,3 +540,28 @@ def test_the_example_gates_stage_opening_units_and_is_charged_what_ran(depth):
     assert _skips_middle_units(torch.cat(out.units_ran, 1))
     assert accountant.per_image(out)[0].sum().item() == float(counter.get_total_flops())
     assert len(model.decision_branches()[0]) == len(model.backbone.blocks[0])  # all gated
+
+
+@pytest.mark.parametrize("depth", [20, 110])
+def test_the_peer_backbone_charges_a_closed_stage_opening_gate_its_projection(depth):
+    """``--variant convnet-aig``: ConvNet-AIG's own CIFAR ResNet, whose stage-opening units
+    have 1x1 conv + BN projection shortcuts. A closed gate there still runs the projection:
+    golden count of each projection, and the accountant equals FlopCounterMode on the gathered
+    execution with stage-opening units skipped."""
+    from harness.models import backbone_identity
+
+    torch.manual_seed(0)
+    model = create_model("aig", depth=depth, variant="convnet-aig").eval()
+    accountant = FlopAccountant(model, (32, 32))
+    # 1x1 convs 16 -> 32 on a 16x16 output and 32 -> 64 on 8x8; stage 1 keeps its shape
+    shortcuts = [block[0].shortcut for block in accountant.units]
+    assert shortcuts == [0, 16 * 32 * 16 * 16, 32 * 64 * 8 * 8]
+    assert "convnet-aig" in backbone_identity(model)["name"]
+    images = torch.randn(16, 3, 32, 32)
+    spec = EvalSpec("stochastic", "gathered", generator=torch.Generator().manual_seed(2))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        out = model(images, spec)
+    closed_openers = sum(int((~ran[:, 0]).sum()) for ran in out.units_ran[1:])
+    assert closed_openers > 0  # some projection ran without its residual
+    assert accountant.per_image(out)[0].sum().item() == float(counter.get_total_flops())

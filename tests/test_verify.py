@@ -247,5 +247,5 @@ def test_a_plugin_backbone_gives_the_full_network_flops_and_its_identity(monkeyp
     assert isinstance(create_model("own_backbone", variant="projection-toy"), GatedStageOpening)
     with pytest.raises(ConfigError, match=r"model.variant \(method own_backbone\).*projection-toy"):
         create_model("own_backbone", variant="convnet-aig")
-    with pytest.raises(ConfigError, match="variant"):  # harness backbones check their own
-        create_model("aig", variant="convnet-aig")
+    with pytest.raises(ConfigError, match=r"model.variant \(method aig\).*convnet-aig"):
+        create_model("aig", variant="no-such-backbone")  # the example declares its variants

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from aig_gates.backbone import PeerCifarResNet
 from baselines import build_backbone
 from harness.contract import AdaptiveModel, EvalSpec, MethodSpec, ModelOutput
 from harness.errors import ConfigError
@@ -153,10 +154,22 @@ class AIGResNet(AdaptiveModel):
 
 
 def build_aig(model, config: AIGConfig) -> AIGResNet:
-    """Gates on the requested backbone."""
+    """Gates on the requested backbone: ``convnet-aig`` is the peer's own CIFAR ResNet
+    (projection shortcuts, :mod:`aig_gates.backbone`), the others the harness's."""
     config.validate()
-    backbone = build_backbone(model.dataset, model.depth, model.variant, model.num_classes)
+    if model.variant == PEER_VARIANT:
+        if model.dataset != "cifar10":
+            raise ConfigError(
+                f"model.variant={PEER_VARIANT!r} is a CIFAR backbone; model.dataset must be cifar10"
+            )
+        backbone = PeerCifarResNet(model.depth, model.num_classes or 10)
+    else:
+        backbone = build_backbone(model.dataset, model.depth, model.variant, model.num_classes)
     return AIGResNet(backbone, config)
+
+
+#: The variant that builds ConvNet-AIG's own backbone.
+PEER_VARIANT = "convnet-aig"
 
 
 SPEC = MethodSpec(
@@ -168,6 +181,8 @@ SPEC = MethodSpec(
     time_penalty_field="target_rate",
     description="ConvNet-AIG-style per-unit gates (example plug-in, examples/aig_gates).",
     label="AIG gates (example plug-in)",
+    # the harness backbones' variants, and the peer's own CIFAR ResNet
+    variants=("sact", "he", "torchvision", PEER_VARIANT),
 )
 
 #: The plug-in's preset (entry point group ``pact_harness.presets``): its YAML file.
