@@ -134,6 +134,45 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     return PreparedRun(cfg, spec, method_config, model, data, device, speed, forward, probe)
 
 
+def run_summary(
+    cfg: RunConfig,
+    columns: dict[str, Any],
+    rows: list[dict[str, Any]],
+    train_seconds: float,
+    num_train: int,
+    num_test: int,
+    num_val: int,
+) -> dict[str, Any]:
+    """``summary.json`` of a finished run from its results rows (the first row: the default
+    mode on the test split; a validation row adds the validation accuracy)."""
+    main = rows[0]
+    summary = {
+        "method": cfg.method,
+        "depth": cfg.model.depth,
+        "variant": cfg.model.variant,
+        "dataset": cfg.model.dataset,
+        "seed": cfg.seed,
+        "time_penalty_name": columns["time_penalty_name"],
+        "time_penalty": columns["time_penalty"],
+        "eval_mode": main["eval_mode"],
+        "test_accuracy": main["accuracy"],
+        "test_loss": main["loss"],
+        "train_seconds": train_seconds,
+        "epochs": cfg.optim.epochs,
+        "num_train": num_train,
+        "num_test": num_test,
+        "flops_per_image_mean": main.get("flops_per_image_mean"),
+    }
+    val_main = next((r for r in rows if r["split"] == "val"), None)
+    if val_main is not None:
+        summary.update(val_accuracy=val_main["accuracy"], num_val=num_val)
+    # Any model that reports executed units (ACT at depth 8 too: one unit, no branches).
+    if not math.isnan(main["units_executed_mean"]):
+        summary["units_executed_mean"] = main["units_executed_mean"]
+        summary["units_executed_per_block"] = json.loads(main["units_per_block"])
+    return summary
+
+
 def _backbone_text(provenance: dict[str, Any]) -> str:
     """``name@hash`` of the provenance's backbone identity ("" for runs made before it)."""
     backbone = provenance.get("backbone") or {}
@@ -905,30 +944,9 @@ def finish_run(
         evaluation_hook(prepared, rows)
     write_correct(correct, run_dir / store.CORRECT_FILE)
     store.write_results_csv(run_dir / store.RESULTS_FILE, rows)
-    main = rows[0]
-    summary = {
-        "method": cfg.method,
-        "depth": cfg.model.depth,
-        "variant": cfg.model.variant,
-        "dataset": cfg.model.dataset,
-        "seed": cfg.seed,
-        "time_penalty_name": columns["time_penalty_name"],
-        "time_penalty": columns["time_penalty"],
-        "eval_mode": main["eval_mode"],
-        "test_accuracy": main["accuracy"],
-        "test_loss": main["loss"],
-        "train_seconds": train_seconds,
-        "epochs": cfg.optim.epochs,
-        "num_train": prepared.data.num_train,
-        "num_test": prepared.data.num_test,
-        "flops_per_image_mean": main.get("flops_per_image_mean"),
-    }
-    if prepared.data.val_loader is not None:
-        val_main = next(r for r in rows if r["split"] == "val")
-        summary.update(val_accuracy=val_main["accuracy"], num_val=prepared.data.num_val)
-    # Any model that reports executed units (ACT at depth 8 too: one unit, no branches).
-    if not math.isnan(main["units_executed_mean"]):
-        summary["units_executed_mean"] = main["units_executed_mean"]
-        summary["units_executed_per_block"] = json.loads(main["units_per_block"])
+    data = prepared.data
+    summary = run_summary(
+        cfg, columns, rows, train_seconds, data.num_train, data.num_test, data.num_val
+    )
     store.atomic_write_json(run_dir / store.SUMMARY_FILE, summary)
     return summary

@@ -39,6 +39,7 @@ from harness.evaluate import per_image_key, plan_evaluations, write_correct
 from harness.models import build_model
 from harness.registry import get_method
 from harness.runs import trial_columns
+from harness.train import run_summary
 
 #: The shipped preset a synthetic study copies (methods, penalty keys, vanilla depths, base
 #: config, comparisons).
@@ -282,29 +283,9 @@ def write_trial(
     )
     write_correct(correct, run_dir / store.CORRECT_FILE)
     store.write_results_csv(run_dir / store.RESULTS_FILE, rows)
-    main = rows[0]
-    val = next((r for r in rows if r["split"] == "val"), None)
-    summary = {
-        "method": cfg.method,
-        "depth": cfg.model.depth,
-        "variant": cfg.model.variant,
-        "dataset": cfg.model.dataset,
-        "seed": cfg.seed,
-        "time_penalty_name": columns["time_penalty_name"],
-        "time_penalty": columns["time_penalty"],
-        "eval_mode": main["eval_mode"],
-        "test_accuracy": main["accuracy"],
-        "test_loss": main["loss"],
-        "train_seconds": 60.0,
-        "epochs": cfg.optim.epochs,
-        "num_train": columns["num_train"],
-        "num_test": IMAGES,
-        "flops_per_image_mean": main["flops_per_image_mean"],
-        "units_executed_mean": main["units_executed_mean"],
-        "units_executed_per_block": json.loads(main["units_per_block"]),
-    }
-    if val is not None:
-        summary.update(val_accuracy=val["accuracy"], num_val=columns["num_val"])
+    summary = run_summary(
+        cfg, columns, rows, 60.0, columns["num_train"], IMAGES, columns["num_val"]
+    )
     store.atomic_write_json(run_dir / store.SUMMARY_FILE, summary)
     return len(rows)
 

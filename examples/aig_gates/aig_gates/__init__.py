@@ -17,7 +17,12 @@ from aig_gates.backbone import PeerCifarResNet
 from baselines import build_backbone
 from harness.contract import AdaptiveModel, EvalSpec, MethodSpec, ModelOutput
 from harness.errors import ConfigError
-from methods.common.gates import binary_concrete, logistic_noise, straight_through
+from methods.common.gates import (
+    binary_concrete,
+    logistic_noise,
+    run_or_shortcut,
+    straight_through,
+)
 
 
 @dataclass(frozen=True)
@@ -119,20 +124,7 @@ class AIGResNet(AdaptiveModel):
                     continue
                 opened = self._opened(logit, spec)
                 ran.append(opened)
-                if spec.execution == "masked":
-                    x = torch.where(opened.view(-1, 1, 1, 1), unit(x), unit.skipped(x))
-                    continue
-                # gathered: the open images run the unit, the others its shortcut only
-                run, skip = opened.nonzero().squeeze(1), (~opened).nonzero().squeeze(1)
-                parts = []
-                if len(run):
-                    parts.append((run, unit(x.index_select(0, run))))
-                if len(skip):
-                    parts.append((skip, unit.skipped(x.index_select(0, skip))))
-                new = parts[0][1].new_empty(x.shape[0], *parts[0][1].shape[1:])
-                for idx, values in parts:
-                    new = new.index_copy(0, idx, values)
-                x = new
+                x = run_or_shortcut(unit, x, opened, spec.execution)
             units_ran.append(torch.stack(ran, 1))
         aux = {}
         if rates:  # ConvNet-AIG's train.py: the mean over gates of (target - rate)^2

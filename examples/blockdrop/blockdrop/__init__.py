@@ -17,6 +17,7 @@ from torch import nn
 from baselines import build_backbone
 from harness.contract import AdaptiveModel, EvalSpec, MethodSpec, ModelOutput
 from harness.errors import ConfigError
+from methods.common.gates import run_or_shortcut
 
 
 @dataclass(frozen=True)
@@ -91,23 +92,6 @@ class BlockDropOutput(ModelOutput):
     greedy_logits: torch.Tensor | None = None
 
 
-def _run_unit(unit: nn.Module, x: torch.Tensor, keep: torch.Tensor, execution: str):
-    """One unit where ``keep`` (bool ``[B]``), its shortcut elsewhere: ``masked`` computes both
-    on the whole batch and selects; ``gathered`` runs each on its own images only."""
-    if execution == "masked":
-        return torch.where(keep.view(-1, 1, 1, 1), unit(x), unit.skipped(x))
-    run, skip = keep.nonzero().squeeze(1), (~keep).nonzero().squeeze(1)
-    parts = []
-    if len(run):
-        parts.append((run, unit(x.index_select(0, run))))
-    if len(skip):
-        parts.append((skip, unit.skipped(x.index_select(0, skip))))
-    new = parts[0][1].new_empty(x.shape[0], *parts[0][1].shape[1:])
-    for idx, values in parts:
-        new = new.index_copy(0, idx, values)
-    return new
-
-
 class BlockDropResNet(AdaptiveModel):
     """A policy network decides, once per image and before the backbone, which units run.
 
@@ -148,7 +132,7 @@ class BlockDropResNet(AdaptiveModel):
         t = 0
         for block in self.backbone.blocks:
             for unit in block:
-                x = _run_unit(unit, x, keep[:, t], execution)
+                x = run_or_shortcut(unit, x, keep[:, t], execution)
                 t += 1
         return self.backbone.head(x)
 
