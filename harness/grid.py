@@ -42,6 +42,7 @@ import torch
 import yaml
 
 from harness import store
+from harness.config import SAFE_DUMPER
 from harness.errors import CheckpointError, ConfigError, DivergenceError, HarnessError
 from harness.estimate import (
     Machine,
@@ -912,7 +913,7 @@ def run_grid(
             cluster = check_cluster(study.preset.resources)
         stack.enter_context(study_lock(study.folder))
         if held != "same":  # a new study, or the stored one grown by the added trials
-            record = yaml.safe_dump(study_record(study), sort_keys=False)
+            record = yaml.dump(study_record(study), Dumper=SAFE_DUMPER, sort_keys=False)
             store.atomic_write_text(study.folder / STUDY_FILE, record)
         if held == "grown":
             emit(

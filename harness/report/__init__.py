@@ -58,7 +58,9 @@ from harness.report.figures import (
 from harness.report.index import write_index
 from harness.report.load import (
     REQUIRED_COLUMNS,
+    UnreadableRun,
     Warn,
+    _log_warning,
     canonical_identity,
     find_results,
     load_per_image,
@@ -116,7 +118,13 @@ def make_report(
     histogram = histogram_figure(runs)
     if histogram is not None:
         written += plot_units_histogram(histogram, out)
-    maps = ponder_figure(runs)
+    while True:  # the maps are read as the figure draws them: a run that fails is dropped
+        try:
+            maps = ponder_figure(runs)
+            break
+        except UnreadableRun as err:
+            (warn or _log_warning)(str(err))
+            runs = [run for run in runs if run[1] is not err.arrays]
     if maps is not None:
         written += plot_ponder_maps(maps, out)
     planned, margin, source = report_comparisons(frame, list(inputs), allow_mixed_code)

@@ -526,6 +526,11 @@ class MemoryFigure:
     xlabel: str = "peak evaluation memory (MiB)"
 
 
+#: The most bars the memory figure draws (a study of thousands of configurations would draw
+#: an unreadable figure, slowly); the tables keep every configuration.
+MAX_MEMORY_BARS = 60
+
+
 def memory_figure(table: pd.DataFrame, rows: pd.DataFrame | None = None) -> MemoryFigure | None:
     """Peak evaluation memory, one bar per (method, mode, depth, penalty) of the test split at
     the default threshold (and per differing field and execution, where experiments differ in
@@ -571,6 +576,10 @@ def memory_figure(table: pd.DataFrame, rows: pd.DataFrame | None = None) -> Memo
     order = ["vanilla", "method_label", "_depth", "_penalty", "eval_mode", "configuration"]
     data = data.sort_values(order, ascending=[False, True, True, True, True, True])
     methods = list(dict.fromkeys(data["method_label"]))
+    total = len(data)
+    if total > MAX_MEMORY_BARS:  # a study of thousands: evenly spaced in drawing order
+        picks = np.unique(np.linspace(0, total - 1, MAX_MEMORY_BARS).round().astype(int))
+        data = data.iloc[picks]
     bars = pd.DataFrame(
         {
             "configuration": data["configuration"].to_numpy(),
@@ -596,6 +605,11 @@ def memory_figure(table: pd.DataFrame, rows: pd.DataFrame | None = None) -> Memo
     if "median MiB" in bars:
         notes.append("diamond: median over the measured batches (mean over seeds)")
     notes.append(_memory_protocol(rows if rows is not None else table))
+    if len(bars) < total:
+        notes.append(
+            f"{len(bars)} of {total} configurations shown, evenly spaced in this order; "
+            "every one is in the tables"
+        )
     return MemoryFigure(bars, title, notes)
 
 

@@ -22,6 +22,7 @@ versions are never paired or pooled unless ``allow_mixed_code``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -87,29 +88,43 @@ def _equal(value: Any, wanted: str) -> bool:
         return str(value).lower() == wanted.lower() or json.dumps(value) == wanted
 
 
+def _matching(values: pd.Series, wanted: str) -> pd.Series:
+    """``values`` equal to ``wanted`` (:func:`_equal`), decided once per distinct value: a study
+    of thousands of trials has tens of thousands of rows but few distinct values per column."""
+    distinct = pd.unique(values)
+    equal = [v for v in distinct if _equal(v.item() if isinstance(v, np.generic) else v, wanted)]
+    return values.isin(equal)
+
+
+@functools.lru_cache(maxsize=4096)
+def _flat_config(text: str) -> dict[str, Any]:
+    """An experiment's flattened config from its ``experiment_config`` text (read-only: the
+    result is shared by every call with the same text)."""
+    return flatten(json.loads(text))
+
+
 def _match(frame: pd.DataFrame, selector: Selector, flag: str) -> pd.Series:
     """Rows of ``frame`` meeting every condition of ``selector``; an unknown key is an error
     naming the keys allowed."""
     configs = {
-        eid: flatten(json.loads(text))
+        eid: _flat_config(text)
         for eid, text in frame.groupby("experiment_id")["experiment_config"].first().items()
     }
-    penalties = set(frame["time_penalty_name"].dropna().astype(str)) - {""}
+    penalties = set(map(str, frame["time_penalty_name"].dropna().unique())) - {""}
     config_keys = sorted({k for c in configs.values() for k in c})
     keep = pd.Series(True, index=frame.index)
     for key, wanted in selector.conditions:
         column = "eval_mode" if key == "mode" else key
         if column in frame.columns:
-            keep &= frame[column].map(lambda v, w=wanted: _equal(v, w))
+            keep &= _matching(frame[column], wanted)
         elif key in penalties:
-            keep &= (frame["time_penalty_name"].astype(str) == key) & frame["time_penalty"].map(
-                lambda v, w=wanted: _equal(v, w)
+            keep &= (frame["time_penalty_name"].astype(str) == key) & _matching(
+                frame["time_penalty"], wanted
             )
         elif key in config_keys or f"method_config.{key}" in config_keys:
             full = key if key in config_keys else f"method_config.{key}"
-            keep &= frame["experiment_id"].map(
-                lambda e, k=full, w=wanted: _equal(configs[e].get(k), w)
-            )
+            chosen = [e for e, config in configs.items() if _equal(config.get(full), wanted)]
+            keep &= frame["experiment_id"].isin(chosen)
         else:
             allowed = ["mode", *sorted(penalties), "method", "depth", "split", "threshold"]
             raise ConfigError(
@@ -165,8 +180,13 @@ def select_side(frame: pd.DataFrame, selector: Selector, flag: str, split: str) 
     """The rows of exactly one experiment, mode, execution and threshold on ``split``; the
     experiment's paper-table mode when the selector names none, the default threshold when it
     names none."""
-    keys = {k for k, _ in selector.conditions}
     data = frame[(frame["split"] == split) & _match(frame, selector, flag)]
+    return _side_of(data, selector, flag, split)
+
+
+def _side_of(data: pd.DataFrame, selector: Selector, flag: str, split: str) -> Side:
+    """:func:`select_side` of the rows ``data`` that ``selector`` matched on ``split``."""
+    keys = {k for k, _ in selector.conditions}
     if "threshold" not in keys:
         data = data[_at_default_threshold(_blank_threshold(data))]
     if data.empty:
@@ -498,14 +518,15 @@ def curve_sides(frame: pd.DataFrame, selector: Selector, flag: str, split: str) 
     data = frame[(frame["split"] == split) & _match(frame, selector, flag)]
     if data.empty:
         raise ConfigError(f"{flag} {selector.text!r}: no row on the {split} split matches")
+    # each experiment's rows resolved alone (one pass over the frame, not one per point)
     sides = [
-        select_side(
-            frame,
+        _side_of(
+            rows,
             Selector(selector.text, (*selector.conditions, ("experiment_id", eid))),
             flag,
             split,
         )
-        for eid in data["experiment_id"].unique()
+        for eid, rows in data.groupby("experiment_id", sort=False)
     ]
     # A curve's points differ in the time penalty only.
     trees = []
@@ -514,9 +535,8 @@ def curve_sides(frame: pd.DataFrame, selector: Selector, flag: str, split: str) 
         name = side.rows["time_penalty_name"].iloc[0]
         tree.pop(f"method_config.{name}", None)
         trees.append(tree)
-    differing = sorted(
-        {k for t in trees for k in t if any(t.get(k) != other.get(k) for other in trees)}
-    )
+    # a key differs somewhere iff some tree differs from the first in it (linear in points)
+    differing = sorted({k for t in trees for k in {*t, *trees[0]} if t.get(k) != trees[0].get(k)})
     if differing:
         raise ConfigError(
             f"{flag} {selector.text!r}: its experiments differ in {', '.join(differing[:4])}, "
@@ -624,7 +644,7 @@ def _study_records(inputs: list[str | Path]) -> list[tuple[Path, dict[str, Any]]
         folder = Path(raw) if Path(raw).is_dir() else Path(raw).parent
         record = folder / STUDY_FILE
         if record.is_file() and record not in records:
-            records[record] = load_yaml(record, STUDY_FILE)
+            records[record] = load_yaml(record, STUDY_FILE, before_key="trials")
     return list(records.items())
 
 

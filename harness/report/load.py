@@ -9,12 +9,13 @@ prints (the default logs it).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +156,17 @@ def _with_experiment(frame: pd.DataFrame, path: Path, warn: Warn) -> pd.DataFram
         trees = [configs.get(str(t), single) for t in frame.get("trial_id", [None] * len(frame))]
         unknown = sum(t is None for t in trees)
     texts = []
+    known: dict[str, str] = {}  # a config's text -> its identity's text, once per experiment
     for tree, trial in zip(trees, frame.get("trial_id", [None] * len(frame)), strict=True):
-        identity = {"unpooled_run": f"{path}:{trial}"} if tree is None else canonical_identity(tree)
-        texts.append(json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str))
+        if tree is None:
+            identity = {"unpooled_run": f"{path}:{trial}"}
+            texts.append(json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str))
+            continue
+        key = json.dumps(tree, sort_keys=True, default=str)
+        if key not in known:
+            identity = canonical_identity(tree)
+            known[key] = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+        texts.append(known[key])
     if unknown:
         warn(
             f"report: {unknown} row(s) of {path} carry no configuration and none is stored "
@@ -165,7 +174,8 @@ def _with_experiment(frame: pd.DataFrame, path: Path, warn: Warn) -> pd.DataFram
         )
     frame = frame.copy()
     frame["experiment_config"] = texts
-    frame["experiment_id"] = [experiment_id(json.loads(t)) for t in texts]
+    ids = {t: experiment_id(json.loads(t)) for t in set(texts)}
+    frame["experiment_id"] = [ids[t] for t in texts]
     return frame
 
 
@@ -244,6 +254,90 @@ def _label(method: str) -> str:
     return spec.label or spec.name
 
 
+def _scalar(text: str) -> Any:
+    """A CSV cell as ``pd.read_csv`` types a one-row column: bool, int, float, else the text."""
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _first_row(path: Path) -> dict[str, Any]:
+    """The first row of a results table, typed as ``pd.read_csv(nrows=1,
+    keep_default_na=False)`` would (empty cells stay ``""``), read with the csv module: the
+    report reads one per run, and pandas costs ~3 ms a file."""
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        row = next(reader, None)
+    if header is None or row is None:
+        raise ValueError(f"{path} has no rows")
+    return {k: _scalar(v) for k, v in zip(header, row, strict=False)}
+
+
+#: The members of ``per_image.npz`` read only when a figure draws them: the spatial runs'
+#: maps and thumbnails (~0.5 MB a run decompressed; a figure shows at most a dozen runs, a
+#: 5,000-trial study has thousands).
+LAZY_MEMBERS = ("units_map", "ponder_map", "thumbnails", "map_index")
+
+
+def _read_npz(file: Path, skip: Sequence[str] = (), only: Sequence[str] | None = None) -> dict:
+    """The arrays of an ``.npz`` archive, those named in ``skip`` left out (their names kept,
+    valued :data:`_LAZY`), or ``only`` those named."""
+    with open(file, "rb") as handle:  # np.load leaks its own on a corrupt zip
+        loaded = np.load(handle, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it is not an .npz archive")
+        with loaded as archive:
+            return {
+                name: _LAZY if name in skip else archive[name]
+                for name in archive.files
+                if only is None or name in only
+            }
+
+
+#: A member of a run's arrays not read yet (:class:`RunArrays`).
+_LAZY = object()
+
+
+class UnreadableRun(HarnessError):
+    """A member of a run's ``per_image.npz`` failed to read when a figure asked for it."""
+
+    def __init__(self, arrays: RunArrays, message: str) -> None:
+        super().__init__(message)
+        self.arrays = arrays
+
+
+class RunArrays(dict):
+    """One run's per-image arrays: the small ones read, the :data:`LAZY_MEMBERS` read from
+    the file the first time one is asked for (all of them then). ``name in arrays`` never
+    reads; a failed read raises :class:`UnreadableRun` (the report then drops the run)."""
+
+    def __init__(self, file: Path, arrays: dict[str, Any]) -> None:
+        super().__init__(arrays)
+        self.file = file
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        if value is _LAZY:
+            names = [k for k, v in self.items() if v is _LAZY]
+            try:
+                self.update(_read_npz(self.file, only=names))
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+                raise UnreadableRun(
+                    self, f"report: skipping {self.file}: {type(err).__name__}: {err}"
+                ) from None
+            value = super().__getitem__(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
 def load_per_image(
     paths: Iterable[str | Path], warn: Warn = _log_warning
 ) -> list[tuple[str, dict]]:
@@ -257,6 +351,7 @@ def load_per_image(
         folder = path.parent if path.is_file() else path
         found.extend(sorted(folder.rglob(PER_IMAGE_FILE)))
     runs = []
+    identities: dict[str, dict[str, Any]] = {}  # config text -> identity: once per experiment
     for file in dict.fromkeys(found):
         record: dict[str, Any] = {}
         summary_file = file.parent / SUMMARY_FILE
@@ -265,14 +360,9 @@ def load_per_image(
                 record = json.loads(summary_file.read_text())
             results_file = file.parent / RESULTS_FILE
             if results_file.exists():
-                first = pd.read_csv(results_file, nrows=1, keep_default_na=False)
-                record.update({k: v for k, v in first.iloc[0].items() if k not in record})
-            with open(file, "rb") as handle:  # np.load leaks its own on a corrupt zip
-                loaded = np.load(handle, allow_pickle=False)
-                if not isinstance(loaded, np.lib.npyio.NpzFile):
-                    raise ValueError("it is not an .npz archive")
-                with loaded as archive:
-                    arrays = dict(archive)
+                first = _first_row(results_file)
+                record.update({k: v for k, v in first.items() if k not in record})
+            arrays = RunArrays(file, _read_npz(file, skip=LAZY_MEMBERS))
             missing = sorted({"eval_mode", "units"} - set(arrays))
             if missing:
                 raise ValueError(f"it lacks {', '.join(missing)}")
@@ -294,6 +384,12 @@ def load_per_image(
             tree = json.loads(record.get("experiment_config") or "null")
         except (TypeError, json.JSONDecodeError):
             tree = None
-        arrays["experiment_config"] = canonical_identity(tree) if isinstance(tree, dict) else None
+        if isinstance(tree, dict):
+            key = json.dumps(tree, sort_keys=True, default=str)
+            if key not in identities:
+                identities[key] = canonical_identity(tree)
+            arrays["experiment_config"] = identities[key]
+        else:
+            arrays["experiment_config"] = None
         runs.append((label, arrays))
     return runs
