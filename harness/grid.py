@@ -498,6 +498,7 @@ def make_progress_callback(
             self.records: dict[str, dict[str, Any]] = {}
             self.running: set[str] = set()
             self.epochs: dict[str, int] = {}
+            self.started_at: dict[str, float] = {}  # each trial's latest start (monotonic)
             self.done, self.failed = done_before, 0
             self.best = best
             self.started = self.last_line = time.monotonic()
@@ -531,6 +532,7 @@ def make_progress_callback(
 
         def on_trial_start(self, iteration, trials, trial, **info):
             name = trial.config["trial"]
+            self.started_at[name] = time.monotonic()
             self.running.add(name)
             self._record(trial)["status"] = "running"
             retry = f" (attempt {trial.num_failures + 1})" if trial.num_failures else ""
@@ -563,6 +565,8 @@ def make_progress_callback(
                 return
             self.done += 1
             record["status"] = "finished"
+            if name in self.started_at:
+                record["seconds"] = round(time.monotonic() - self.started_at[name], 2)
             accuracy = float(record["test_accuracy"])
             if self.best is None or accuracy > self.best[0]:
                 self.best = (accuracy, name)

@@ -471,8 +471,10 @@ def gather_results(study: Study) -> Path | None:
     return path
 
 
-#: Keys of a trials.csv row that a launch learns (the rest come from the run directory).
-LAUNCH_KEYS = ("node_id", "gpu_ids", "device", "failures", "error")
+#: Keys of a trials.csv row that a launch learns (the rest come from the run directory);
+#: ``seconds``: the wall time of the trial's last attempt in the grid, from its start to its
+#: end as the driver saw them (Ray's start of the trial's worker included).
+LAUNCH_KEYS = ("node_id", "gpu_ids", "device", "failures", "error", "seconds")
 
 
 def _stored_trials(study: Study) -> dict[str, dict[str, Any]]:

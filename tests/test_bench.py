@@ -412,22 +412,58 @@ def test_table_lines_as_the_bench_prints_them():
 
 
 def test_grid_figure_is_timed_by_the_runner_it_is_given():
-    # Fails if grid_vs_loop is loop / grid, if an unfinished grid still gets a ratio, or if the
-    # bench ran the grid itself without a runner (it may not import harness.grid).
+    # Fails if grid_vs_loop is loop / grid, if it is the whole-launch ratio rather than the
+    # median of the per-trial ones, if an unfinished grid or trials shorter than the plan's
+    # minimum still get a ratio, or if the bench ran the grid itself without a runner (it may
+    # not import harness.grid).
     plan, settings = load_plan(), Settings(grid_trials=2)
     asked = []
+    loop = {"a": 61.0, "b": 100.0, "c": 80.0}
+    grid = {"a": 61.0 * 1.1, "b": 100.0 * 1.3, "c": 80.0 * 1.2}
 
-    def runner(grid, trials):
-        asked.append((grid.preset, grid.quick_methods, trials))
-        return GridTimes(["a", "b"], grid_seconds=3.0, loop_seconds=2.0, complete=True)
+    def runner(grid_plan, trials):
+        asked.append((grid_plan.preset, grid_plan.quick_methods, trials))
+        return GridTimes(["a", "b", "c"], 300.0, 241.0, True, loop, grid, 9.5)
 
     report = bench_grid(plan, settings, runner)
-    assert report.ratios == {"grid_vs_loop": 1.5}
-    assert report.details["grid_vs_loop"]["trials"] == ["a", "b"]
+    assert report.rounds["grid_vs_loop"] == pytest.approx([1.1, 1.3, 1.2])
+    assert report.ratios == {"grid_vs_loop": pytest.approx(1.2)}
+    details = report.details["grid_vs_loop"]
+    assert details["trials"] == ["a", "b", "c"] and details["ray_fixed_seconds"] == 9.5
+    assert details["whole_grid_over_loop"] == pytest.approx(300.0 / 241.0)
     assert asked == [("smoke", ("act",), 2)]
+    short = {"a": 12.0, "b": 100.0}
+
+    def short_runner(grid_plan, trials):
+        return GridTimes(["a", "b"], 130.0, 112.0, True, short, {"a": 20.0, "b": 105.0}, 9.0)
+
+    skipped = bench_grid(plan, settings, short_runner)
+    assert skipped.ratios == {} and "shortest trial took 12 s" in skipped.skipped["grid_vs_loop"]
+    assert "min_trial_seconds 60" in skipped.skipped["grid_vs_loop"]
     unfinished = bench_grid(plan, settings, lambda g, t: GridTimes([], 1.0, 1.0, complete=False))
     assert unfinished.ratios == {} and "did not finish" in unfinished.skipped["grid_vs_loop"]
     assert "no grid runner" in bench_grid(plan, settings, None).skipped["grid_vs_loop"]
+
+
+def test_grid_figure_preset_carries_the_plans_overrides_one_trial_at_a_time(tmp_path):
+    """The preset the runner times: the plan's ``set`` overrides on the base config, one trial
+    at a time (as the loop), cut to the quick methods; a bad ``set`` is one plan error."""
+    from harness.cli.bench import _grid_preset
+    from harness.presets import expand, load_preset
+
+    plan = load_plan()
+    assert plan.grid.overrides and plan.grid.min_trial_seconds == 60
+    preset = load_preset(_grid_preset(tmp_path, plan.grid, 2))
+    trials = expand(preset)
+    assert preset.max_concurrent == 1 and len(trials) == 2
+    for trial in trials:
+        for key, value in plan.grid.overrides:
+            section, name = key.split(".")
+            assert trial.config[section][name] == value, key
+    tree = yaml.safe_load(PLAN_FILE.read_text())
+    tree["grid"]["set"] = ["data.train_subset"]
+    with pytest.raises(ConfigError, match="grid.set: expected a mapping"):
+        parse_plan(tree, "x.yaml")
 
 
 class FakeClock:

@@ -413,6 +413,10 @@ def test_smoke_study_fills_the_table_with_every_trial_and_mode(
     table = pd.read_csv(out / TRIALS_TABLE, keep_default_na=False)
     assert list(table["trial_id"]) == [t.name for t in trials]
     assert set(table["status"]) == {"finished"}
+    # each trial's wall seconds in the grid: positive, and within the whole launch's
+    launch = re.search(r"trials finished, 0 failed, 0 unfinished \((\d+) s\)", printed)
+    assert launch is not None
+    assert (table["seconds"] > 0).all() and (table["seconds"] <= int(launch.group(1)) + 1).all()
     assert yaml.safe_load((out / STUDY_FILE).read_text())["preset"] == "smoke"
     # The example plug-in (examples/aig_gates, installed by `make install`) is a trial like any
     # built-in one, and the study's report shows it in its tables and figures.

@@ -635,6 +635,12 @@ class GridTimes:
     grid_seconds: float
     loop_seconds: float
     complete: bool
+    #: Each trial's wall seconds in the plain loop and in the grid (``trials.csv``'s
+    #: ``seconds``: from the driver's start of the trial to its end).
+    loop_trial_seconds: dict[str, float] = field(default_factory=dict)
+    grid_trial_seconds: dict[str, float] = field(default_factory=dict)
+    #: Starting and stopping a local Ray with nothing to run (seconds), or None.
+    ray_fixed_seconds: float | None = None
 
 
 #: Runs the plan's grid figure: ``(grid plan, trial count or None for the whole preset) ->``
@@ -655,14 +661,39 @@ def bench_grid(plan: BenchPlan, s: Settings, runner: GridRunner | None) -> Repor
     if not times.complete:
         report.skipped[key] = "the grid did not finish every trial"
         return report
-    report.ratios[key] = times.grid_seconds / times.loop_seconds
-    report.rounds[key] = [report.ratios[key]]  # one round: too few to judge
-    report.details[key] = {
+    paired = [
+        n for n in times.trials if n in times.loop_trial_seconds and n in times.grid_trial_seconds
+    ]
+    details: dict[str, Any] = {
         "trials": list(times.trials),
         "grid_seconds": times.grid_seconds,
         "loop_seconds": times.loop_seconds,
-        "note": "grid includes starting and stopping a local Ray; trials ran one CPU each",
+        "whole_grid_over_loop": times.grid_seconds / times.loop_seconds,
+        "ray_fixed_seconds": times.ray_fixed_seconds,
+        "loop_trial_seconds": dict(times.loop_trial_seconds),
+        "grid_trial_seconds": dict(times.grid_trial_seconds),
+        "min_trial_seconds": plan.grid.min_trial_seconds,
+        "note": (
+            "per trial: its wall time in the grid (Ray's start of its worker included) over "
+            "its wall time in a plain loop, one trial at a time in both; the figure is their "
+            "median. whole_grid_over_loop adds planning, Ray's start and stop and gathering; "
+            "ray_fixed_seconds is a local Ray's start and stop alone"
+        ),
     }
+    report.details[key] = details
+    if not paired:
+        report.skipped[key] = "trials.csv of the grid holds no trial's seconds"
+        return report
+    shortest = min(times.loop_trial_seconds[n] for n in paired)
+    if shortest < plan.grid.min_trial_seconds:
+        report.skipped[key] = (
+            f"the shortest trial took {shortest:.0f} s in the loop, under the plan's "
+            f"min_trial_seconds {plan.grid.min_trial_seconds:g}: the ratio would weigh Ray's "
+            "start, not the grid's per-trial cost (lengthen the trials with grid.set)"
+        )
+        return report
+    report.rounds[key] = [times.grid_trial_seconds[n] / times.loop_trial_seconds[n] for n in paired]
+    report.ratios[key] = statistics.median(report.rounds[key])
     return report
 
 

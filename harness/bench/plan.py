@@ -126,6 +126,11 @@ class GridPlan:
     preset: str
     quick_methods: tuple[str, ...]
     figure: Figure
+    #: Config overrides (dotted keys, as ``--set``) that make each trial long enough for the
+    #: figure to weigh the grid's per-trial work rather than Ray's start.
+    overrides: tuple[tuple[str, Any], ...] = ()
+    #: The shortest trial (seconds, in the plain loop) for which the figure is judged.
+    min_trial_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -362,13 +367,24 @@ def parse_plan(tree: Mapping[str, Any], source: str = "<plan>") -> BenchPlan:
         plan["memory"] = MemoryPlan(subject, label, other, other_label, *figures)
 
     if tree.get("grid") is not None:
-        entry = r.mapping(tree["grid"], "grid", ("preset", "quick_methods", *_FIGURE), ("key",))
+        allowed = ("preset", "quick_methods", "set", "min_trial_seconds", *_FIGURE)
+        entry = r.mapping(tree["grid"], "grid", allowed, ("key",))
         quick = tuple(
             r.method(m, f"grid.quick_methods[{i}]")
             for i, m in enumerate(r.items(entry.get("quick_methods"), "grid.quick_methods"))
         )
         preset = r.text(entry.get("preset", "smoke"), "grid.preset")
-        plan["grid"] = GridPlan(preset, quick, r.figure(entry, "grid"))
+        overrides = entry.get("set") or {}
+        if not isinstance(overrides, Mapping) or not all(
+            isinstance(k, str) and k for k in overrides
+        ):
+            raise r.fail("grid.set", "expected a mapping of dotted config keys to values")
+        shortest = r.number(entry.get("min_trial_seconds", 60.0), "grid.min_trial_seconds")
+        if shortest < 0:
+            raise r.fail("grid.min_trial_seconds", f"expected >= 0, got {shortest:g}")
+        plan["grid"] = GridPlan(
+            preset, quick, r.figure(entry, "grid"), tuple(overrides.items()), shortest
+        )
 
     cuda = []
     for i, entry in enumerate(r.items(tree.get("cuda_throughput"), "cuda_throughput")):

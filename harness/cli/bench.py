@@ -8,6 +8,7 @@ runner.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shlex
 import sys
@@ -15,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 import yaml
 
@@ -25,10 +27,12 @@ from harness.bench.run import machine_info
 from harness.bench.scaling import SIZES, parse_sizes, run_scaling
 from harness.bench.synthetic import write_synthetic_data
 from harness.cli.flags import add_command, csv_list, options_from
+from harness.config import set_dotted
 from harness.data import resolve_data_root
-from harness.grid import dry_run_lines, run_grid
+from harness.grid import dry_run_lines, ray_session, run_grid
 from harness.presets import load_preset_tree
 from harness.study import (
+    TRIALS_TABLE,
     GridOptions,
     Study,
     TrialsTable,
@@ -54,23 +58,49 @@ EXAMPLES = """examples:
 
 
 def _grid_preset(folder: Path, grid: GridPlan, trials: int | None) -> str:
-    """The plan's preset, or (``trials``) a copy cut to its quick methods plus one vanilla
-    depth per extra trial."""
+    """The plan's preset with its ``set`` overrides, one trial at a time (as the plain loop
+    runs them), or (``trials``) a copy cut to its quick methods plus one vanilla depth per
+    extra trial."""
     tree, _ = load_preset_tree(grid.preset)
+    tree = dict(tree)
     if trials is not None:
-        tree = dict(tree)
         tree["name"] = f"{grid.preset}-{trials}"
         tree["methods"] = {method: {} for method in grid.quick_methods}
         tree["vanilla_depths"] = list(tree.get("vanilla_depths", [8]))[: max(trials - 1, 0)]
+    base = copy.deepcopy(tree.get("base") or {})
+    for key, value in grid.overrides:
+        set_dotted(base, key, value)
+    tree["base"] = base
+    tree["max_concurrent"] = 1
     path = folder / "preset.yaml"
     path.write_text(yaml.safe_dump(tree))
     return str(path)
 
 
+def _ray_fixed_seconds() -> float:
+    """A local Ray's start and stop with nothing to run (the grid's fixed cost)."""
+    tic = time.perf_counter()
+    with ray_session(None):
+        pass
+    return time.perf_counter() - tic
+
+
+def _grid_trial_seconds(folder: Path) -> dict[str, float]:
+    """``trials.csv``'s ``seconds`` of the grid's finished trials."""
+    table = pd.read_csv(folder / TRIALS_TABLE, keep_default_na=False, dtype=str)
+    if "seconds" not in table:
+        return {}
+    return {
+        row["trial_id"]: float(row["seconds"])
+        for row in table.to_dict("records")
+        if row["status"] == "finished" and row["seconds"]
+    }
+
+
 def grid_runner(data_root: str | None) -> GridRunner:
     """Times the plan's preset through the grid (Ray Tune) and the same trials in a plain loop
-    of :func:`harness.train.run_trial`, the loop first (it also fills the decompressed-data
-    cache both then read)."""
+    of :func:`harness.train.run_trial`, one trial at a time in both, the loop first (it also
+    fills the decompressed-data cache both then read); then a local Ray's start and stop."""
 
     def run(grid: GridPlan, trials: int | None) -> GridTimes:
         root = str(resolve_data_root(data_root))
@@ -81,17 +111,27 @@ def grid_runner(data_root: str | None) -> GridRunner:
             grid_options = GridOptions(preset=preset, out=str(folder / "grid"), data_root=root)
             study = plan_study(loop_options)
             threads = torch.get_num_threads()
-            tic = time.perf_counter()
+            each: dict[str, float] = {}
             for trial in study.trials:
                 torch.set_num_threads(max(1, int(study.preset.resources.get("cpu", 1))))
+                tic = time.perf_counter()
                 run_trial(trial.run_config, study.run_dir(trial), init_from=trial.init_from)
-            loop = time.perf_counter() - tic
+                each[trial.name] = time.perf_counter() - tic
             torch.set_num_threads(threads)
             tic = time.perf_counter()
             outcome = run_grid(grid_options)
             seconds = time.perf_counter() - tic
-        complete = outcome is not None and outcome.complete
-        return GridTimes([t.name for t in study.trials], seconds, loop, complete)
+            complete = outcome is not None and outcome.complete
+            in_grid = _grid_trial_seconds(folder / "grid") if complete else {}
+        return GridTimes(
+            [t.name for t in study.trials],
+            seconds,
+            sum(each.values()),
+            complete,
+            each,
+            in_grid,
+            _ray_fixed_seconds(),
+        )
 
     return run
 
