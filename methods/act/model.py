@@ -94,10 +94,13 @@ class ACTResNet(HaltingResNet):
             ponder = torch.where(halts, (l + 1) + (1.0 - cum), ponder)
             cum = new_cum
             alive = alive & ~halts
-            contribution = weight.view(-1, 1, 1, 1) * x  # the state's memory format
             # The accumulator of sum_l p^l x^l (ACT must keep it), one row per row of x: a
-            # dense add (index_add_ into the full batch is slow on CPU: a scatter per unit).
-            acc = contribution if acc is None else acc.add_(contribution)
+            # dense fused multiply-add in place (index_add_ into the full batch is slow on CPU:
+            # a scatter per unit); the first term keeps the state's memory format.
+            if acc is None:
+                acc = weight.view(-1, 1, 1, 1) * x
+            else:
+                acc.addcmul_(weight.view(-1, 1, 1, 1), x)
             if last:
                 break
             running = count(alive)
