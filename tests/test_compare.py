@@ -403,6 +403,11 @@ def test_a_difference_of_differences_is_welchs_interval_of_the_two_gaps(tmp_path
     line = next(x for x in out.splitlines() if x.startswith("(A - B) - (C - D)"))
     assert f"{statistics.mean(first) - statistics.mean(second):+.2f} [{welch.low:+.2f}, " in line
     assert verdict_line(out).startswith("verdict: A better")
+    # the four sides' labels say the budget in which they differ (they read alike otherwise)
+    sides = next(x for x in out.splitlines() if x.startswith("A: "))
+    assert sides.count("[optim.epochs=10]") == 2 and "data." not in sides
+    sides = next(x for x in out.splitlines() if x.startswith("C: "))
+    assert sides.count("[optim.epochs=3]") == 2
     code = main(
         [
             "compare",

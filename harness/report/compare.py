@@ -208,6 +208,33 @@ def _side_of(data: pd.DataFrame, selector: Selector, flag: str, split: str) -> S
     return Side(_label(data.iloc[0]), str(experiments[0]), data.reset_index(drop=True), note)
 
 
+#: Config keys a side's label already names (method, depth) or that differ with the method.
+_LABELLED = ("method", "model.depth")
+
+
+def tell_apart(sides: list[Side]) -> None:
+    """Append to each side's label the config fields, outside the method's own config, in
+    which the sides differ (``optim.epochs=10``): labels that read alike name different
+    experiments otherwise (two training budgets of one method)."""
+    trees = [_flat_config(str(side.rows["experiment_config"].iloc[0])) for side in sides]
+    keys = sorted(
+        {
+            k
+            for t in trees
+            for k in {*t, *trees[0]}
+            if t.get(k) != trees[0].get(k)
+            and k not in _LABELLED
+            and not k.startswith("method_config.")
+        }
+    )
+    if not keys:
+        return
+    for side, tree in zip(sides, trees, strict=True):
+        fields = ", ".join(f"{k}={tree.get(k)}" for k in keys)
+        if f"[{fields}]" not in side.label:
+            side.label = f"{side.label} [{fields}]"
+
+
 def check_same_code(sides: list[Side], allow_mixed_code: bool) -> None:
     """All rows of the sides from one code version, unless ``allow_mixed_code``."""
     codes = sorted({c for s in sides for c in s.codes})
@@ -270,6 +297,7 @@ def compare_pair(
     side_a, side_b = select_side(frame, a, "--a", split), select_side(frame, b, "--b", split)
     if side_a.experiment_id == side_b.experiment_id and side_a.rows.equals(side_b.rows):
         raise ConfigError("compare: --a and --b select the same rows")
+    tell_apart([side_a, side_b])
     check_same_code([side_a, side_b], allow_mixed_code)
     seeds = sorted(set(side_a.seeds) & set(side_b.seeds))
     if not seeds:
@@ -346,6 +374,7 @@ def compare_difference(
     first = compare_pair(frame, a, b, margin, split, allow_mixed_code)
     second = compare_pair(frame, c, d, margin, split, allow_mixed_code)
     check_same_code([first.a, first.b, second.a, second.b], allow_mixed_code)
+    tell_apart([first.a, first.b, second.a, second.b])
     gaps = [np.asarray(first.differences), np.asarray(second.differences)]
     interval = inference.linear_interval(
         [1.0, -1.0], gaps, "Welch t over the two conditions' per-seed gaps"
