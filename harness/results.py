@@ -146,6 +146,15 @@ COLUMNS: tuple[Column, ...] = (
         "train",
     ),
     _c(
+        "eval_code_version",
+        "",
+        "the code that evaluated the run, as code_version says it: the same for a run evaluated "
+        "where it trained, the current code after `pact-harness reevaluate` (empty in runs made "
+        "before it was recorded); rows are pooled and paired only within one",
+        "train",
+        required=False,
+    ),
+    _c(
         "backbone",
         "",
         "the backbone the run trained on: name@architecture hash (provenance 'backbone'; empty "

@@ -442,6 +442,14 @@ def code_version(provenance: Mapping[str, Any]) -> str:
     return " / ".join(parts)
 
 
+def library_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (None when it is not installed)."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def collect_provenance(seed: int, device: torch.device, argv: list[str] | None = None) -> dict:
     """Everything needed to trace a result back to code, libraries, machine and command."""
     repo = Path(__file__).resolve().parent.parent

@@ -553,6 +553,20 @@ class TrainingState:
     train_seconds: float = 0.0
 
 
+def evaluation_code_version(model: nn.Module, provenance: dict[str, Any]) -> str:
+    """The code evaluating ``model`` now, in :func:`harness.store.code_version`'s words: the
+    source fingerprint of this process's harness and method packages, with the libraries and
+    method package of the run's provenance (the same string as ``code_version`` when the run is
+    evaluated by the code that trained it)."""
+    current = {k: v for k, v in provenance.items() if k not in ("git_commit", "git_dirty")}
+    current["code_fingerprint"] = store.code_fingerprint(source_folders(model))
+    current["library_versions"] = {
+        **(provenance.get("library_versions") or {}),
+        "torch": store.library_version("torch"),
+    }
+    return store.code_version(current)
+
+
 def source_folders(model: nn.Module) -> list[Path]:
     """The folders of the source that trains and evaluates ``model``: the harness and every
     top-level package (other than torch's) that a class of the model or of its submodules
@@ -935,6 +949,7 @@ def finish_run(
                 "num_train": prepared.data.num_train,
                 "num_val": prepared.data.num_val,
                 "code_version": store.code_version(provenance),
+                "eval_code_version": evaluation_code_version(model, provenance),
                 "backbone": _backbone_text(provenance),
             },
         )

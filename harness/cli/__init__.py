@@ -2,7 +2,8 @@
 
 Subcommands, one module each: ``train`` and ``methods`` (:mod:`harness.cli.train`), ``profile``
 (:mod:`harness.cli.profile`), ``grid`` (:mod:`harness.cli.grid`), ``report``
-(:mod:`harness.cli.report`), ``compare`` (:mod:`harness.cli.compare`), ``check-method``
+(:mod:`harness.cli.report`), ``compare`` (:mod:`harness.cli.compare`), ``reevaluate``
+(:mod:`harness.cli.reevaluate`), ``check-method``
 (:mod:`harness.cli.checkmethod`), ``bench`` (:mod:`harness.cli.bench`). Flags shared by several
 commands are defined once in :mod:`harness.cli.flags`. Every error caused by input is printed
 as one line starting with ``error:`` and exits with status 2, before anything is written.
@@ -14,12 +15,21 @@ import argparse
 import logging
 import sys
 
-from harness.cli import bench, checkmethod, compare, grid, profile, report, train
+from harness.cli import (
+    bench,
+    checkmethod,
+    compare,
+    grid,
+    profile,
+    reevaluate,
+    report,
+    train,
+)
 from harness.errors import HarnessError
 from harness.registry import describe_plugin_error
 
 #: Modules whose ``add_parser(subparsers)`` adds their subcommands, in help order.
-COMMANDS = (train, profile, grid, report, compare, checkmethod, bench)
+COMMANDS = (train, profile, grid, report, compare, reevaluate, checkmethod, bench)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -202,7 +202,9 @@ def _run_folder(path: Path, trial_id: Any) -> Path:
 def _with_code(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Every row's ``code_version``: as written, or for rows written before that column
     existed, from the run's ``provenance.json`` (:func:`harness.store.code_version`: the git
-    commit and dirty flag of older runs); ``unknown`` when neither exists."""
+    commit and dirty flag of older runs); ``unknown`` when neither exists. A row evaluated by
+    other code than it trained with (``eval_code_version``) reads ``<training code>, evaluated
+    by <evaluation code>``."""
     frame = frame.copy()
     if "code_version" not in frame:
         frame["code_version"] = None
@@ -218,6 +220,20 @@ def _with_code(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
                 except HarnessError:
                     cache[folder] = "unknown"
             frame.loc[index, "code_version"] = cache[folder]
+    if "eval_code_version" in frame:
+        # re-evaluated rows (`pact-harness reevaluate`): the code is the pair, so that rows are
+        # pooled and paired only when both their training and their evaluation code agree
+        evaluated = frame["eval_code_version"]
+        other = (
+            evaluated.notna()
+            & (evaluated.astype(str) != "")
+            & (evaluated.astype(str) != frame["code_version"].astype(str))
+        )
+        frame.loc[other, "code_version"] = (
+            frame.loc[other, "code_version"].astype(str)
+            + ", evaluated by "
+            + evaluated[other].astype(str)
+        )
     return frame
 
 
