@@ -137,6 +137,21 @@ def test_two_noisy_seeds_are_inconclusive_and_say_how_many_seeds_would_decide(tm
     assert f"+0.50 [{0.5 - half:+.2f}, {0.5 + half:+.2f}]" in out
 
 
+def test_seeds_that_agree_but_few_test_images_say_the_images_are_what_is_missing(tmp_path, capsys):
+    """A - B is -0.5 points at every seed (the paired t alone says equivalent within ±1), but
+    on 200 test images the bootstrap over images is wide: the verdict stays inconclusive, and
+    it must not claim that the seeds it already has would decide it."""
+    for seed in range(3):
+        write_run(tmp_path, "act", ("tau", 0.01), seed, correctness(0.505, seed, n=200))
+        write_run(tmp_path, "pact", ("lambda_", 0.01), seed, correctness(0.50, 10 + seed, n=200))
+    code, out, _ = compare(tmp_path, "--a", "method=pact", "--b", "method=act", capsys=capsys)
+    line = verdict_line(out)
+    assert code == 0 and line.startswith("verdict: inconclusive"), out
+    assert "A - B per seed: -0.50, -0.50, -0.50" in out
+    assert "the paired t alone would decide it at n = 3" in line
+    assert "the 200 test images does not" in line and "about 3 seeds would decide" not in line
+
+
 def test_mixed_code_versions_are_refused_and_allowed_with_the_flag(tmp_path, capsys):
     for seed in range(3):
         code_version = "git 1111111 / torch 2.14.1" if seed else "git 2222222+dirty / torch 2.14.1"

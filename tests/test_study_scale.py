@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_report import _act_row
 
 from harness.config import SAFE_LOADER, load_yaml
 from harness.errors import ConfigError
@@ -21,7 +22,6 @@ from harness.report.aggregate import MAX_MEMORY_BARS, memory_figure
 from harness.report.compare import _equal, _matching
 from harness.report.load import _first_row
 from harness.study import _model_to_check
-from tests.test_report import _act_row
 
 ROOT = Path(__file__).resolve().parents[1]
 

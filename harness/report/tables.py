@@ -237,6 +237,13 @@ def format_pair(c: PairComparison) -> list[str]:
         f"points ({c.a.images} images)",
     ]
     needed = "" if c.seeds_needed is None else f"; about {c.seeds_needed} seeds would decide it"
+    if c.seeds_needed is not None and c.seeds_needed <= len(c.seeds):
+        # the seeds' spread (paired t) decides already; the basis is the wider bootstrap
+        needed = (
+            f"; the paired t alone would decide it at n = {len(c.seeds)}, the bootstrap over "
+            f"seeds and the {c.a.images} test images does not (the images' noise): more test "
+            "images, or more seeds, would narrow it"
+        )
     if c.verdict != INCONCLUSIVE:
         needed = ""
     lines.append(
