@@ -27,8 +27,9 @@ import pandas as pd
 from harness import store
 from harness.config import load_yaml
 from harness.errors import CheckpointError, ConfigError
+from harness.rundir import check_checkpoint_fits
 from harness.runs import load_run, read_run_config
-from harness.train import _check_checkpoint_fits, evaluation_code_version, finish_run, prepare_run
+from harness.train import evaluation_code_version, finish_run, prepare_run
 
 #: Where each re-evaluation is recorded in ``provenance.json``.
 EVALUATIONS_KEY = "evaluations"
@@ -108,7 +109,7 @@ def reevaluate_run(
     with store.folder_lock(run_dir, lambda holder: f"{run_dir} is in use by {holder}"):
         _, checkpoint = load_run(run_dir)
         path = run_dir / store.CHECKPOINT_FILE
-        _check_checkpoint_fits(checkpoint, prepared.model, None, path)
+        check_checkpoint_fits(checkpoint, prepared.model, None, path)
         prepared.model.load_state_dict(checkpoint["model"])
         provenance = store.read_json(run_dir / store.PROVENANCE_FILE)
         record = {

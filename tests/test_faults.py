@@ -745,7 +745,7 @@ def test_a_run_made_before_fingerprints_resumes_with_a_warning(
     checkpoint = torch.load(out / store.CHECKPOINT_FILE, weights_only=True)
     del checkpoint["config_identity"]["data"]["fingerprint"]
     torch.save(checkpoint, out / store.CHECKPOINT_FILE)
-    with caplog.at_level(logging.WARNING, logger="harness.train"):
+    with caplog.at_level(logging.WARNING, logger="harness.rundir"):
         assert main(argv) == 0
     assert "records no data fingerprint" in caplog.text
 
