@@ -27,9 +27,10 @@ from harness.bench.run import machine_info
 from harness.bench.scaling import SIZES, parse_sizes, run_scaling
 from harness.bench.synthetic import write_synthetic_data
 from harness.cli.flags import add_command, csv_list, options_from
+from harness.cluster import ray_session
 from harness.config import set_dotted
 from harness.data import resolve_data_root
-from harness.grid import dry_run_lines, ray_session, run_grid
+from harness.grid import dry_run_lines, run_grid
 from harness.presets import load_preset_tree
 from harness.study import (
     TRIALS_TABLE,
