@@ -22,8 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from harness import store
 from harness.config import load_yaml
 from harness.errors import CheckpointError, ConfigError
@@ -127,16 +125,11 @@ def regather(target: Target) -> Path | None:
     """The study's ``results.csv`` again, from its trials' tables in ``study.yaml``'s order."""
     if target.study is None:
         return None
-    frames = [
-        pd.read_csv(path, keep_default_na=False, na_values=[""])
-        for name in target.order
-        if (path := target.study / store.TRIALS_DIR / name / store.RESULTS_FILE).is_file()
-    ]
-    if not frames:
-        return None
-    out = target.study / store.RESULTS_FILE
-    store.write_results_csv(out, pd.concat(frames, ignore_index=True).to_dict("records"))
-    return out
+    trials = target.study / store.TRIALS_DIR
+    tables = [trials / name / store.RESULTS_FILE for name in target.order]
+    return store.gather_results_csv(
+        target.study / store.RESULTS_FILE, [t for t in tables if t.is_file()]
+    )
 
 
 def reevaluate(

@@ -378,6 +378,18 @@ def write_results_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> No
     atomic_write_text(path, frame.to_csv(index=False))
 
 
+def gather_results_csv(path: str | Path, tables: Iterable[str | Path]) -> Path | None:
+    """Write ``path``: the rows of every results table in ``tables``, in that order
+    (:func:`write_results_csv`); None, and nothing written, when there are none."""
+    import pandas as pd
+
+    frames = [pd.read_csv(t, keep_default_na=False, na_values=[""]) for t in tables]
+    if not frames:
+        return None
+    write_results_csv(path, pd.concat(frames, ignore_index=True).to_dict("records"))
+    return Path(path)
+
+
 def _git(args: list[str], cwd: Path) -> str:
     out = subprocess.run(
         ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True

@@ -460,15 +460,8 @@ def study_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
 
 def gather_results(study: Study) -> Path | None:
     """Write ``results.csv``: the rows of every finished trial, each trial once (atomic)."""
-    frames = [
-        pd.read_csv(study.run_dir(name) / store.RESULTS_FILE, keep_default_na=False, na_values=[""])
-        for name in study.finished()
-    ]
-    if not frames:
-        return None
-    path = study.folder / store.RESULTS_FILE
-    store.write_results_csv(path, pd.concat(frames, ignore_index=True).to_dict("records"))
-    return path
+    tables = [study.run_dir(name) / store.RESULTS_FILE for name in study.finished()]
+    return store.gather_results_csv(study.folder / store.RESULTS_FILE, tables)
 
 
 #: Keys of a trials.csv row that a launch learns (the rest come from the run directory);

@@ -212,20 +212,20 @@ def _side_of(data: pd.DataFrame, selector: Selector, flag: str, split: str) -> S
 _LABELLED = ("method", "model.depth")
 
 
+def _differing_keys(trees: list[dict[str, Any]]) -> set[str]:
+    """Keys in which some flattened tree differs from the first (so from another): linear."""
+    return {k for t in trees for k in {*t, *trees[0]} if t.get(k) != trees[0].get(k)}
+
+
 def tell_apart(sides: list[Side]) -> None:
     """Append to each side's label the config fields, outside the method's own config, in
     which the sides differ (``optim.epochs=10``): labels that read alike name different
     experiments otherwise (two training budgets of one method)."""
     trees = [_flat_config(str(side.rows["experiment_config"].iloc[0])) for side in sides]
     keys = sorted(
-        {
-            k
-            for t in trees
-            for k in {*t, *trees[0]}
-            if t.get(k) != trees[0].get(k)
-            and k not in _LABELLED
-            and not k.startswith("method_config.")
-        }
+        k
+        for k in _differing_keys(trees)
+        if k not in _LABELLED and not k.startswith("method_config.")
     )
     if not keys:
         return
@@ -564,8 +564,7 @@ def curve_sides(frame: pd.DataFrame, selector: Selector, flag: str, split: str) 
         name = side.rows["time_penalty_name"].iloc[0]
         tree.pop(f"method_config.{name}", None)
         trees.append(tree)
-    # a key differs somewhere iff some tree differs from the first in it (linear in points)
-    differing = sorted({k for t in trees for k in {*t, *trees[0]} if t.get(k) != trees[0].get(k)})
+    differing = sorted(_differing_keys(trees))
     if differing:
         raise ConfigError(
             f"{flag} {selector.text!r}: its experiments differ in {', '.join(differing[:4])}, "

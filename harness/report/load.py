@@ -142,6 +142,15 @@ def canonical_identity(tree: dict[str, Any]) -> dict[str, Any]:
         return experiment_identity(current)
 
 
+def _canonical_cached(tree: dict[str, Any], cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """:func:`canonical_identity` of ``tree``, once per distinct tree in ``cache`` (the runs of
+    one experiment share it; a study of thousands of runs has far fewer experiments)."""
+    key = json.dumps(tree, sort_keys=True, default=str)
+    if key not in cache:
+        cache[key] = canonical_identity(tree)
+    return cache[key]
+
+
 def _with_experiment(frame: pd.DataFrame, path: Path, warn: Warn) -> pd.DataFrame:
     """Every row's experiment from its ``experiment_config`` or, for rows written before that
     column existed, from the stored configs; both brought to the current config's defaults
@@ -156,17 +165,19 @@ def _with_experiment(frame: pd.DataFrame, path: Path, warn: Warn) -> pd.DataFram
         trees = [configs.get(str(t), single) for t in frame.get("trial_id", [None] * len(frame))]
         unknown = sum(t is None for t in trees)
     texts = []
-    known: dict[str, str] = {}  # a config's text -> its identity's text, once per experiment
+    cache: dict[str, dict[str, Any]] = {}  # once per experiment, and its text once
+    dumped: dict[int, str] = {}
     for tree, trial in zip(trees, frame.get("trial_id", [None] * len(frame)), strict=True):
         if tree is None:
             identity = {"unpooled_run": f"{path}:{trial}"}
             texts.append(json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str))
             continue
-        key = json.dumps(tree, sort_keys=True, default=str)
-        if key not in known:
-            identity = canonical_identity(tree)
-            known[key] = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
-        texts.append(known[key])
+        identity = _canonical_cached(tree, cache)
+        if id(identity) not in dumped:  # the cache keeps it alive: its id stays its own
+            dumped[id(identity)] = json.dumps(
+                identity, sort_keys=True, separators=(",", ":"), default=str
+            )
+        texts.append(dumped[id(identity)])
     if unknown:
         warn(
             f"report: {unknown} row(s) of {path} carry no configuration and none is stored "
@@ -400,12 +411,8 @@ def load_per_image(
             tree = json.loads(record.get("experiment_config") or "null")
         except (TypeError, json.JSONDecodeError):
             tree = None
-        if isinstance(tree, dict):
-            key = json.dumps(tree, sort_keys=True, default=str)
-            if key not in identities:
-                identities[key] = canonical_identity(tree)
-            arrays["experiment_config"] = identities[key]
-        else:
-            arrays["experiment_config"] = None
+        arrays["experiment_config"] = (
+            _canonical_cached(tree, identities) if isinstance(tree, dict) else None
+        )
         runs.append((label, arrays))
     return runs
